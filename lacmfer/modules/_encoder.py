@@ -1,0 +1,172 @@
+r"""The shared encoder :math:`E` of LA-CMFER: ResNet-18 stem + ``layer1`` + ``layer2``."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from lacmfer._checks import _shape
+from lacmfer.modules._attention import BasicBlock, init_resnet_weights
+
+__all__ = ["EncoderLoadReport", "ResNet18Encoder"]
+
+StateDictOrPath = Union[Mapping[str, Tensor], str, "os.PathLike[str]"]
+
+#: Top-level torchvision ``resnet18`` keys that the encoder does not have (dropped on load).
+_TORCHVISION_ONLY_PREFIXES = ("layer3.", "layer4.", "fc.")
+
+
+class EncoderLoadReport(NamedTuple):
+    """What :meth:`ResNet18Encoder.load_torchvision_state_dict` did.
+
+    Attributes:
+        loaded_keys: Keys copied into the encoder (sorted).
+        ignored_keys: Keys of the checkpoint the encoder has no slot for (``layer3.*``,
+            ``layer4.*``, ``fc.*`` for a torchvision ``resnet18`` checkpoint), sorted.
+    """
+
+    loaded_keys: tuple[str, ...]
+    ignored_keys: tuple[str, ...]
+
+
+class ResNet18Encoder(nn.Module):
+    r"""ResNet-18 stem, ``layer1`` and ``layer2``: the encoder :math:`E` shared by both branches.
+
+    ``conv1 (7×7, stride 2) → bn1 → relu → maxpool (3×3, stride 2) → layer1 (2 basic blocks, 64 ch)
+    → layer2 (2 basic blocks, 128 ch, first stride 2)``. Parameter and buffer names are exactly
+    those of torchvision's ``resnet18`` (``conv1.weight``, ``bn1.running_mean``,
+    ``layer2.0.downsample.0.weight``, ...), so an ImageNet ``resnet18`` checkpoint file loads with
+    :meth:`load_torchvision_state_dict` without importing torchvision or downloading anything.
+
+    Note:
+        Source and target batches should go through the encoder in *separate* forward calls, so that
+        BatchNorm normalises each domain with its own batch statistics in training mode (LA-CMFER,
+        Yang et al., ACM MM 2024).
+
+    Args:
+        weights: Optional torchvision ``resnet18`` state dict, or a path to a file holding one,
+            loaded with :meth:`load_torchvision_state_dict` after initialisation.
+
+    Shape:
+        - Input: :math:`(B, 3, H, W)`.
+        - Output: :math:`(B, 128, H', W')` with :math:`H' = \lceil H/8 \rceil` for ``H`` a multiple
+          of 8 (``(B, 128, 28, 28)`` for 224×224 input, ``(B, 128, 14, 14)`` for 112×112).
+
+    Raises:
+        ValueError: At call time, if the input is not ``(B, 3, H, W)``.
+
+    Example:
+        >>> import torch
+        >>> encoder = ResNet18Encoder()
+        >>> encoder(torch.randn(2, 3, 64, 64)).shape
+        torch.Size([2, 128, 8, 8])
+        >>> encoder.out_channels
+        128
+    """
+
+    out_channels: int = 128
+
+    def __init__(self, *, weights: Optional[StateDictOrPath] = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.layer1 = nn.Sequential(BasicBlock(64, 64), BasicBlock(64, 64))
+        self.layer2 = nn.Sequential(BasicBlock(64, 128, stride=2), BasicBlock(128, 128))
+        init_resnet_weights(self)
+        if weights is not None:
+            self.load_torchvision_state_dict(weights)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"`x` must be a torch.Tensor, got {type(x).__name__}")
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"`x` must have shape (B, 3, H, W), got shape {_shape(x)}")
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer2(self.layer1(x))
+
+    def load_torchvision_state_dict(
+        self, state_dict_or_path: StateDictOrPath, *, warn: bool = True
+    ) -> EncoderLoadReport:
+        """Load the stem/``layer1``/``layer2`` weights of a torchvision ``resnet18`` checkpoint.
+
+        Every parameter and buffer of the encoder must be present with the right shape (strict);
+        ``num_batches_tracked`` may be absent, as in checkpoints saved before PyTorch 0.4.1 such as
+        torchvision's original ImageNet file (it is then set to 0). Keys the encoder has no slot
+        for (``layer3.*``, ``layer4.*``, ``fc.*``) are ignored and returned in the report.
+
+        Args:
+            state_dict_or_path: A state dict (``str -> Tensor`` mapping), or the path of a file
+                holding one, read with ``torch.load(path, map_location="cpu", weights_only=True)``.
+            warn: Emit a :class:`UserWarning` for ignored keys that are *not* under ``layer3.``,
+                ``layer4.`` or ``fc.`` (usually a sign of a checkpoint of another architecture).
+
+        Returns:
+            An :class:`EncoderLoadReport` with the loaded and the ignored keys.
+
+        Raises:
+            TypeError: If the argument (or the file's content) is not a mapping of tensors.
+            ValueError: If an encoder key is missing or has the wrong shape.
+        """
+        state = self._read_state_dict(state_dict_or_path)
+        own = self.state_dict()
+        missing = sorted(
+            k for k in own if k not in state and not k.endswith(".num_batches_tracked")
+        )
+        if missing:
+            raise ValueError(
+                f"`state_dict_or_path` is missing {len(missing)} key(s) of the ResNet-18 encoder "
+                f"(torchvision resnet18 names expected): {missing[:8]}"
+                + (" ..." if len(missing) > 8 else "")
+            )
+        wrong = [
+            f"{k}: expected {tuple(v.shape)}, got {tuple(state[k].shape)}"
+            for k, v in own.items()
+            if k in state and tuple(state[k].shape) != tuple(v.shape)
+        ]
+        if wrong:
+            raise ValueError(
+                "`state_dict_or_path` has key(s) with the wrong shape for the ResNet-18 encoder: "
+                + "; ".join(wrong[:8])
+                + (" ..." if len(wrong) > 8 else "")
+            )
+        loaded = {k: v for k, v in state.items() if k in own}
+        ignored = tuple(sorted(k for k in state if k not in own))
+        # A plain dict (no `_metadata`): BatchNorm treats it as a pre-0.4.1 checkpoint and fills a
+        # missing `num_batches_tracked` with 0, so strict loading succeeds either way.
+        self.load_state_dict(loaded, strict=True)
+        unexpected = [k for k in ignored if not k.startswith(_TORCHVISION_ONLY_PREFIXES)]
+        if warn and unexpected:
+            warnings.warn(
+                f"ResNet18Encoder ignored {len(unexpected)} checkpoint key(s) that are not part of "
+                f"torchvision's resnet18 layer3/layer4/fc: {unexpected[:8]}",
+                UserWarning,
+                stacklevel=2,
+            )
+        return EncoderLoadReport(tuple(sorted(loaded)), ignored)
+
+    @staticmethod
+    def _read_state_dict(obj: Any) -> dict[str, Tensor]:
+        if isinstance(obj, (str, os.PathLike)):
+            obj = torch.load(os.fspath(obj), map_location="cpu", weights_only=True)
+            where = "the file's content"
+        else:
+            where = "`state_dict_or_path`"
+        if not isinstance(obj, Mapping):
+            raise TypeError(
+                f"{where} must be a state dict (a mapping of str to Tensor) or a path, got "
+                f"{type(obj).__name__}"
+            )
+        bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+        if bad:
+            raise TypeError(
+                f"{where} must map str keys to tensors; offending key(s): "
+                f"{[str(k) for k in bad[:8]]}"
+            )
+        return dict(obj)
