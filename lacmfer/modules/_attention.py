@@ -195,7 +195,7 @@ class PatchBatchNorm2d(nn.BatchNorm2d):
             for i in range(self.num_patches):  # G (2 to 4) tiny in-place updates of C-vectors
                 self.num_batches_tracked.add_(1)
                 if self.momentum is None:
-                    factor: Tensor | float = 1.0 / self.num_batches_tracked
+                    factor: Tensor | float = 1.0 / self.num_batches_tracked.to(self.running_mean)
                 else:
                     factor = self.momentum
                 self.running_mean.mul_(1 - factor).add_(mean[i].to(self.running_mean) * factor)

@@ -273,8 +273,8 @@ class LocalPatchBranch(nn.Module):
         _check_divisible(x, self.grid, "x")
         gh, gw = self.grid
         if self.share == "all":
-            # every patch in one batch, patch-major: ((gh gw) b)
-            folded = rearrange(x, "b c (gh h) (gw w) -> ((gh gw) b) c h w", gh=gh, gw=gw)
+            # every patch in one batch, patch-major: (gh gw b)
+            folded = rearrange(x, "b c (gh h) (gw w) -> (gh gw b) c h w", gh=gh, gw=gw)
             feat = self._run(0, folded)
             return rearrange(feat, "(p b) d -> b (p d)", p=gh * gw)
         if self.share == "column":

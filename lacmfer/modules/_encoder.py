@@ -138,8 +138,10 @@ class ResNet18Encoder(nn.Module):
             )
         loaded = {k: v for k, v in state.items() if k in own}
         ignored = tuple(sorted(k for k in state if k not in own))
-        # A plain dict (no `_metadata`): BatchNorm treats it as a pre-0.4.1 checkpoint and fills a
-        # missing `num_batches_tracked` with 0, so strict loading succeeds either way.
+        loaded_keys = tuple(sorted(loaded))
+        for k, v in own.items():  # pre-0.4.1 checkpoints have no `num_batches_tracked`
+            if k not in loaded:
+                loaded[k] = torch.zeros_like(v)
         self.load_state_dict(loaded, strict=True)
         unexpected = [k for k in ignored if not k.startswith(_TORCHVISION_ONLY_PREFIXES)]
         if warn and unexpected:
@@ -149,7 +151,7 @@ class ResNet18Encoder(nn.Module):
                 UserWarning,
                 stacklevel=2,
             )
-        return EncoderLoadReport(tuple(sorted(loaded)), ignored)
+        return EncoderLoadReport(loaded_keys, ignored)
 
     @staticmethod
     def _read_state_dict(obj: Any) -> dict[str, Tensor]:

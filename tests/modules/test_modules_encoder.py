@@ -1,0 +1,182 @@
+"""ResNet18Encoder: torchvision names and shapes, checkpoint loading, output shapes."""
+
+from __future__ import annotations
+
+import pathlib
+import warnings
+
+import pytest
+import torch
+
+from lacmfer.modules import EncoderLoadReport, ResNet18Encoder
+
+
+def _bn(prefix: str, c: int) -> dict[str, tuple[int, ...]]:
+    return {
+        f"{prefix}.weight": (c,),
+        f"{prefix}.bias": (c,),
+        f"{prefix}.running_mean": (c,),
+        f"{prefix}.running_var": (c,),
+        f"{prefix}.num_batches_tracked": (),
+    }
+
+
+def _basic_block(prefix: str, cin: int, cout: int, downsample: bool) -> dict[str, tuple[int, ...]]:
+    table = {f"{prefix}.conv1.weight": (cout, cin, 3, 3)}
+    table.update(_bn(f"{prefix}.bn1", cout))
+    table[f"{prefix}.conv2.weight"] = (cout, cout, 3, 3)
+    table.update(_bn(f"{prefix}.bn2", cout))
+    if downsample:
+        table[f"{prefix}.downsample.0.weight"] = (cout, cin, 1, 1)
+        table.update(_bn(f"{prefix}.downsample.1", cout))
+    return table
+
+
+def torchvision_resnet18_table() -> dict[str, tuple[int, ...]]:
+    """Every key of torchvision's resnet18 state dict with its shape, from the architecture."""
+    table = {"conv1.weight": (64, 3, 7, 7)}
+    table.update(_bn("bn1", 64))
+    cin = 64
+    for layer, cout in zip((1, 2, 3, 4), (64, 128, 256, 512)):
+        table.update(_basic_block(f"layer{layer}.0", cin, cout, downsample=cin != cout))
+        table.update(_basic_block(f"layer{layer}.1", cout, cout, downsample=False))
+        cin = cout
+    table["fc.weight"] = (1000, 512)
+    table["fc.bias"] = (1000,)
+    return table
+
+
+def fake_checkpoint(*, with_num_batches_tracked: bool = True) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    state = {}
+    for key, shape in torchvision_resnet18_table().items():
+        if key.endswith("num_batches_tracked"):
+            if with_num_batches_tracked:
+                state[key] = torch.tensor(7, dtype=torch.int64)
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(shape, generator=gen) + 0.5
+        else:
+            state[key] = torch.randn(shape, generator=gen)
+    return state
+
+
+ENCODER_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.")
+
+
+def test_table_is_resnet18() -> None:
+    table = torchvision_resnet18_table()
+    assert len(table) == 122  # torchvision resnet18 has 122 state-dict entries
+    n_params = sum(
+        torch.Size(s).numel()
+        for k, s in table.items()
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    )
+    assert n_params == 11_689_512  # the well-known resnet18 parameter count
+
+
+def test_names_and_shapes_match_torchvision() -> None:
+    expected = {
+        k: s for k, s in torchvision_resnet18_table().items() if k.startswith(ENCODER_PREFIXES)
+    }
+    got = {k: tuple(v.shape) for k, v in ResNet18Encoder().state_dict().items()}
+    assert got == expected
+
+
+def test_load_from_file_reports_ignored_keys(tmp_path: pathlib.Path) -> None:
+    state = fake_checkpoint()
+    path = tmp_path / "resnet18.pth"
+    torch.save(state, path)
+    encoder = ResNet18Encoder()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # layer3/layer4/fc are expected: no warning
+        report = encoder.load_torchvision_state_dict(path)
+    assert isinstance(report, EncoderLoadReport)
+    ignored = sorted(k for k in state if k.startswith(("layer3.", "layer4.", "fc.")))
+    assert list(report.ignored_keys) == ignored and len(ignored) == 122 - 60
+    assert set(report.loaded_keys) == set(encoder.state_dict())
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    # the same through the constructor, from a str path
+    other = ResNet18Encoder(weights=str(path))
+    assert torch.equal(other.layer2[0].downsample[0].weight, state["layer2.0.downsample.0.weight"])
+
+
+def test_load_pre_041_checkpoint_without_num_batches_tracked() -> None:
+    state = fake_checkpoint(with_num_batches_tracked=False)
+    encoder = ResNet18Encoder()
+    encoder.bn1.num_batches_tracked.fill_(5)
+    report = encoder.load_torchvision_state_dict(state)
+    assert torch.equal(encoder.bn1.running_var, state["bn1.running_var"])
+    assert int(encoder.bn1.num_batches_tracked) == 0
+    assert "bn1.num_batches_tracked" not in report.loaded_keys
+
+
+def test_loaded_encoder_computes_with_loaded_weights() -> None:
+    state = fake_checkpoint()
+    a = ResNet18Encoder(weights=state).eval()
+    b = ResNet18Encoder().eval()
+    x = torch.randn(1, 3, 32, 32)
+    assert not torch.allclose(a(x), b(x))
+    b.load_state_dict({k: v for k, v in state.items() if k.startswith(ENCODER_PREFIXES)})
+    torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
+
+
+def test_load_errors(tmp_path: pathlib.Path) -> None:
+    encoder = ResNet18Encoder()
+    state = fake_checkpoint()
+    del state["layer1.1.conv2.weight"]
+    with pytest.raises(ValueError, match=r"missing 1 key.*'layer1.1.conv2.weight'"):
+        encoder.load_torchvision_state_dict(state)
+    state = fake_checkpoint()
+    state["conv1.weight"] = torch.randn(64, 1, 7, 7)
+    with pytest.raises(
+        ValueError,
+        match=r"wrong shape.*conv1.weight: expected \(64, 3, 7, 7\), got \(64, 1, 7, 7\)",
+    ):
+        encoder.load_torchvision_state_dict(state)
+    prefixed = {f"module.{k}": v for k, v in fake_checkpoint().items()}
+    with pytest.raises(ValueError, match="missing 50 key"):
+        encoder.load_torchvision_state_dict(prefixed)
+    with pytest.raises(TypeError, match="must be a state dict"):
+        encoder.load_torchvision_state_dict([1, 2])  # type: ignore[arg-type]
+    path = tmp_path / "list.pth"
+    torch.save([torch.zeros(1)], path)
+    with pytest.raises(TypeError, match="the file's content must be a state dict"):
+        encoder.load_torchvision_state_dict(path)
+    with pytest.raises(TypeError, match="must map str keys to tensors"):
+        encoder.load_torchvision_state_dict({"conv1.weight": 1.0})  # type: ignore[dict-item]
+
+
+def test_unexpected_extra_keys_warn() -> None:
+    state = fake_checkpoint()
+    state["classifier.weight"] = torch.zeros(3)
+    with pytest.warns(UserWarning, match=r"ignored 1 checkpoint key.*classifier.weight"):
+        report = ResNet18Encoder().load_torchvision_state_dict(state)
+    assert "classifier.weight" in report.ignored_keys
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ResNet18Encoder().load_torchvision_state_dict(state, warn=False)
+
+
+@pytest.mark.parametrize("size,out", [(224, 28), (112, 14), (64, 8), (32, 4)])
+def test_output_shapes(size: int, out: int) -> None:
+    encoder = ResNet18Encoder().eval()
+    with torch.no_grad():
+        assert encoder(torch.randn(1, 3, size, size)).shape == (1, 128, out, out)
+
+
+def test_forward_errors() -> None:
+    encoder = ResNet18Encoder()
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\), got shape \(2, 1, 32, 32\)"):
+        encoder(torch.randn(2, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"got shape \(3, 32, 32\)"):
+        encoder(torch.randn(3, 32, 32))
+
+
+def test_no_torchvision_import() -> None:
+    import lacmfer.modules
+
+    root = pathlib.Path(lacmfer.modules.__file__).parent
+    for source in root.glob("*.py"):
+        assert "import torchvision" not in source.read_text()
+        assert "from torchvision" not in source.read_text()
