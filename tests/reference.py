@@ -42,7 +42,7 @@ def feature_scale(points: list[Tensor]) -> float:
     s = 0.0
     for p in points:
         for v in p:
-            s = max(s, abs(float(v)))
+            s = max(s, abs(float(v.detach())))
     return max(s, 1e-30)
 
 
@@ -52,7 +52,7 @@ def bandwidth(points: list[Tensor], scale: float) -> float:
     for u in range(n):
         for v in range(n):
             if u != v:
-                total += float(sqdist(points[u], points[v]))
+                total += float(sqdist(points[u], points[v]).detach())
     beta = total / (n * n - n) if n * n - n > 0 else 0.0
     return max(beta, FLOOR * scale * scale)
 
@@ -105,11 +105,13 @@ def mmd2_reference(
 
 
 def gaussian_kernel_reference(
-    x: Tensor, y: Tensor, kernel_num: int = 5, kernel_mul: float = 2.0
+    x: Tensor, y: Optional[Tensor], kernel_num: int = 5, kernel_mul: float = 2.0
 ) -> Tensor:
+    """Kernel matrix; the bandwidth comes from x ∪ y, or from x alone when y is None."""
     xs = [x[i] for i in range(x.shape[0])]
-    ys = [y[j] for j in range(y.shape[0])]
-    beta = bandwidth(xs + ys, feature_scale(xs + ys))
+    pool = xs if y is None else xs + [y[j] for j in range(y.shape[0])]
+    ys = xs if y is None else [y[j] for j in range(y.shape[0])]
+    beta = bandwidth(pool, feature_scale(pool))
     out = torch.zeros(len(xs), len(ys), dtype=x.dtype)
     for i, a in enumerate(xs):
         for j, b in enumerate(ys):

@@ -194,7 +194,12 @@ def _safe_div(num: Tensor, den: Tensor) -> Tensor:
 
 
 def _margin_mse(logits: Tensor, onehot: Tensor) -> Tensor:
-    r""":math:`\frac1K \sum_k (z_k - 1[k = y] \max_{k'} z_{k'})^2` per row."""
+    r""":math:`\frac1K \sum_k (z_k - 1[k = y] \max_{k'} z_{k'})^2` per row, up to a common scale.
+
+    Only the normalised weights use it, and normalisation cancels any positive common factor, so the
+    logits are divided by their largest magnitude first: no finite logits can overflow the squares.
+    """
+    logits = logits / logits.abs().amax().clamp_min(1e-30)
     target = onehot * logits.amax(dim=1, keepdim=True)
     return ((logits - target) ** 2).mean(dim=1)
 

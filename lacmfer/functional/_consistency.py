@@ -143,7 +143,7 @@ def multi_view_clustering_consistency(
         - Output: scalar (float32 for half-precision inputs, else the input dtype).
 
     Returns:
-        The loss, in :math:`[0, 1 - 1/K]` for probabilities.
+        The loss, in :math:`[0, 1]` for probabilities.
 
     Raises:
         TypeError: if a view is not a floating-point tensor.

@@ -172,13 +172,13 @@ def gaussian_kernel(
         xs, ys = x.to(dtype), y_.to(dtype)
         if same:
             dist = pairwise_sq_distances(xs, xs[:0]).ss
-            sq_scale = _scale_sq(xs)
+            points = xs
             n = float(xs.shape[0])
             total = dist.sum()
             cross = dist
         else:
             pd = pairwise_sq_distances(xs, ys)
-            sq_scale = _scale_sq(torch.cat([xs, ys]))
+            points = torch.cat([xs, ys])
             n = float(xs.shape[0] + ys.shape[0])
             total = pd.ss.sum() + pd.tt.sum() + 2.0 * pd.st.sum()
             cross = pd.st
@@ -186,14 +186,15 @@ def gaussian_kernel(
         if bandwidth is None:
             beta = bandwidth_from_sums(total, torch.tensor(n, dtype=dtype), BANDWIDTH_FLOOR)
         else:
-            beta = torch.as_tensor(bandwidth, dtype=dtype, device=x.device).detach() / sq_scale
+            beta = _fixed_bandwidth(bandwidth, points)
         return kernel_sum(cross / beta, coef)
 
 
-def _scale_sq(z: Tensor) -> Tensor:
-    """The squared, detached feature scale used by :func:`pairwise_sq_distances`."""
-    s = z.detach().abs().amax().clamp_min(_TINY_SCALE)
-    return s * s
+def _fixed_bandwidth(bandwidth: Union[Tensor, float], points: Tensor) -> Tensor:
+    """A user-given bandwidth in the units of :func:`pairwise_sq_distances` (divided by s²)."""
+    s = points.detach().abs().amax().clamp_min(_TINY_SCALE)
+    beta = torch.as_tensor(bandwidth, dtype=points.dtype, device=points.device).detach()
+    return beta / (s * s)
 
 
 def mmd2(
@@ -204,6 +205,7 @@ def mmd2(
     weights_y: Optional[Tensor] = None,
     kernel_num: int = 5,
     kernel_mul: float = 2.0,
+    bandwidth: Optional[Union[Tensor, float]] = None,
 ) -> Tensor:
     r"""Biased (V-statistic) squared maximum mean discrepancy, optionally weighted.
 
@@ -223,6 +225,7 @@ def mmd2(
         weights_y: weights of ``y``; default uniform ``1/M``.
         kernel_num: number of Gaussians :math:`Q` (int >= 1).
         kernel_mul: ratio :math:`m` between consecutive bandwidths (> 0).
+        bandwidth: a fixed base bandwidth :math:`\beta > 0` instead of the data-driven one.
 
     Shape:
         - x: :math:`(N, D)`; y: :math:`(M, D)`; weights_x: :math:`(N,)`; weights_y: :math:`(M,)`.
@@ -251,6 +254,8 @@ def mmd2(
     if weights_y is not None:
         check_float(weights_y, "weights_y", ndim=1, axes="(M,)")
         check_size(weights_y, "weights_y", 0, y, "y", 0, "Batch sizes (dim 0)")
+    if bandwidth is not None and not isinstance(bandwidth, Tensor):
+        bandwidth = check_real(bandwidth, "bandwidth", minimum=0.0, exclusive_minimum=True)
     dtype = compute_dtype(x, y)
     with no_autocast(x.device):
         xs, ys = x.to(dtype), y.to(dtype)
@@ -265,9 +270,12 @@ def mmd2(
             else weights_y.to(dtype)
         )
         pd = pairwise_sq_distances(xs, ys)
-        n = torch.tensor(float(xs.shape[0] + ys.shape[0]), dtype=dtype, device=x.device)
-        total = pd.ss.sum() + pd.tt.sum() + 2.0 * pd.st.sum()
-        beta = bandwidth_from_sums(total, n, pd.floor)
+        if bandwidth is None:
+            n = torch.tensor(float(xs.shape[0] + ys.shape[0]), dtype=dtype, device=x.device)
+            total = pd.ss.sum() + pd.tt.sum() + 2.0 * pd.st.sum()
+            beta = bandwidth_from_sums(total, n, pd.floor)
+        else:
+            beta = _fixed_bandwidth(bandwidth, torch.cat([xs, ys]))
         coef = kernel_coefficients(kernel_num, kernel_mul, dtype=dtype, device=x.device)
         k_ss = kernel_sum(pd.ss / beta, coef)
         k_tt = kernel_sum(pd.tt / beta, coef)

@@ -150,7 +150,12 @@ def pseudo_label_refinement(
         keep = mask.to(dtype)
         ce_g = F.cross_entropy(logits_g.to(dtype), labels, reduction="none")
         ce_l = F.cross_entropy(logits_l.to(dtype), labels, reduction="none")
-        sums = torch.stack([(ce_g * keep).sum(), (ce_l * keep).sum()])
+        # `where`, not a product: a sample that is not kept may have an infinite cross-entropy
+        # (extreme logits disagreeing with the label), and inf * 0 would be NaN.
+        zero = ce_g.new_zeros(())
+        sums = torch.stack(
+            [torch.where(mask, ce_g, zero).sum(), torch.where(mask, ce_l, zero).sum()]
+        )
         counts = torch.stack([keep.sum(), keep.new_tensor(float(keep.shape[0]))])
         if sync_dist:
             sums = all_reduce_sum(sums, process_group)
