@@ -1,0 +1,179 @@
+"""``sync_dist``: two gloo processes on CPU equal one process on the concatenated batch.
+
+The loss value on every rank equals the single-process loss on the concatenated batch. Gradients
+follow DistributedDataParallel's convention (see :mod:`lacmfer.functional`): each rank's inputs
+receive ``world_size`` times the single-process gradient, so that after DDP averages parameter
+gradients over the ranks, the parameters receive exactly the single-process gradient — checked
+directly with a DDP-wrapped model. Ranks hold different batch sizes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from lacmfer.functional import (
+    dual_level_alignment,
+    multi_view_clustering_consistency,
+    pseudo_label_refinement,
+)
+from lacmfer.losses import (
+    DualLevelInterDomainAlignment,
+    MultiViewClusteringConsistency,
+    PseudoLabelRefiner,
+)
+
+pytestmark = pytest.mark.distributed
+
+WORLD = 2
+SOURCE_SPLIT = [5, 7]  # uneven on purpose
+TARGET_SPLIT = [6, 4]
+K = 4
+DIM = 6
+
+
+def global_batch() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    b_s, b_t = sum(SOURCE_SPLIT), sum(TARGET_SPLIT)
+    labels = torch.randint(0, K, (b_s,), generator=g)
+    pseudo = torch.randint(0, K, (b_t,), generator=g)
+    return {
+        "x_s": torch.randn(b_s, DIM, generator=g, dtype=torch.float64),
+        "x_t": torch.randn(b_t, DIM, generator=g, dtype=torch.float64) + 0.5,
+        "logits_s": 4 * F.one_hot(labels, K).double() + torch.randn(b_s, K, generator=g).double(),
+        "logits_t": 4 * F.one_hot(pseudo, K).double() + torch.randn(b_t, K, generator=g).double(),
+        "logits_l": 4 * F.one_hot(pseudo, K).double() + torch.randn(b_t, K, generator=g).double(),
+        "labels_s": labels,
+        "domains_s": torch.randint(0, 3, (b_s,), generator=g),
+    }
+
+
+def model() -> torch.nn.Module:
+    torch.manual_seed(1)
+    return torch.nn.Linear(DIM, DIM).double()
+
+
+def objective(net: torch.nn.Module, b: dict[str, torch.Tensor], sync: bool) -> dict[str, Any]:
+    """All losses on a (local or global) batch; features go through ``net``."""
+    fs, ft = net(b["x_s"]), net(b["x_t"])
+    zt = b["logits_t"] + ft[:, :K]
+    zl = b["logits_l"] + ft[:, DIM - K :].flip(1)
+    out = {
+        "pooled": dual_level_alignment(
+            fs, b["logits_s"], b["labels_s"], ft, zt, sync_dist=sync, cluster_weight=0.5
+        ),
+        "per_source": DualLevelInterDomainAlignment(num_domains=3, sync_dist=sync)(
+            fs, b["logits_s"], b["labels_s"], ft, zt, b["domains_s"]
+        ),
+        "mcc": multi_view_clustering_consistency(zt, zl, sync_dist=sync),
+        "mcc_logits": MultiViewClusteringConsistency(from_logits=True, sync_dist=sync)(zt, zl),
+        "mvv": pseudo_label_refinement(zt, zl, threshold=0.6, sync_dist=sync).loss,
+    }
+    refiner = PseudoLabelRefiner(threshold=0.6, sync_dist=sync)
+    refiner(zt, zl)
+    out["kept"] = refiner.kept_fraction
+    return out
+
+
+def _local(b: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
+    s0, t0 = sum(SOURCE_SPLIT[:rank]), sum(TARGET_SPLIT[:rank])
+    s1, t1 = s0 + SOURCE_SPLIT[rank], t0 + TARGET_SPLIT[rank]
+    return {
+        k: (v[s0:s1] if k in ("x_s", "logits_s", "labels_s", "domains_s") else v[t0:t1])
+        for k, v in b.items()
+    }
+
+
+def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        torch.set_num_threads(1)
+        local = _local(global_batch(), rank)
+        results: dict[str, Any] = {}
+        # 1) Value and input gradients of each loss.
+        for name in ("pooled", "per_source", "mcc", "mcc_logits", "mvv"):
+            x_s = local["x_s"].clone().requires_grad_()
+            x_t = local["x_t"].clone().requires_grad_()
+            batch = dict(local, x_s=x_s, x_t=x_t)
+            value = objective(model(), batch, sync=True)[name]
+            value.backward()
+            results[name] = (value.detach(), x_s.grad, x_t.grad)
+        results["kept"] = objective(model(), local, sync=True)["kept"]
+        # 2) Parameter gradients of a DDP-wrapped model: exactly the single-process gradients.
+        net = torch.nn.parallel.DistributedDataParallel(model())
+        losses = objective(net, local, sync=True)
+        sum(losses[n] for n in ("pooled", "per_source", "mcc", "mvv")).backward()
+        results["ddp_grads"] = [p.grad.clone() for p in net.parameters()]
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def rank_results() -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "init")
+        mp.start_processes(
+            _worker, args=(init_file, tmp), nprocs=WORLD, join=True, start_method="spawn"
+        )
+        return [
+            torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)
+        ]
+
+
+def _single_process(name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    b = global_batch()
+    x_s = b["x_s"].clone().requires_grad_()
+    x_t = b["x_t"].clone().requires_grad_()
+    value = objective(model(), dict(b, x_s=x_s, x_t=x_t), sync=False)[name]
+    value.backward()
+    assert x_t.grad is not None
+    grad_s = torch.zeros_like(x_s) if x_s.grad is None else x_s.grad  # the views see no source
+    return value.detach(), grad_s, x_t.grad
+
+
+@pytest.mark.parametrize("name", ["pooled", "per_source", "mcc", "mcc_logits", "mvv"])
+def test_sync_dist_equals_concatenated_batch(rank_results: list[dict[str, Any]], name: str) -> None:
+    value, grad_s, grad_t = _single_process(name)
+    assert float(value) != 0.0, "the case must exercise the loss"
+    for rank, res in enumerate(rank_results):
+        got_value, got_s, got_t = res[name]
+        torch.testing.assert_close(got_value, value, rtol=1e-6, atol=1e-8)
+        s0, t0 = sum(SOURCE_SPLIT[:rank]), sum(TARGET_SPLIT[:rank])
+        want_s = grad_s[s0 : s0 + SOURCE_SPLIT[rank]] * WORLD
+        want_t = grad_t[t0 : t0 + TARGET_SPLIT[rank]] * WORLD
+        if got_s is None:
+            got_s = torch.zeros_like(want_s)
+        torch.testing.assert_close(got_s, want_s, rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(got_t, want_t, rtol=1e-6, atol=1e-8)
+
+
+def test_kept_fraction_is_global(rank_results: list[dict[str, Any]]) -> None:
+    b = global_batch()
+    want = objective(model(), b, sync=False)["kept"]
+    for res in rank_results:
+        torch.testing.assert_close(res["kept"], want)
+
+
+def test_ddp_parameter_gradients_equal_single_process(rank_results: list[dict[str, Any]]) -> None:
+    net = model()
+    losses = objective(net, global_batch(), sync=False)
+    sum(losses[n] for n in ("pooled", "per_source", "mcc", "mvv")).backward()
+    want = [p.grad for p in net.parameters()]
+    for res in rank_results:
+        for got, w in zip(res["ddp_grads"], want):
+            torch.testing.assert_close(got, w, rtol=1e-6, atol=1e-8)
+
+
+def test_sync_dist_is_a_no_op_without_process_group() -> None:
+    assert not dist.is_initialized()
+    b = global_batch()
+    for name, value in objective(model(), b, sync=True).items():
+        torch.testing.assert_close(value, objective(model(), b, sync=False)[name])
