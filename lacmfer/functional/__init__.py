@@ -28,6 +28,7 @@ from ._alignment import (
 )
 from ._consistency import multi_view_clustering_consistency, prediction_similarity_matrix
 from ._kernel import gaussian_kernel, mmd2
+from ._patches import merge_patches, split_patches
 from ._pseudo_label import (
     RefinedPseudoLabels,
     multi_view_pseudo_label_loss,
@@ -42,6 +43,7 @@ __all__ = [
     "dual_level_alignment",
     "gaussian_kernel",
     "hardness_weights",
+    "merge_patches",
     "mmd2",
     "multi_view_clustering_consistency",
     "multi_view_pseudo_label_loss",
@@ -49,4 +51,5 @@ __all__ = [
     "pseudo_label_refinement",
     "refine_pseudo_labels",
     "sample_level_alignment",
+    "split_patches",
 ]
