@@ -182,3 +182,16 @@ def test_public_api() -> None:
         assert name in names
     assert {"LocalPatchBranch", "LACMFER", "LACMFEROutput"} <= set(names)
     assert split_patches.__module__ == merge_patches.__module__ == "lacmfer.functional._patches"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu() -> None:
+    model = LACMFER.tiny(**TINY).train()
+    gpu = copy.deepcopy(model).cuda()
+    x = torch.randn(4, 3, 64, 64)
+    expected = model(x)
+    out = gpu(x.cuda())
+    _compare_outputs(tuple(t.cpu() for t in out), expected, rtol=1e-3, atol=1e-3)
+    for k, v in gpu.state_dict().items():
+        torch.testing.assert_close(v.cpu(), model.state_dict()[k], rtol=1e-3, atol=1e-4, msg=k)

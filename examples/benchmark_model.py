@@ -1,0 +1,276 @@
+"""Benchmark: the LA-CMFER model, its batched local branch, and the losses' share of a training step.
+
+Prints one markdown table with:
+
+1. model forward + backward throughput (images/s) in training mode, plus inference forward;
+2. :class:`~lacmfer.modules.LocalPatchBranch` forward + backward, patches folded into the batch
+   (one call per shared sub-network, ``patch_norm="per_patch"`` and ``"joint"``) against one call
+   per patch (the paper's code), with the ratio;
+3. the share of a training step spent in the losses: a full step of the SPEC §4 objective
+   (model on the source batch, model on the target batch, label-smoothed CE on both heads,
+   dual-level alignment on both branches, clustering consistency, multi-view voting, backward,
+   SGD step) against the same step with only the two CE terms.
+
+Usage::
+
+    python examples/benchmark_model.py                             # B = 32, 224x224, CPU
+    python examples/benchmark_model.py --batch-size 8 --image-size 112 --iters 3
+    python examples/benchmark_model.py --tiny --image-size 64      # the CPU-experiment preset
+    python examples/benchmark_model.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import time
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lacmfer.modules import LACMFER, LocalPatchBranch, PatchBatchNorm2d
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_it(fn: Callable[[], object], device: torch.device, *, warmup: int, iters: int) -> float:
+    """Median wall-clock seconds of ``fn`` over ``iters`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def patch_by_patch(branch: LocalPatchBranch) -> Callable[[Tensor], Tensor]:
+    """The paper's way: each patch sliced and run alone through its sub-network (plain BN)."""
+    ref = copy.deepcopy(branch)
+    for m in ref.modules():
+        if isinstance(m, PatchBatchNorm2d):
+            m.num_patches = 1
+    gh, gw = ref.grid
+
+    def run(x: Tensor) -> Tensor:
+        h, w = x.shape[2] // gh, x.shape[3] // gw
+        feats = []
+        for i in range(gh):
+            for j in range(gw):
+                patch = x[:, :, i * h : (i + 1) * h, j * w : (j + 1) * w]
+                feats.append(ref.subnets[ref.subnet_index(i * gw + j)](patch).mean(dim=(2, 3)))
+        return torch.cat(feats, dim=1)
+
+    return run
+
+
+def _backward(fn: Callable[[Tensor], Tensor], x: Tensor) -> Callable[[], None]:
+    def step() -> None:
+        fn(x).sum().backward()
+
+    return step
+
+
+def training_step(
+    model: LACMFER,
+    x_s: Tensor,
+    y_s: Tensor,
+    x_t: Tensor,
+    optimizer: torch.optim.Optimizer,
+    losses: Optional[dict[str, nn.Module]],
+) -> Callable[[], None]:
+    """One SPEC §4 step; ``losses=None`` keeps only the two label-smoothed CE terms."""
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        out_s = model(x_s)  # separate forward calls: per-domain BatchNorm statistics
+        out_t = model(x_t)
+        loss = F.cross_entropy(out_s.logits_g, y_s, label_smoothing=0.1) + F.cross_entropy(
+            out_s.logits_l, y_s, label_smoothing=0.1
+        )
+        if losses is not None:
+            align = losses["align"]
+            inter = align(out_s.feat_g, out_s.logits_g, y_s, out_t.feat_g, out_t.logits_g) + align(
+                out_s.feat_l, out_s.logits_l, y_s, out_t.feat_l, out_t.logits_l
+            )
+            mcc = losses["mcc"](out_t.logits_g, out_t.logits_l)
+            mvv = losses["mvv"](out_t.logits_g, out_t.logits_l).loss
+            loss = loss + 0.4 * inter + 0.5 * mcc + 0.1 * mvv
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def build_model(args: argparse.Namespace, device: torch.device) -> LACMFER:
+    kwargs = {"spatial_kernel_size": args.spatial_kernel_size}
+    model = LACMFER.tiny(7, **kwargs) if args.tiny else LACMFER(7, **kwargs)
+    return model.to(device)
+
+
+def main(argv: Optional[list[str]] = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch-size", type=int, default=32, help="images per batch (B_s = B_t)")
+    parser.add_argument("--image-size", type=int, default=224, help="square input size")
+    parser.add_argument("--iters", type=int, default=3, help="timed iterations (median)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--tiny", action="store_true", help="LACMFER.tiny() instead of the paper's")
+    parser.add_argument("--spatial-kernel-size", type=int, default=49, help="CBAM kernel (49/7)")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["model", "branch", "step"], help="rows to skip"
+    )
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    b, s = args.batch_size, args.image_size
+    timing = {"warmup": args.warmup, "iters": args.iters}
+    rows: list[tuple[str, str, str, str]] = []
+    notes: list[str] = []
+
+    model = build_model(args, device).train()
+    x_s = torch.randn(b, 3, s, s, device=device)
+    x_t = torch.rand(b, 3, s, s, device=device)
+    y_s = torch.randint(0, 7, (b,), device=device)
+    name = "LACMFER.tiny" if args.tiny else "LACMFER (paper sizes)"
+
+    if "model" not in args.skip:
+        t = time_it(_backward(lambda x: model(x).logits, x_s), device, **timing)
+        rows.append(
+            (f"{name} fwd+bwd, train", f"B={b}, {s}x{s}", f"{t * 1e3:.1f}", f"{b / t:.1f} img/s")
+        )
+        model.eval()
+        with torch.no_grad():
+            t = time_it(lambda: model(x_s), device, **timing)
+        model.train()
+        rows.append(
+            (
+                f"{name} fwd, eval, no_grad",
+                f"B={b}, {s}x{s}",
+                f"{t * 1e3:.1f}",
+                f"{b / t:.1f} img/s",
+            )
+        )
+
+    if "branch" not in args.skip:
+        with torch.no_grad():
+            feat_map = model.encoder(x_s).detach()
+        lb = model.local_branch
+        c, h = feat_map.shape[1], feat_map.shape[2]
+        branch_kwargs = {
+            "grid": lb.grid,
+            "blocks": lb.blocks,
+            "share": lb.share,
+            "reduction": lb.reduction,
+            "spatial_kernel_size": lb.spatial_kernel_size,
+        }
+        batched = LocalPatchBranch(c, lb.out_channels, **branch_kwargs).to(device).train()
+        joint = LocalPatchBranch(c, lb.out_channels, patch_norm="joint", **branch_kwargs)
+        joint = joint.to(device).train()
+        joint.load_state_dict(batched.state_dict())
+        loop = patch_by_patch(batched)
+        setting = f"B={b}, {c}x{h}x{h} map, share={lb.share!r}"
+        t_loop = time_it(_backward(loop, feat_map), device, **timing)
+        t_batched = time_it(_backward(batched, feat_map), device, **timing)
+        t_joint = time_it(_backward(joint, feat_map), device, **timing)
+        rows.append(
+            (
+                "LocalPatchBranch fwd+bwd, one call per patch",
+                setting,
+                f"{t_loop * 1e3:.1f}",
+                "1.00x",
+            )
+        )
+        rows.append(
+            (
+                "LocalPatchBranch fwd+bwd, batched (per-patch BN)",
+                setting,
+                f"{t_batched * 1e3:.1f}",
+                f"{t_loop / t_batched:.2f}x faster",
+            )
+        )
+        rows.append(
+            (
+                "LocalPatchBranch fwd+bwd, batched (joint BN)",
+                setting,
+                f"{t_joint * 1e3:.1f}",
+                f"{t_loop / t_joint:.2f}x faster",
+            )
+        )
+
+    if "step" not in args.skip:
+        try:
+            from lacmfer.losses import (
+                DualLevelInterDomainAlignment,
+                MultiViewClusteringConsistency,
+                PseudoLabelRefiner,
+            )
+        except ImportError as exc:  # the losses land separately
+            notes.append(f"training-step rows skipped: lacmfer.losses is not importable ({exc})")
+        else:
+            losses: dict[str, nn.Module] = {
+                "align": DualLevelInterDomainAlignment(),
+                "mcc": MultiViewClusteringConsistency(),
+                "mvv": PseudoLabelRefiner(),
+            }
+            opt = torch.optim.SGD(
+                model.parameter_groups(1e-2, weight_decay=1e-4),
+                lr=1e-2,
+                momentum=0.9,
+                nesterov=True,
+            )
+            setting = f"B_s=B_t={b}, {s}x{s}"
+            state = copy.deepcopy(model.state_dict())
+            t_ce = time_it(training_step(model, x_s, y_s, x_t, opt, None), device, **timing)
+            model.load_state_dict(state)
+            t_full = time_it(training_step(model, x_s, y_s, x_t, opt, losses), device, **timing)
+            share = (t_full - t_ce) / t_full
+            rows.append(
+                (
+                    f"{name} train step, CE only",
+                    setting,
+                    f"{t_ce * 1e3:.1f}",
+                    f"{2 * b / t_ce:.1f} img/s",
+                )
+            )
+            rows.append(
+                (
+                    f"{name} train step, full SPEC §4 objective",
+                    setting,
+                    f"{t_full * 1e3:.1f}",
+                    f"losses: {100 * share:.1f}% of the step",
+                )
+            )
+
+    threads = torch.get_num_threads()
+    lines = [
+        f"torch {torch.__version__}, device {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+        + f", {threads} CPU thread(s), {platform.processor() or platform.machine()}; "
+        f"median of {args.iters} after {args.warmup} warm-up; CBAM k={args.spatial_kernel_size}",
+        "",
+        "| measurement | setting | ms / iter | result |",
+        "|---|---|---:|---|",
+    ]
+    lines += [f"| {a} | {b_} | {c_} | {d} |" for a, b_, c_, d in rows]
+    lines += [f"\nNote: {n}" for n in notes]
+    table = "\n".join(lines)
+    print(table)
+    return table
+
+
+if __name__ == "__main__":
+    main()
