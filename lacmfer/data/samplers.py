@@ -1,0 +1,432 @@
+r"""Infinite, resumable, rank-sharded index samplers for multi-source and target streams.
+
+Training in CMFER draws a labelled source batch and an unlabelled target batch every step, for a
+fixed number of steps rather than epochs. The samplers here are infinite streams of index batches:
+
+* :class:`MultiSourceSampler` draws from the concatenation of several source datasets, either
+  **pooled** (one shuffled stream over all sources, so each source appears in proportion to its
+  size -- what the paper does) or **balanced** (every batch holds the same quota of each source,
+  optionally with the classes of a source drawn in turn);
+* :class:`InfiniteSampler` draws from one dataset (the target).
+
+Every stream is a sequence of epochs, each a fresh permutation seeded from ``(seed, stream,
+epoch)``; position ``p`` of a stream over ``n`` items is ``perm_{p // n}[p % n]``. So:
+
+* **Resuming is exact**: :meth:`~MultiSourceSampler.state_dict` stores the stream positions;
+  a new sampler given the same arguments and :meth:`~MultiSourceSampler.load_state_dict` continues
+  with the very same batches.
+* **DDP sharding**: with ``world_size`` ranks each step consumes ``world_size`` batches' worth of
+  every stream and rank ``r`` takes the ``r``-th part. Ranks thus get disjoint parts of one global
+  stream, and the global stream (the positions consumed, in order) is the same for any
+  ``world_size``. A state saved with one world size can be loaded with another.
+* **Vectorised**: a batch is a few ``torch.randperm`` slices and index operations, no per-sample
+  Python work.
+
+Used as a :class:`~torch.utils.data.DataLoader` ``batch_sampler`` the samplers yield lists of
+indices; note that a loader prefetches, so the sampler state is ahead of the batches consumed by
+``prefetch_factor * num_workers`` batches -- save the state of batches actually drawn by calling
+:meth:`~MultiSourceSampler.sample` in the training loop instead when exact resumption matters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor
+
+from .._checks import check_choice, check_positive_int
+
+__all__ = ["InfiniteSampler", "MultiSourceSampler", "SourceBatch"]
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix(*parts: int) -> int:
+    """SplitMix64-style hash of integers to a 63-bit seed (stable across runs and platforms)."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (p & _MASK64)) & _MASK64
+        h = (h + 0x9E3779B97F4A7C15) & _MASK64
+        z = h
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        h = z ^ (z >> 31)
+    return h & ((1 << 63) - 1)
+
+
+class _Stream:
+    """Position-addressable infinite stream over ``range(n)``: epochs of seeded permutations."""
+
+    def __init__(self, n: int, key: tuple[int, ...], shuffle: bool = True) -> None:
+        self.n = n
+        self.key = key
+        self.shuffle = shuffle
+        self._cache: dict[int, Tensor] = {}
+
+    def _epoch(self, epoch: int) -> Tensor:
+        perm = self._cache.get(epoch)
+        if perm is None:
+            if self.shuffle:
+                gen = torch.Generator().manual_seed(_mix(*self.key, epoch))
+                perm = torch.randperm(self.n, generator=gen)
+            else:
+                perm = torch.arange(self.n)
+            if len(self._cache) >= 2:
+                self._cache.pop(min(self._cache))
+            self._cache[epoch] = perm
+        return perm
+
+    def take(self, start: int, count: int) -> Tensor:
+        """Items at positions ``start .. start + count - 1``."""
+        if count <= 0:
+            return torch.empty(0, dtype=torch.int64)
+        first, last = start // self.n, (start + count - 1) // self.n
+        if first == last:
+            offset = start - first * self.n
+            return self._epoch(first)[offset : offset + count]
+        chunks = torch.cat([self._epoch(e) for e in range(first, last + 1)])
+        offset = start - first * self.n
+        return chunks[offset : offset + count]
+
+
+class SourceBatch(NamedTuple):
+    """One multi-source batch.
+
+    Attributes:
+        indices: ``(B,)`` int64 indices into the concatenation of the sources.
+        domains: ``(B,)`` int64 source (domain) id of each index.
+    """
+
+    indices: Tensor
+    domains: Tensor
+
+
+def _check_rank(rank: int, world_size: int) -> None:
+    check_positive_int(world_size, "world_size")
+    if isinstance(rank, bool) or not isinstance(rank, int):
+        raise TypeError(f"`rank` must be an int, got {type(rank).__name__}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"`rank` must lie in [0, world_size = {world_size}), got {rank}")
+
+
+class MultiSourceSampler:
+    r"""Infinite batches of indices over several source datasets, pooled or domain-balanced.
+
+    Indices refer to the concatenation of the sources in the order of ``domain_sizes`` (as
+    :class:`torch.utils.data.ConcatDataset` numbers them); domain ``d`` owns indices
+    ``[c_d, c_d + n_d)`` with ``c_d = n_0 + ... + n_{d-1}``.
+
+    * ``mode="pooled"`` (the paper): one stream of epochs over all ``N = Σ n_d`` indices; a domain's
+      share of the batches is ``n_d / N`` (JAFFE's 213 images are ~0.3% of a six-dataset pool).
+    * ``mode="balanced"``: each batch holds ``B // S`` indices of every one of the ``S`` domains;
+      the ``B % S`` remaining slots rotate over the domains from batch to batch, so each domain
+      gets ``1/S`` of the draws in the long run. Each domain has its own stream of epochs. With
+      ``class_balanced=True`` a domain's slots cycle through its classes (a fresh permutation of
+      the classes present in the domain each cycle) and each class has its own stream of epochs,
+      so classes are drawn equally often within a domain.
+
+    Args:
+        domain_sizes: Number of samples of each source (each ``>= 1``).
+        batch_size: Indices per batch on this rank, ``B``.
+        mode: ``"pooled"`` or ``"balanced"``.
+        labels: Labels of the concatenation, needed for ``class_balanced``.
+        class_balanced: Draw classes equally often within each domain (``mode="balanced"``).
+        seed: Seed of every stream.
+        rank: This process's rank.
+        world_size: Number of processes; each step consumes ``world_size`` batches of the global
+            stream and this rank gets part ``rank``.
+
+    Shape:
+        - labels: ``(N,)``.
+        - ``sample()``: :class:`SourceBatch` of two ``(B,)`` int64 tensors.
+
+    Raises:
+        TypeError: On arguments of the wrong type.
+        ValueError: On empty domains, ``rank`` outside ``[0, world_size)``, ``labels`` of the
+            wrong length, ``class_balanced`` without labels or with ``mode="pooled"``.
+
+    Example:
+        >>> s = MultiSourceSampler([3, 5], 4, mode="balanced", seed=0)
+        >>> b = s.sample()
+        >>> b.domains.tolist(), all(0 <= i < 3 for i in b.indices[:2].tolist())
+        ([0, 0, 1, 1], True)
+    """
+
+    def __init__(
+        self,
+        domain_sizes: Sequence[int],
+        batch_size: int,
+        *,
+        mode: str = "pooled",
+        labels: Optional[Union[Tensor, Sequence[int]]] = None,
+        class_balanced: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if isinstance(domain_sizes, (str, bytes)) or not isinstance(domain_sizes, Sequence):
+            raise TypeError(
+                f"`domain_sizes` must be a sequence of ints, got {type(domain_sizes).__name__}"
+            )
+        if len(domain_sizes) == 0:
+            raise ValueError("`domain_sizes` must name at least one domain, got []")
+        for d, n in enumerate(domain_sizes):
+            check_positive_int(n, f"domain_sizes[{d}]")
+        self.domain_sizes = tuple(int(n) for n in domain_sizes)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.mode = check_choice(mode, "mode", ("pooled", "balanced"))
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"`seed` must be an int, got {type(seed).__name__}")
+        self.seed = seed
+        _check_rank(rank, world_size)
+        self.rank, self.world_size = rank, world_size
+        self.class_balanced = bool(class_balanced)
+        sizes = torch.tensor(self.domain_sizes, dtype=torch.int64)
+        self.offsets = torch.cat((torch.zeros(1, dtype=torch.int64), sizes.cumsum(0)[:-1]))
+        self.total_size = int(sizes.sum())
+        self._bounds = sizes.cumsum(0)
+        self.labels: Optional[Tensor] = None
+        if labels is not None:
+            lab = labels if isinstance(labels, Tensor) else torch.as_tensor(labels)
+            if lab.is_floating_point() or lab.ndim != 1 or lab.shape[0] != self.total_size:
+                raise ValueError(
+                    f"`labels` must be an integer tensor of shape ({self.total_size},) = "
+                    f"(sum of domain_sizes,), got dtype {lab.dtype} and shape {tuple(lab.shape)}"
+                )
+            self.labels = lab.to(torch.int64).cpu()
+        if self.class_balanced:
+            if self.labels is None:
+                raise ValueError("`class_balanced=True` needs `labels`")
+            if self.mode != "balanced":
+                raise ValueError("`class_balanced=True` needs mode='balanced', got mode='pooled'")
+        num = len(self.domain_sizes)
+        self._pool = _Stream(self.total_size, (seed, 0))
+        self._domain_streams = [_Stream(n, (seed, 1, d)) for d, n in enumerate(self.domain_sizes)]
+        # Class-balanced streams: per domain, the classes present and their members.
+        self._classes: list[Tensor] = []
+        self._members: list[list[Tensor]] = []
+        self._class_streams: list[_Stream] = []
+        self._member_streams: list[list[_Stream]] = []
+        if self.class_balanced and self.labels is not None:
+            for d in range(num):
+                lo, n = int(self.offsets[d]), self.domain_sizes[d]
+                lab_d = self.labels[lo : lo + n]
+                classes = torch.unique(lab_d)
+                order = torch.argsort(lab_d, stable=True)
+                counts = torch.bincount(torch.searchsorted(classes, lab_d), minlength=len(classes))
+                members = list(torch.split(order, counts.tolist()))
+                self._classes.append(classes)
+                self._members.append(members)
+                self._class_streams.append(_Stream(len(classes), (seed, 2, d)))
+                self._member_streams.append(
+                    [_Stream(len(m), (seed, 3, d, int(c))) for c, m in zip(classes, members)]
+                )
+        self._step = 0
+        self._pool_pos = 0
+        self._domain_pos = [0] * num
+        self._class_pos = [0] * (num if self.class_balanced else 0)
+        self._member_pos = [[0] * len(m) for m in self._members]
+
+    @property
+    def num_domains(self) -> int:
+        """Number of source domains ``S``."""
+        return len(self.domain_sizes)
+
+    @property
+    def domain_ids(self) -> Tensor:
+        """``(N,)`` int64 domain id of every index of the concatenation."""
+        return torch.repeat_interleave(
+            torch.arange(self.num_domains), torch.tensor(self.domain_sizes)
+        )
+
+    def domain_of(self, indices: Tensor) -> Tensor:
+        """Domain ids of indices into the concatenation (same shape, int64)."""
+        return torch.bucketize(indices.to(torch.int64), self._bounds.to(indices.device), right=True)
+
+    def quotas(self, step: Optional[int] = None) -> Tensor:
+        """``(S,)`` indices per domain in this rank's batch at ``step`` (default: the next one).
+
+        Only defined for ``mode="balanced"``.
+        """
+        if self.mode != "balanced":
+            raise ValueError("`quotas` is only defined for mode='balanced'")
+        t = self._step if step is None else step
+        num = self.num_domains
+        base, rem = divmod(self.batch_size, num)
+        q = torch.full((num,), base, dtype=torch.int64)
+        if rem:
+            q[(t * rem + torch.arange(rem)) % num] += 1
+        return q
+
+    def _draw_domain(self, d: int, count: int) -> Tensor:
+        """``count`` local indices of domain ``d`` from its stream(s), advancing positions."""
+        if not self.class_balanced:
+            out = self._domain_streams[d].take(self._domain_pos[d], count)
+            self._domain_pos[d] += count
+            return out
+        slots = self._class_streams[d].take(self._class_pos[d], count)
+        self._class_pos[d] += count
+        out = torch.empty(count, dtype=torch.int64)
+        counts = torch.bincount(slots, minlength=len(self._classes[d])).tolist()
+        for k, n_k in enumerate(counts):  # loop over classes (<= K), not samples
+            if n_k == 0:
+                continue
+            pos = self._member_pos[d][k]
+            picked = self._member_streams[d][k].take(pos, n_k)
+            self._member_pos[d][k] = pos + n_k
+            out[slots == k] = self._members[d][k][picked]
+        return out
+
+    def sample(self) -> SourceBatch:
+        """Draw this rank's next batch and advance the stream by one (global) step."""
+        b, w, r = self.batch_size, self.world_size, self.rank
+        if self.mode == "pooled":
+            glob = self._pool.take(self._pool_pos, b * w)
+            self._pool_pos += b * w
+            indices = glob[r * b : (r + 1) * b]
+        else:
+            parts = []
+            for d, q in enumerate(self.quotas().tolist()):  # loop over domains, not samples
+                if q == 0:
+                    continue
+                local = self._draw_domain(d, q * w)[r * q : (r + 1) * q]
+                parts.append(local + self.offsets[d])
+            indices = torch.cat(parts)
+        self._step += 1
+        return SourceBatch(indices, self.domain_of(indices))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        """Yield index lists forever (for ``DataLoader(batch_sampler=...)``)."""
+        while True:
+            yield self.sample().indices.tolist()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stream positions (plus the arguments that must match on loading)."""
+        return {
+            "domain_sizes": list(self.domain_sizes),
+            "batch_size": self.batch_size,
+            "mode": self.mode,
+            "class_balanced": self.class_balanced,
+            "seed": self.seed,
+            "step": self._step,
+            "pool_pos": self._pool_pos,
+            "domain_pos": list(self._domain_pos),
+            "class_pos": list(self._class_pos),
+            "member_pos": [list(m) for m in self._member_pos],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the stream saved by :meth:`state_dict` (``rank``/``world_size`` may differ).
+
+        Raises:
+            ValueError: If the state was saved by a sampler with other sizes, batch size, mode,
+                class balancing or seed.
+        """
+        for key in ("domain_sizes", "batch_size", "mode", "class_balanced", "seed"):
+            mine = getattr(self, key)
+            mine = list(mine) if isinstance(mine, tuple) else mine
+            if state.get(key) != mine:
+                raise ValueError(
+                    f"`state` was saved with {key}={state.get(key)!r}, this sampler has {mine!r}"
+                )
+        self._step = int(state["step"])
+        self._pool_pos = int(state["pool_pos"])
+        self._domain_pos = [int(p) for p in state["domain_pos"]]
+        self._class_pos = [int(p) for p in state["class_pos"]]
+        self._member_pos = [[int(p) for p in m] for m in state["member_pos"]]
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(domain_sizes={list(self.domain_sizes)}, "
+            f"batch_size={self.batch_size}, mode={self.mode!r}, "
+            f"class_balanced={self.class_balanced}, seed={self.seed}, rank={self.rank}, "
+            f"world_size={self.world_size})"
+        )
+
+
+class InfiniteSampler:
+    """Infinite batches of indices over one dataset (the target stream), resumable and sharded.
+
+    Same rules as :class:`MultiSourceSampler` with one domain: epochs of seeded permutations
+    (``shuffle=False``: ``0, 1, ..., n - 1`` repeated), each step consumes ``world_size`` batches
+    and rank ``r`` takes part ``r``.
+
+    Args:
+        size: Dataset size ``n``.
+        batch_size: Indices per batch on this rank.
+        shuffle: Permute each epoch.
+        seed: Seed of the stream.
+        rank: This process's rank.
+        world_size: Number of processes.
+
+    Example:
+        >>> s = InfiniteSampler(5, 3, shuffle=False)
+        >>> [s.sample().tolist() for _ in range(2)]
+        [[0, 1, 2], [3, 4, 0]]
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.size = check_positive_int(size, "size")
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"`seed` must be an int, got {type(seed).__name__}")
+        self.seed = seed
+        self.shuffle = bool(shuffle)
+        _check_rank(rank, world_size)
+        self.rank, self.world_size = rank, world_size
+        self._stream = _Stream(self.size, (seed, 4), shuffle=self.shuffle)
+        self._pos = 0
+
+    def sample(self) -> Tensor:
+        """This rank's next ``(B,)`` int64 index batch; advances the stream by one step."""
+        b, w, r = self.batch_size, self.world_size, self.rank
+        glob = self._stream.take(self._pos, b * w)
+        self._pos += b * w
+        return glob[r * b : (r + 1) * b]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        """Yield index lists forever (for ``DataLoader(batch_sampler=...)``)."""
+        while True:
+            yield self.sample().tolist()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stream position (plus the arguments that must match on loading)."""
+        return {
+            "size": self.size,
+            "batch_size": self.batch_size,
+            "shuffle": self.shuffle,
+            "seed": self.seed,
+            "pos": self._pos,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the stream saved by :meth:`state_dict`.
+
+        Raises:
+            ValueError: If the state was saved with another size, batch size, shuffle or seed.
+        """
+        for key in ("size", "batch_size", "shuffle", "seed"):
+            if state.get(key) != getattr(self, key):
+                raise ValueError(
+                    f"`state` was saved with {key}={state.get(key)!r}, this sampler has "
+                    f"{getattr(self, key)!r}"
+                )
+        self._pos = int(state["pos"])
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(size={self.size}, batch_size={self.batch_size}, "
+            f"shuffle={self.shuffle}, seed={self.seed}, rank={self.rank}, "
+            f"world_size={self.world_size})"
+        )
