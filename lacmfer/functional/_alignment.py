@@ -333,43 +333,6 @@ def _run(
         return sid, cid
 
 
-_SETTINGS_DOC = r"""
-    Args:
-        feat_s: source features (one branch's, before its classifier).
-        logits_s: source logits of the same branch.
-        labels_s: source class indices in ``[0, K)`` (RAF-DB order for FER).
-        feat_t: target features.
-        logits_t: target logits.
-        threshold: confidence threshold :math:`\delta \in (0, 1]` of the masks
-            (``max softmax >= threshold``).
-        kernel_num: number of Gaussians :math:`Q` (int >= 1).
-        kernel_mul: ratio :math:`m` between consecutive bandwidths (> 0).
-        domains_s: optional source-domain ids in ``[0, num_domains)``; when given, the terms are
-            computed source-by-source against the target and averaged over the domains present in
-            the batch (per-source mode). ``None`` pools all sources (the paper's setting).
-        num_domains: number of source domains; required with ``domains_s``.
-        sync_dist: compute over the global batch of all ranks (see :mod:`lacmfer.functional`);
-            a no-op without an initialised multi-rank process group.
-        process_group: the process group for ``sync_dist`` (default: the world).
-        validate_args: check label and domain ranges (reads values). ``None``: on CPU only.
-"""
-
-_SHAPE_DOC = r"""
-    Shape:
-        - feat_s: :math:`(B_s, D)`; logits_s: :math:`(B_s, K)`; labels_s, domains_s: :math:`(B_s,)`.
-        - feat_t: :math:`(B_t, D)`; logits_t: :math:`(B_t, K)`.
-        - Output: scalar (float32 for half-precision inputs, else the input dtype).
-"""
-
-_RAISES_DOC = r"""
-    Raises:
-        TypeError: if features or logits are not floating point, or labels/domain ids are not
-            integer tensors, or a setting has the wrong type.
-        ValueError: on wrong dimensions, mismatched batch, feature or class sizes, empty batches,
-            labels outside ``[0, K)``, ``domains_s`` without ``num_domains``, or settings out of range.
-"""
-
-
 def hardness_weights(
     logits_s: Tensor,
     labels_s: Tensor,
@@ -483,6 +446,52 @@ def sample_level_alignment(
     the multi-kernel Gaussian of :func:`gaussian_kernel`, one bandwidth :math:`\beta` over all
     :math:`B_s + B_t` features. Gradients flow through both domains' features. Yang et al.,
     ACM MM 2024, §3.2.
+
+    Args:
+        feat_s: source features (one branch's, before its classifier).
+        logits_s: source logits of the same branch.
+        labels_s: source class indices in ``[0, K)`` (RAF-DB order for FER).
+        feat_t: target features.
+        logits_t: target logits.
+        threshold: confidence threshold :math:`\delta \in (0, 1]` of the masks
+            (``max softmax >= threshold``).
+        kernel_num: number of Gaussians :math:`Q` (int >= 1).
+        kernel_mul: ratio :math:`m` between consecutive bandwidths (> 0).
+        domains_s: optional source-domain ids in ``[0, num_domains)``; when given, the terms are
+            computed source-by-source against the target and averaged over the domains present in
+            the batch (per-source mode). ``None`` pools all sources (the paper's setting).
+        num_domains: number of source domains; required with ``domains_s``.
+        sync_dist: compute over the global batch of all ranks (see :mod:`lacmfer.functional`);
+            a no-op without an initialised multi-rank process group.
+        process_group: the process group for ``sync_dist`` (default: the world).
+        validate_args: check label and domain ranges (reads values). ``None``: on CPU only.
+
+    Shape:
+        - feat_s: :math:`(B_s, D)`; logits_s: :math:`(B_s, K)`; labels_s, domains_s: :math:`(B_s,)`.
+        - feat_t: :math:`(B_t, D)`; logits_t: :math:`(B_t, K)`.
+        - Output: scalar (float32 for half-precision inputs, else the input dtype).
+
+    Returns:
+        The loss, a scalar tensor.
+
+    Raises:
+        TypeError: if features or logits are not floating point, or labels/domain ids are not
+            integer tensors, or a setting has the wrong type.
+        ValueError: on wrong dimensions, mismatched batch, feature or class sizes, empty batches,
+            labels outside ``[0, K)``, ``domains_s`` without ``num_domains``, or settings out of range.
+
+    Note:
+        The hardness weights, the masks, the pseudo-labels and the bandwidth are detached.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> feat_s, feat_t = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+        >>> logits = 3 * torch.eye(3).repeat(2, 1) + 1  # confident, classes 0, 1, 2, 0, 1, 2
+        >>> labels_s = torch.tensor([0, 1, 2, 0, 1, 2])
+        >>> same = sample_level_alignment(feat_s, logits, labels_s, feat_s, logits)
+        >>> shifted = sample_level_alignment(feat_s, logits, labels_s, feat_s + 2, logits)
+        >>> float(same) < 1e-6 < float(shifted)
+        True
     """
     sid, _ = _run(
         feat_s, logits_s, labels_s, feat_t, logits_t,
@@ -523,6 +532,50 @@ def cluster_level_alignment(
     each biased MMD² with its own bandwidth over :math:`S_k \cup T_{k'}`; :math:`L_{cid} = 0` when
     either set of pairs is empty. Gradients flow through both domains' features. Yang et al.,
     ACM MM 2024, §3.2.
+
+    Args:
+        feat_s: source features (one branch's, before its classifier).
+        logits_s: source logits of the same branch.
+        labels_s: source class indices in ``[0, K)`` (RAF-DB order for FER).
+        feat_t: target features.
+        logits_t: target logits.
+        threshold: confidence threshold :math:`\delta \in (0, 1]` of the masks
+            (``max softmax >= threshold``).
+        kernel_num: number of Gaussians :math:`Q` (int >= 1).
+        kernel_mul: ratio :math:`m` between consecutive bandwidths (> 0).
+        domains_s: optional source-domain ids in ``[0, num_domains)``; when given, the terms are
+            computed source-by-source against the target and averaged over the domains present in
+            the batch (per-source mode). ``None`` pools all sources (the paper's setting).
+        num_domains: number of source domains; required with ``domains_s``.
+        sync_dist: compute over the global batch of all ranks (see :mod:`lacmfer.functional`);
+            a no-op without an initialised multi-rank process group.
+        process_group: the process group for ``sync_dist`` (default: the world).
+        validate_args: check label and domain ranges (reads values). ``None``: on CPU only.
+
+    Shape:
+        - feat_s: :math:`(B_s, D)`; logits_s: :math:`(B_s, K)`; labels_s, domains_s: :math:`(B_s,)`.
+        - feat_t: :math:`(B_t, D)`; logits_t: :math:`(B_t, K)`.
+        - Output: scalar (float32 for half-precision inputs, else the input dtype).
+
+    Returns:
+        The loss, a scalar tensor.
+
+    Raises:
+        TypeError: if features or logits are not floating point, or labels/domain ids are not
+            integer tensors, or a setting has the wrong type.
+        ValueError: on wrong dimensions, mismatched batch, feature or class sizes, empty batches,
+            labels outside ``[0, K)``, ``domains_s`` without ``num_domains``, or settings out of range.
+
+    Note:
+        The masks, the pseudo-labels and the bandwidths are detached.
+
+    Example:
+        >>> feat = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
+        >>> logits = torch.tensor([[4.0, 0.0], [4.0, 0.0], [0.0, 4.0], [0.0, 4.0]])
+        >>> labels_s = torch.tensor([0, 0, 1, 1])
+        >>> # Same-class clusters coincide, different classes are far apart: strongly negative.
+        >>> float(cluster_level_alignment(feat, logits, labels_s, feat, logits)) < -1.0
+        True
     """
     _, cid = _run(
         feat_s, logits_s, labels_s, feat_t, logits_t,
@@ -557,6 +610,43 @@ def dual_level_alignment(
     :func:`cluster_level_alignment`, sharing one distance computation. LA-CMFER runs it once per
     branch (global and local) on that branch's features and logits. Yang et al., ACM MM 2024, §3.2.
 
+    Args:
+        feat_s: source features (one branch's, before its classifier).
+        logits_s: source logits of the same branch.
+        labels_s: source class indices in ``[0, K)`` (RAF-DB order for FER).
+        feat_t: target features.
+        logits_t: target logits.
+        threshold: confidence threshold :math:`\delta \in (0, 1]` of the masks
+            (``max softmax >= threshold``).
+        kernel_num: number of Gaussians :math:`Q` (int >= 1).
+        kernel_mul: ratio :math:`m` between consecutive bandwidths (> 0).
+        domains_s: optional source-domain ids in ``[0, num_domains)``; when given, the terms are
+            computed source-by-source against the target and averaged over the domains present in
+            the batch (per-source mode). ``None`` pools all sources (the paper's setting).
+        num_domains: number of source domains; required with ``domains_s``.
+        sync_dist: compute over the global batch of all ranks (see :mod:`lacmfer.functional`);
+            a no-op without an initialised multi-rank process group.
+        process_group: the process group for ``sync_dist`` (default: the world).
+        validate_args: check label and domain ranges (reads values). ``None``: on CPU only.
+        cluster_weight: :math:`\lambda_{cid} \ge 0` (a float, or a 0-dim tensor, e.g.
+            a ramped weight).
+        return_terms: return :class:`AlignmentTerms` ``(loss, sid, cid)`` instead of
+            the scalar.
+
+    Shape:
+        - feat_s: :math:`(B_s, D)`; logits_s: :math:`(B_s, K)`; labels_s, domains_s: :math:`(B_s,)`.
+        - feat_t: :math:`(B_t, D)`; logits_t: :math:`(B_t, K)`.
+        - Output: scalar (float32 for half-precision inputs, else the input dtype).
+
+    Returns:
+        The loss, a scalar tensor.
+
+    Raises:
+        TypeError: if features or logits are not floating point, or labels/domain ids are not
+            integer tensors, or a setting has the wrong type.
+        ValueError: on wrong dimensions, mismatched batch, feature or class sizes, empty batches,
+            labels outside ``[0, K)``, ``domains_s`` without ``num_domains``, or settings out of range.
+
     Example:
         >>> g = torch.Generator().manual_seed(0)
         >>> feat_s, feat_t = torch.randn(8, 4, generator=g), torch.randn(6, 4, generator=g) + 1
@@ -579,27 +669,3 @@ def dual_level_alignment(
     if return_terms:
         return AlignmentTerms(loss, sid, cid)
     return loss
-
-
-for _fn in (sample_level_alignment, cluster_level_alignment, dual_level_alignment):
-    _doc = _fn.__doc__ or ""
-    _extra = ""
-    if _fn is dual_level_alignment:
-        _extra = (
-            "        cluster_weight: :math:`\\lambda_{cid} \\ge 0` (a float, or a 0-dim tensor, e.g.\n"
-            "            a ramped weight).\n"
-            "        return_terms: return :class:`AlignmentTerms` ``(loss, sid, cid)`` instead of\n"
-            "            the scalar.\n"
-        )
-    _head, _sep, _example = _doc.partition("    Example:")
-    _fn.__doc__ = (
-        _head.rstrip()
-        + "\n"
-        + _SETTINGS_DOC.rstrip("\n")
-        + "\n"
-        + _extra
-        + _SHAPE_DOC
-        + "\n    Returns:\n        The loss, a scalar tensor.\n"
-        + _RAISES_DOC
-        + ("\n" + _sep + _example if _sep else "")
-    )
