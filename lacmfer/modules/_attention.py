@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lacmfer._checks import _shape, check_positive_int
@@ -173,24 +174,29 @@ class PatchBatchNorm2d(nn.BatchNorm2d):
                 f"got shape {_shape(x)}"
             )
         n, c, h, w = x.shape
-        xg = x.reshape(g, n // g, c, h, w)
-        # Statistics in at least fp32 (as torch's batch_norm does for half inputs).
-        xf = xg.float() if xg.dtype in (torch.float16, torch.bfloat16) else xg
-        var, mean = torch.var_mean(xf, dim=(1, 3, 4), keepdim=True, correction=0)
-        y = (xf - mean) * torch.rsqrt(var + self.eps)
-        if self.weight is not None and self.bias is not None:
-            y = y * self.weight.view(1, 1, c, 1, 1) + self.bias.view(1, 1, c, 1, 1)
-        y = y.to(x.dtype).reshape(n, c, h, w)
-        if self.training and self.track_running_stats:
-            self._update_running_stats(mean.detach(), var.detach(), (n // g) * h * w)
-        return y
+        b = n // g
+        # Patch groups side by side as channels, (B, G·C, H, W), so one fused native batch_norm
+        # normalises every (patch, channel) pair over its own B·H·W values.
+        xg = x.reshape(g, b, c, h, w).transpose(0, 1).reshape(b, g * c, h, w)
+        weight = self.weight.repeat(g) if self.weight is not None else None
+        bias = self.bias.repeat(g) if self.bias is not None else None
+        update = self.training and self.track_running_stats
+        stats_mean: Optional[Tensor] = None
+        stats_var: Optional[Tensor] = None
+        if update:
+            # momentum 1 makes batch_norm write the batch mean and unbiased variance here.
+            assert self.running_mean is not None
+            stats_mean = self.running_mean.new_zeros(g * c)
+            stats_var = self.running_mean.new_ones(g * c)
+        y = F.batch_norm(xg, stats_mean, stats_var, weight, bias, True, 1.0, self.eps)
+        if stats_mean is not None and stats_var is not None:
+            self._update_running_stats(stats_mean.view(g, c), stats_var.view(g, c))
+        return y.reshape(b, g, c, h, w).transpose(0, 1).reshape(n, c, h, w)
 
-    def _update_running_stats(self, mean: Tensor, var: Tensor, count: int) -> None:
+    def _update_running_stats(self, mean: Tensor, var: Tensor) -> None:
+        """Apply the updates of ``G`` consecutive BatchNorm2d calls (batch means, unbiased vars)."""
         assert self.running_mean is not None and self.running_var is not None
         assert self.num_batches_tracked is not None
-        mean = mean.reshape(self.num_patches, -1)
-        # torch stores the unbiased batch variance in running_var.
-        var = var.reshape(self.num_patches, -1) * (count / max(count - 1, 1))
         with torch.no_grad():
             for i in range(self.num_patches):  # G (2 to 4) tiny in-place updates of C-vectors
                 self.num_batches_tracked.add_(1)
@@ -198,8 +204,8 @@ class PatchBatchNorm2d(nn.BatchNorm2d):
                     factor: Tensor | float = 1.0 / self.num_batches_tracked.to(self.running_mean)
                 else:
                     factor = self.momentum
-                self.running_mean.mul_(1 - factor).add_(mean[i].to(self.running_mean) * factor)
-                self.running_var.mul_(1 - factor).add_(var[i].to(self.running_var) * factor)
+                self.running_mean.mul_(1 - factor).add_(mean[i] * factor)
+                self.running_var.mul_(1 - factor).add_(var[i] * factor)
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
