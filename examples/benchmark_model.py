@@ -9,7 +9,10 @@ Prints one markdown table with:
 3. the share of a training step spent in the losses: a full step of the SPEC §4 objective
    (model on the source batch, model on the target batch, label-smoothed CE on both heads,
    dual-level alignment on both branches, clustering consistency, multi-view voting, backward,
-   SGD step) against the same step with only the two CE terms.
+   SGD step) against the same step with only the two CE terms. Dropping the adaptation terms also
+   drops the backward through the target forward, so a third step keeps that backward
+   (CE + 0·target outputs) and isolates the loss terms' own cost; a last row times the loss terms
+   alone (forward + backward on fixed features and logits).
 
 Usage::
 
@@ -32,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lacmfer.modules import LACMFER, LocalPatchBranch, PatchBatchNorm2d
+from lacmfer.modules import LACMFER, LACMFEROutput, LocalPatchBranch, PatchBatchNorm2d
 
 
 def _sync(device: torch.device) -> None:
@@ -81,15 +84,34 @@ def _backward(fn: Callable[[Tensor], Tensor], x: Tensor) -> Callable[[], None]:
     return step
 
 
+def _objective_terms(
+    out_s: LACMFEROutput, y_s: Tensor, out_t: LACMFEROutput, losses: dict[str, nn.Module]
+) -> Tensor:
+    """The SPEC §4 adaptation terms: 0.4·Σ_b (SID + 0.02·CID) + 0.5·MCC + 0.1·MVV."""
+    align = losses["align"]
+    inter = align(out_s.feat_g, out_s.logits_g, y_s, out_t.feat_g, out_t.logits_g) + align(
+        out_s.feat_l, out_s.logits_l, y_s, out_t.feat_l, out_t.logits_l
+    )
+    mcc = losses["mcc"](out_t.logits_g, out_t.logits_l)
+    mvv = losses["mvv"](out_t.logits_g, out_t.logits_l).loss
+    return 0.4 * inter + 0.5 * mcc + 0.1 * mvv
+
+
 def training_step(
     model: LACMFER,
     x_s: Tensor,
     y_s: Tensor,
     x_t: Tensor,
     optimizer: torch.optim.Optimizer,
-    losses: Optional[dict[str, nn.Module]],
+    losses: dict[str, nn.Module],
+    mode: str,
 ) -> Callable[[], None]:
-    """One SPEC §4 step; ``losses=None`` keeps only the two label-smoothed CE terms."""
+    """One SPEC §4 step (``mode="full"``) or the same step without the adaptation terms.
+
+    ``mode="ce"``: only the two label-smoothed CE terms (the target forward is then not
+    backpropagated). ``mode="ce+target"``: CE plus ``0·Σ(z_G^t + z_L^t + f_G^t + f_L^t)``, so the
+    backward covers the target graph exactly as in the full step, without computing any loss term.
+    """
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -98,16 +120,27 @@ def training_step(
         loss = F.cross_entropy(out_s.logits_g, y_s, label_smoothing=0.1) + F.cross_entropy(
             out_s.logits_l, y_s, label_smoothing=0.1
         )
-        if losses is not None:
-            align = losses["align"]
-            inter = align(out_s.feat_g, out_s.logits_g, y_s, out_t.feat_g, out_t.logits_g) + align(
-                out_s.feat_l, out_s.logits_l, y_s, out_t.feat_l, out_t.logits_l
-            )
-            mcc = losses["mcc"](out_t.logits_g, out_t.logits_l)
-            mvv = losses["mvv"](out_t.logits_g, out_t.logits_l).loss
-            loss = loss + 0.4 * inter + 0.5 * mcc + 0.1 * mvv
+        if mode == "full":
+            loss = loss + _objective_terms(out_s, y_s, out_t, losses)
+        elif mode == "ce+target":
+            loss = loss + 0.0 * sum(t.sum() for t in out_t[:4])
         loss.backward()
         optimizer.step()
+
+    return step
+
+
+def losses_alone(
+    model: LACMFER, x_s: Tensor, y_s: Tensor, x_t: Tensor, losses: dict[str, nn.Module]
+) -> Callable[[], None]:
+    """Forward + backward of the adaptation terms on fixed (leaf) features and logits."""
+    with torch.no_grad():
+        out_s, out_t = model(x_s), model(x_t)
+    leaves_s = LACMFEROutput(*(t.detach().requires_grad_(True) for t in out_s))
+    leaves_t = LACMFEROutput(*(t.detach().requires_grad_(True) for t in out_t))
+
+    def step() -> None:
+        _objective_terms(leaves_s, y_s, leaves_t, losses).backward()
 
     return step
 
@@ -234,16 +267,23 @@ def main(argv: Optional[list[str]] = None) -> str:
             )
             setting = f"B_s=B_t={b}, {s}x{s}"
             state = copy.deepcopy(model.state_dict())
-            t_ce = time_it(training_step(model, x_s, y_s, x_t, opt, None), device, **timing)
+            times = {}
+            for mode in ("ce", "ce+target", "full"):
+                model.load_state_dict(state)
+                step = training_step(model, x_s, y_s, x_t, opt, losses, mode)
+                times[mode] = time_it(step, device, **timing)
             model.load_state_dict(state)
-            t_full = time_it(training_step(model, x_s, y_s, x_t, opt, losses), device, **timing)
-            share = (t_full - t_ce) / t_full
+            t_alone = time_it(losses_alone(model, x_s, y_s, x_t, losses), device, **timing)
+            t_full = times["full"]
+            rows.append(
+                (f"{name} train step, CE only", setting, f"{times['ce'] * 1e3:.1f}", "baseline")
+            )
             rows.append(
                 (
-                    f"{name} train step, CE only",
+                    f"{name} train step, CE + 0·(target outputs)",
                     setting,
-                    f"{t_ce * 1e3:.1f}",
-                    f"{2 * b / t_ce:.1f} img/s",
+                    f"{times['ce+target'] * 1e3:.1f}",
+                    "same backward graph as full, no loss terms",
                 )
             )
             rows.append(
@@ -251,7 +291,17 @@ def main(argv: Optional[list[str]] = None) -> str:
                     f"{name} train step, full SPEC §4 objective",
                     setting,
                     f"{t_full * 1e3:.1f}",
-                    f"losses: {100 * share:.1f}% of the step",
+                    f"{2 * b / t_full:.1f} img/s; vs CE only: +{100 * (t_full - times['ce']) / t_full:.1f}%"
+                    f" of the step (incl. target backward); vs CE + target: "
+                    f"{100 * (t_full - times['ce+target']) / t_full:.1f}%",
+                )
+            )
+            rows.append(
+                (
+                    "SID+CID (both branches) + MCC + MVV alone, fwd+bwd",
+                    f"B_s=B_t={b}, D_G={model.feature_dims[0]}, D_L={model.feature_dims[1]}",
+                    f"{t_alone * 1e3:.1f}",
+                    f"{100 * t_alone / t_full:.1f}% of the full step",
                 )
             )
 
