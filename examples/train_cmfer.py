@@ -531,6 +531,7 @@ def train(
     desc = f"{cfg.method} → {run.data.target_name}"
     progress = Progress(stop, run.step, enabled=show, desc=desc)
     last_eval: Optional[dict[str, Any]] = None
+    record: Optional[dict[str, Any]] = None  # this rank's last logged losses
     run.model.train()
     try:
         while run.step < stop:
@@ -551,10 +552,10 @@ def train(
         progress.close()
         run.data.close()
 
-    if cfg.write_weight_hash:
+    if cfg.write_weight_hash:  # DDP checks: ranks must agree on the weights, not on their data
         runtime.broadcast_buffers(run.model, info)
-        digest = runtime.state_hash(run.model.state_dict())
-        (Path(cfg.out) / f"weights_rank{info.rank}.sha256").write_text(digest)
+        check = {"weights": runtime.state_hash(run.model.state_dict()), "last_train": record}
+        (Path(cfg.out) / f"weights_rank{info.rank}.json").write_text(json.dumps(check) + "\n")
     summary = make_summary(run, last_eval, time.perf_counter() - wall_start)
     if info.is_main:
         write_outputs(run, summary)

@@ -490,7 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--write-weight-hash",
         dest="write_weight_hash",
         action="store_true",
-        help="each rank writes <out>/weights_rank<r>.sha256 of its final state (DDP checks)",
+        help="each rank writes <out>/weights_rank<r>.json: SHA-256 of its final state dict and "
+        "its last logged (rank-local) losses (DDP checks)",
     )
     return p
 
