@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
-import statistics
 import time
 from typing import Callable, Optional
 
@@ -43,18 +42,32 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_it(fn: Callable[[], object], device: torch.device, *, warmup: int, iters: int) -> float:
-    """Median wall-clock seconds of ``fn`` over ``iters`` runs after ``warmup`` runs."""
+def time_many(
+    fns: dict[str, Callable[[], object]], device: torch.device, *, warmup: int, iters: int
+) -> dict[str, float]:
+    """Best (minimum) wall-clock seconds of each function over ``iters`` runs.
+
+    The functions run round-robin (one run of each per round, after ``warmup`` rounds) so that a
+    burst of load on a shared machine hits all of them alike; the minimum is the least disturbed
+    run.
+    """
     for _ in range(warmup):
-        fn()
+        for fn in fns.values():
+            fn()
     _sync(device)
-    times = []
+    best = {name: float("inf") for name in fns}
     for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def time_it(fn: Callable[[], object], device: torch.device, *, warmup: int, iters: int) -> float:
+    """Best wall-clock seconds of ``fn`` over ``iters`` runs after ``warmup`` runs."""
+    return time_many({"fn": fn}, device, warmup=warmup, iters=iters)["fn"]
 
 
 def patch_by_patch(branch: LocalPatchBranch) -> Callable[[Tensor], Tensor]:
@@ -155,7 +168,7 @@ def main(argv: Optional[list[str]] = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch (B_s = B_t)")
     parser.add_argument("--image-size", type=int, default=224, help="square input size")
-    parser.add_argument("--iters", type=int, default=3, help="timed iterations (median)")
+    parser.add_argument("--iters", type=int, default=3, help="timed iterations (best of)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -216,9 +229,16 @@ def main(argv: Optional[list[str]] = None) -> str:
         joint.load_state_dict(batched.state_dict())
         loop = patch_by_patch(batched)
         setting = f"B={b}, {c}x{h}x{h} map, share={lb.share!r}"
-        t_loop = time_it(_backward(loop, feat_map), device, **timing)
-        t_batched = time_it(_backward(batched, feat_map), device, **timing)
-        t_joint = time_it(_backward(joint, feat_map), device, **timing)
+        t = time_many(
+            {
+                "loop": _backward(loop, feat_map),
+                "batched": _backward(batched, feat_map),
+                "joint": _backward(joint, feat_map),
+            },
+            device,
+            **timing,
+        )
+        t_loop, t_batched, t_joint = t["loop"], t["batched"], t["joint"]
         rows.append(
             (
                 "LocalPatchBranch fwd+bwd, one call per patch",
@@ -259,21 +279,21 @@ def main(argv: Optional[list[str]] = None) -> str:
                 "mcc": MultiViewClusteringConsistency(),
                 "mvv": PseudoLabelRefiner(),
             }
-            opt = torch.optim.SGD(
-                model.parameter_groups(1e-2, weight_decay=1e-4),
-                lr=1e-2,
-                momentum=0.9,
-                nesterov=True,
-            )
             setting = f"B_s=B_t={b}, {s}x{s}"
-            state = copy.deepcopy(model.state_dict())
-            times = {}
+            # each mode on its own copy of the model and optimiser, timed round-robin
+            fns: dict[str, Callable[[], object]] = {}
             for mode in ("ce", "ce+target", "full"):
-                model.load_state_dict(state)
-                step = training_step(model, x_s, y_s, x_t, opt, losses, mode)
-                times[mode] = time_it(step, device, **timing)
-            model.load_state_dict(state)
-            t_alone = time_it(losses_alone(model, x_s, y_s, x_t, losses), device, **timing)
+                m = copy.deepcopy(model)
+                o = torch.optim.SGD(
+                    m.parameter_groups(1e-2, weight_decay=1e-4),
+                    lr=1e-2,
+                    momentum=0.9,
+                    nesterov=True,
+                )
+                fns[mode] = training_step(m, x_s, y_s, x_t, o, losses, mode)
+            fns["alone"] = losses_alone(model, x_s, y_s, x_t, losses)
+            times = time_many(fns, device, **timing)
+            t_alone = times["alone"]
             t_full = times["full"]
             rows.append(
                 (f"{name} train step, CE only", setting, f"{times['ce'] * 1e3:.1f}", "baseline")
@@ -310,7 +330,7 @@ def main(argv: Optional[list[str]] = None) -> str:
         f"torch {torch.__version__}, device {device}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
         + f", {threads} CPU thread(s), {platform.processor() or platform.machine()}; "
-        f"median of {args.iters} after {args.warmup} warm-up; CBAM k={args.spatial_kernel_size}",
+        f"best of {args.iters} after {args.warmup} warm-up (round-robin); CBAM k={args.spatial_kernel_size}",
         "",
         "| measurement | setting | ms / iter | result |",
         "|---|---|---:|---|",
