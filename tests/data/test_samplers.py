@@ -1,0 +1,244 @@
+"""Multi-source and infinite samplers: streams, quotas, proportions, resumption, rank sharding."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
+
+from lacmfer.data import InfiniteSampler, MultiSourceSampler
+
+# The six protocol datasets' sizes: JAFFE 213 ... AffectNet ~34k (about 160x apart).
+SIZES = (1050, 213, 2988, 33800, 15206, 28709)
+
+
+def _domain_reference(indices: torch.Tensor, sizes: tuple[int, ...]) -> list[int]:
+    out = []
+    for i in indices.tolist():
+        acc = 0
+        for d, n in enumerate(sizes):
+            if i < acc + n:
+                out.append(d)
+                break
+            acc += n
+    return out
+
+
+@pytest.mark.parametrize("mode", ["pooled", "balanced"])
+def test_indices_in_range_and_domain_ids(mode: str) -> None:
+    sizes = (3, 50, 7)
+    s = MultiSourceSampler(sizes, 16, mode=mode, seed=1)
+    for _ in range(20):
+        b = s.sample()
+        assert b.indices.shape == (16,) and b.indices.dtype == torch.int64
+        assert int(b.indices.min()) >= 0 and int(b.indices.max()) < sum(sizes)
+        assert b.domains.tolist() == _domain_reference(b.indices, sizes)
+    assert s.domain_ids.tolist() == _domain_reference(torch.arange(60), sizes)
+
+
+def test_pooled_stream_is_epochs_of_permutations() -> None:
+    s = MultiSourceSampler((3, 5, 4), 4, mode="pooled", seed=7)
+    first = torch.cat([s.sample().indices for _ in range(3)])
+    second = torch.cat([s.sample().indices for _ in range(3)])
+    assert sorted(first.tolist()) == list(range(12)) == sorted(second.tolist())
+    assert first.tolist() != second.tolist()  # a fresh permutation each epoch
+
+
+def test_batches_spanning_epochs() -> None:
+    s = MultiSourceSampler((2, 3), 7, mode="pooled", seed=0)
+    stream = torch.cat([s.sample().indices for _ in range(5)])  # 35 = 7 epochs of 5
+    for e in range(7):
+        assert sorted(stream[5 * e : 5 * e + 5].tolist()) == list(range(5))
+
+
+def test_balanced_quotas_rotate_the_remainder() -> None:
+    sizes = (10, 20, 30, 40)
+    s = MultiSourceSampler(sizes, 10, mode="balanced", seed=0)  # 10 = 4 * 2 + 2
+    total = torch.zeros(4, dtype=torch.int64)
+    for t in range(8):
+        q = s.quotas()
+        assert int(q.sum()) == 10 and set(q.tolist()) <= {2, 3}
+        b = s.sample()
+        counts = torch.bincount(b.domains, minlength=4)
+        assert counts.tolist() == q.tolist()
+        total += counts
+        if t % 2 == 1:  # every 2 batches each domain got the same
+            assert len(set(total.tolist())) == 1
+    # Each domain's own stream is epochs of permutations of its indices.
+    s = MultiSourceSampler((4, 6), 4, mode="balanced", seed=3)
+    seen = torch.cat([s.sample().indices for _ in range(2)])  # 4 from each domain
+    first = sorted(i for i in seen.tolist() if i < 4)
+    assert first == [0, 1, 2, 3]
+
+
+def test_class_balanced_within_domain() -> None:
+    # Domain 0: classes 0 (90 samples) and 1 (10); domain 1: classes 2, 3, 4 (1, 1, 48).
+    labels = torch.tensor([0] * 90 + [1] * 10 + [2] + [3] + [4] * 48)
+    s = MultiSourceSampler((100, 50), 12, mode="balanced", labels=labels, class_balanced=True)
+    drawn = torch.cat([s.sample().indices for _ in range(10)])  # 60 per domain
+    lab = labels[drawn]
+    assert torch.bincount(lab, minlength=5).tolist() == [30, 30, 20, 20, 20]
+    # The rare classes cycle through their members (epochs): class 1's 10 members 3 times each.
+    rare = drawn[lab == 1]
+    assert torch.bincount(rare - 90, minlength=10).tolist() == [3] * 10
+
+
+@pytest.mark.parametrize(
+    ("mode", "class_balanced"), [("pooled", False), ("balanced", False), ("balanced", True)]
+)
+def test_resume_continues_the_same_stream(mode: str, class_balanced: bool) -> None:
+    labels = torch.arange(sum(SIZES)) % 7
+    kw = {"mode": mode, "labels": labels, "class_balanced": class_balanced, "seed": 11}
+    a = MultiSourceSampler(SIZES, 64, **kw)  # type: ignore[arg-type]
+    for _ in range(5):
+        a.sample()
+    state = json.loads(json.dumps(a.state_dict()))  # plain data
+    expected = [a.sample() for _ in range(7)]
+    b = MultiSourceSampler(SIZES, 64, **kw)  # type: ignore[arg-type]
+    b.load_state_dict(state)
+    for e in expected:
+        got = b.sample()
+        assert torch.equal(got.indices, e.indices) and torch.equal(got.domains, e.domains)
+
+
+def test_load_state_rejects_other_settings() -> None:
+    a = MultiSourceSampler((5, 5), 4, seed=0)
+    with pytest.raises(ValueError, match="seed"):
+        MultiSourceSampler((5, 5), 4, seed=1).load_state_dict(a.state_dict())
+    with pytest.raises(ValueError, match="domain_sizes"):
+        MultiSourceSampler((5, 6), 4).load_state_dict(a.state_dict())
+    with pytest.raises(ValueError, match="mode"):
+        MultiSourceSampler((5, 5), 4, mode="balanced").load_state_dict(a.state_dict())
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_pooled_ranks_split_one_global_stream(world_size: int) -> None:
+    b = 8
+    single = MultiSourceSampler(SIZES, b * world_size, seed=5)
+    ranks = [
+        MultiSourceSampler(SIZES, b, seed=5, rank=r, world_size=world_size)
+        for r in range(world_size)
+    ]
+    for _ in range(6):
+        parts = [r.sample().indices for r in ranks]
+        glob = single.sample().indices
+        assert torch.equal(torch.cat(parts), glob)
+        assert len(set(torch.cat(parts).tolist())) == b * world_size  # disjoint within a step
+
+
+def test_balanced_ranks_split_one_global_stream() -> None:
+    sizes, b = (30, 40, 50), 6  # 6 divisible by 3 domains
+    single = MultiSourceSampler(sizes, 2 * b, mode="balanced", seed=2)
+    ranks = [
+        MultiSourceSampler(sizes, b, mode="balanced", seed=2, rank=r, world_size=2)
+        for r in range(2)
+    ]
+    for _ in range(5):
+        parts = [r.sample() for r in ranks]
+        glob = single.sample().indices
+        both = torch.cat([p.indices for p in parts])
+        assert sorted(both.tolist()) == sorted(glob.tolist())
+        assert len(set(both.tolist())) == 2 * b
+        for p in parts:  # each rank keeps the per-domain quota
+            assert torch.bincount(p.domains, minlength=3).tolist() == [2, 2, 2]
+
+
+def test_state_moves_between_world_sizes() -> None:
+    single = MultiSourceSampler(SIZES, 16, seed=9)
+    for _ in range(3):
+        single.sample()
+    state = single.state_dict()
+    nxt = single.sample().indices
+    halves = []
+    for r in range(2):
+        s = MultiSourceSampler(SIZES, 8, seed=9, rank=r, world_size=2)
+        s.load_state_dict({**state, "batch_size": 8})
+        halves.append(s.sample().indices)
+    assert torch.equal(torch.cat(halves), nxt)
+
+
+@pytest.mark.parametrize("mode", ["pooled", "balanced"])
+def test_realised_domain_proportions(mode: str) -> None:
+    batch, steps = 128, 300
+    s = MultiSourceSampler(SIZES, batch, mode=mode, seed=0)
+    counts = torch.zeros(len(SIZES), dtype=torch.float64)
+    for _ in range(steps):
+        counts += torch.bincount(s.sample().domains, minlength=len(SIZES))
+    n = batch * steps
+    total = sum(SIZES)
+    for d, size in enumerate(SIZES):
+        p = size / total if mode == "pooled" else 1 / len(SIZES)
+        sd = math.sqrt(p * (1 - p) / n)  # binomial standard deviation of a proportion
+        assert abs(float(counts[d]) / n - p) < 5 * sd, (mode, d, float(counts[d]) / n, p)
+    if mode == "pooled":  # JAFFE is ~0.26% of the pool, ~1/6 of the balanced batches
+        assert float(counts[1]) / n < 0.005
+    else:
+        assert float(counts[1]) / n > 0.16
+
+
+def test_dataloader_batch_sampler() -> None:
+    sets = [TensorDataset(torch.full((n,), float(d))) for d, n in enumerate((3, 4))]
+    s = MultiSourceSampler((3, 4), 5, mode="balanced")
+    loader = DataLoader(ConcatDataset(sets), batch_sampler=s)
+    for (values,) in itertools.islice(loader, 3):
+        assert values.shape == (5,)
+        assert sorted(values.tolist())[0] == 0.0 and sorted(values.tolist())[-1] == 1.0
+
+
+def test_errors() -> None:
+    with pytest.raises(ValueError, match="at least one domain"):
+        MultiSourceSampler([], 4)
+    with pytest.raises(ValueError, match=r"domain_sizes\[1\]"):
+        MultiSourceSampler([3, 0], 4)
+    with pytest.raises(TypeError, match="domain_sizes"):
+        MultiSourceSampler(5, 4)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="batch_size"):
+        MultiSourceSampler([3], 0)
+    with pytest.raises(ValueError, match="mode"):
+        MultiSourceSampler([3], 2, mode="uniform")
+    with pytest.raises(ValueError, match="rank"):
+        MultiSourceSampler([3], 2, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="needs `labels`"):
+        MultiSourceSampler([3], 2, mode="balanced", class_balanced=True)
+    with pytest.raises(ValueError, match="mode='balanced'"):
+        MultiSourceSampler([3], 2, labels=[0, 1, 2], class_balanced=True)
+    with pytest.raises(ValueError, match=r"shape \(5,\)"):
+        MultiSourceSampler([3, 2], 2, labels=[0, 1])
+    with pytest.raises(ValueError, match="quotas"):
+        MultiSourceSampler([3], 2).quotas()
+
+
+# --- InfiniteSampler ---------------------------------------------------------------------------
+
+
+def test_infinite_sampler_epochs_and_order() -> None:
+    s = InfiniteSampler(10, 4, seed=0)
+    stream = torch.cat([s.sample() for _ in range(5)])  # 20 = 2 epochs
+    assert sorted(stream[:10].tolist()) == list(range(10)) == sorted(stream[10:].tolist())
+    seq = InfiniteSampler(3, 2, shuffle=False)
+    assert [seq.sample().tolist() for _ in range(3)] == [[0, 1], [2, 0], [1, 2]]
+
+
+def test_infinite_sampler_resume_and_ranks() -> None:
+    a = InfiniteSampler(37, 5, seed=4)
+    for _ in range(4):
+        a.sample()
+    state = a.state_dict()
+    expected = [a.sample() for _ in range(6)]
+    b = InfiniteSampler(37, 5, seed=4)
+    b.load_state_dict(state)
+    assert all(torch.equal(b.sample(), e) for e in expected)
+    single = InfiniteSampler(37, 10, seed=4)
+    ranks = [InfiniteSampler(37, 5, seed=4, rank=r, world_size=2) for r in range(2)]
+    for _ in range(6):
+        assert torch.equal(torch.cat([r.sample() for r in ranks]), single.sample())
+    with pytest.raises(ValueError, match="size"):
+        InfiniteSampler(38, 5, seed=4).load_state_dict(state)
+    batches = list(itertools.islice(iter(InfiniteSampler(4, 3)), 2))
+    assert all(isinstance(x, list) and len(x) == 3 for x in batches)
+    with pytest.raises(ValueError, match="rank"):
+        InfiniteSampler(4, 2, rank=-1)
