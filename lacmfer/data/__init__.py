@@ -1,0 +1,146 @@
+"""FER data: labels in RAF order, image lists, datasets, augmentation, protocol, samplers, synthetic.
+
+* :mod:`~lacmfer.data.labels` -- the 7 classes in RAF-DB order and maps from each dataset's
+  native labels and folder names.
+* :mod:`~lacmfer.data.lists` -- reading ``path label`` image lists exactly as published.
+* :mod:`~lacmfer.data.datasets` -- image-list, class-folder and FER-2013 CSV datasets.
+* :mod:`~lacmfer.data.image` and :mod:`~lacmfer.data.transforms` -- decoding (Pillow, optional),
+  resizing, the paper's batch augmentation and ImageNet normalisation in torch.
+* :mod:`~lacmfer.data.check` -- the list checker, ``python -m lacmfer.data.check``.
+* :mod:`~lacmfer.data.protocol` -- leave-one-domain-out tasks, leakage-free or as published.
+* :mod:`~lacmfer.data.samplers` -- infinite, resumable, rank-sharded multi-source sampling.
+* :mod:`~lacmfer.data.synthetic` -- a procedural six-domain synthetic FER benchmark.
+
+Pillow (``pip install lacmfer[images]``) is needed only to decode image files.
+"""
+
+from .check import ListReport, check_image_list, check_image_lists
+from .datasets import (
+    FER2013_USAGE,
+    FER2013CSV,
+    IMAGE_EXTENSIONS,
+    ImageFolderDataset,
+    ImageListDataset,
+)
+from .image import decode_image, load_image, resize, to_rgb
+from .labels import (
+    CLASSES,
+    DATASET_LABELS,
+    NUM_CLASSES,
+    UNMAPPED,
+    NativeLabels,
+    canonical_dataset,
+    folder_label,
+    native_to_raf,
+)
+from .lists import (
+    ImageList,
+    ListEntry,
+    MalformedLine,
+    class_histogram,
+    normalize_list_path,
+    parse_image_list,
+    read_image_list,
+    resolve_list_path,
+)
+from .protocol import (
+    FER_LIST_FILES,
+    LAB_DOMAINS,
+    SIX_DOMAINS,
+    DomainSplits,
+    LabelledSubset,
+    LeaveOneDomainOutTask,
+    fer_list_domains,
+    leave_one_domain_out,
+    leave_one_domain_out_tasks,
+    subject_of,
+    synthetic_domains,
+)
+from .samplers import InfiniteSampler, MultiSourceSampler, SourceBatch
+from .synthetic import (
+    EXPRESSION_CUES,
+    LIST_CLASS_COUNTS,
+    SYNTHETIC_DOMAINS,
+    SyntheticFER,
+    SyntheticStyle,
+    canonical_domain,
+    render_faces,
+    save_grid,
+    synthetic_style,
+)
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AugmentParams,
+    FERAugment,
+    apply_augment,
+    denormalize,
+    fer_augment,
+    normalize,
+    rgb_to_grayscale,
+    sample_augment_params,
+)
+
+__all__ = [
+    "CLASSES",
+    "DATASET_LABELS",
+    "EXPRESSION_CUES",
+    "FER2013CSV",
+    "FER2013_USAGE",
+    "FER_LIST_FILES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGE_EXTENSIONS",
+    "LAB_DOMAINS",
+    "LIST_CLASS_COUNTS",
+    "NUM_CLASSES",
+    "SIX_DOMAINS",
+    "SYNTHETIC_DOMAINS",
+    "UNMAPPED",
+    "AugmentParams",
+    "DomainSplits",
+    "FERAugment",
+    "ImageFolderDataset",
+    "ImageList",
+    "ImageListDataset",
+    "InfiniteSampler",
+    "LabelledSubset",
+    "LeaveOneDomainOutTask",
+    "ListEntry",
+    "ListReport",
+    "MalformedLine",
+    "MultiSourceSampler",
+    "NativeLabels",
+    "SourceBatch",
+    "SyntheticFER",
+    "SyntheticStyle",
+    "apply_augment",
+    "canonical_dataset",
+    "canonical_domain",
+    "check_image_list",
+    "check_image_lists",
+    "class_histogram",
+    "decode_image",
+    "denormalize",
+    "fer_augment",
+    "fer_list_domains",
+    "folder_label",
+    "leave_one_domain_out",
+    "leave_one_domain_out_tasks",
+    "load_image",
+    "native_to_raf",
+    "normalize",
+    "normalize_list_path",
+    "parse_image_list",
+    "read_image_list",
+    "render_faces",
+    "resize",
+    "resolve_list_path",
+    "rgb_to_grayscale",
+    "sample_augment_params",
+    "save_grid",
+    "subject_of",
+    "synthetic_domains",
+    "synthetic_style",
+    "to_rgb",
+]

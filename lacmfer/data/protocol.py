@@ -1,0 +1,416 @@
+r"""The leave-one-domain-out protocol of cross-multidomain FER, on real lists or synthetic data.
+
+Each domain supplies an *adaptation* set (labelled when the domain is a source, unlabelled when it
+is the target) and a *test* set. A task takes one domain as the target and the others as sources:
+
+* sources: the adaptation sets of the other domains, concatenated, with a domain id per sample;
+* target adaptation set: the target's adaptation set (its labels must not be used in training);
+* target test set: the target's test set.
+
+**The published protocol and its flaws.** The six-dataset protocol of LA-CMFER (after DUML) is
+reproduced exactly with ``leakage_free=False``. Known flaws an honest evaluation reports (SPEC §5):
+
+1. the RAF-DB and AffectNet adaptation lists contain their test images (``RAF_train.txt`` holds
+   all 3031 images of ``RAF_test.txt`` under the same file names);
+2. CK+, JAFFE and Oulu-CASIA use one list for adaptation and test, so the unlabelled target
+   images are the test images (transductive evaluation);
+3. the published numbers are the best test accuracy over training (model selection on the test
+   set) -- report the final-iteration accuracy, and best-over-training only labelled as such;
+4. ``Oulu.txt`` lists 1068 lines more than once (checked by :mod:`lacmfer.data.check`).
+
+``leakage_free=True`` (the default) removes every target test image from the target adaptation
+set (matched by sample identity, ``dataset.keys``). Where nothing would remain because both roles
+share one list, the list is split instead into disjoint adaptation and test parts, keeping all
+images of a subject (CK+ ``S###``, Oulu-CASIA ``P###``, JAFFE's two-letter prefix) -- or, where no
+subject can be read from the path, all copies of an image -- on the same side. Numbers obtained
+this way are not comparable with published ones; the task's ``notes`` say what was done.
+
+The domains are given as a mapping ``name -> DomainSplits(adapt, test)`` of datasets that have
+``labels`` (an int64 tensor) and ``keys`` (sample identities): :func:`fer_list_domains` builds it
+from the protocol's list files (:data:`FER_LIST_FILES`), :func:`synthetic_domains` from
+:class:`~lacmfer.data.SyntheticFER`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor
+from torch.utils.data import ConcatDataset, Dataset
+
+from .._checks import check_probability
+from .datasets import ImageListDataset
+from .labels import canonical_dataset
+from .samplers import InfiniteSampler, MultiSourceSampler
+
+__all__ = [
+    "FER_LIST_FILES",
+    "LAB_DOMAINS",
+    "SIX_DOMAINS",
+    "DomainSplits",
+    "LabelledSubset",
+    "LeaveOneDomainOutTask",
+    "fer_list_domains",
+    "leave_one_domain_out",
+    "leave_one_domain_out_tasks",
+    "subject_of",
+    "synthetic_domains",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+SIX_DOMAINS: tuple[str, ...] = ("CK+", "JAFFE", "Oulu-CASIA", "AffectNet", "RAF-DB", "FER-2013")
+"""The six datasets of the protocol (SPEC §5), lab-controlled first."""
+
+LAB_DOMAINS: tuple[str, ...] = ("CK+", "JAFFE", "Oulu-CASIA")
+"""The lab-controlled domains; the other three are in the wild."""
+
+FER_LIST_FILES: dict[str, Optional[tuple[str, str]]] = {
+    "CK+": ("CK.txt", "CK.txt"),
+    "JAFFE": ("JAFFE.txt", "JAFFE.txt"),
+    "Oulu-CASIA": ("Oulu.txt", "Oulu.txt"),
+    "AffectNet": None,  # not distributed: pass your own lists (published ones use '\' paths)
+    "RAF-DB": ("RAF_train.txt", "RAF_test.txt"),
+    "FER-2013": ("FER2013_train.txt", "FER2013_test.txt"),
+}
+"""Adaptation and test list file names per domain (``shared/data/fer_lists/README.md``)."""
+
+
+class DomainSplits(NamedTuple):
+    """A domain's adaptation and test datasets (each with ``labels`` and ``keys``)."""
+
+    adapt: Any
+    test: Any
+
+
+class LabelledSubset(Dataset[Any]):
+    """A subset of a dataset that keeps its ``labels`` and ``keys``.
+
+    Args:
+        dataset: A dataset with ``labels`` (int64 tensor) and ``keys`` (sequence).
+        indices: Positions to keep.
+
+    Example:
+        >>> from lacmfer.data import SyntheticFER
+        >>> sub = LabelledSubset(SyntheticFER("ck", 6, image_size=16), [0, 2])
+        >>> len(sub), sub.keys
+        (2, ['synthetic:CK+:0:0', 'synthetic:CK+:0:2'])
+    """
+
+    def __init__(self, dataset: Any, indices: Union[Sequence[int], Tensor]) -> None:
+        self.dataset = dataset
+        self.indices = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
+        self.labels: Tensor = dataset.labels[self.indices]
+
+    @property
+    def keys(self) -> list[Hashable]:
+        """Identities of the kept samples."""
+        keys = self.dataset.keys
+        return [keys[i] for i in self.indices.tolist()]
+
+    def get_batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """Vectorised batch access when the underlying dataset has ``get_batch``."""
+        return self.dataset.get_batch(self.indices[indices])
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[int(self.indices[index])]
+
+
+_SUBJECT_PATTERNS = (
+    re.compile(r"(?:^|/)(S\d{3})_\d{3}_"),  # CK+: S010_004_00000017.png
+    re.compile(r"(?:^|/)(P\d{3})/"),  # Oulu-CASIA: .../Strong/P001/Anger/014.jpeg
+    re.compile(r"(?:^|/)([A-Z]{2})\.[A-Z]{2}\d\.\d+\.\w+$"),  # JAFFE originals: KA.AN1.39.tiff
+)
+
+
+def subject_of(key: Hashable) -> Optional[str]:
+    """The subject id in a sample key, if one can be read from it (CK+, Oulu-CASIA, JAFFE).
+
+    Example:
+        >>> subject_of("../datasets/CK+/anger/S010_004_00000017.png")
+        'S010'
+        >>> subject_of("../datasets/Oulu_CASIA/VL/Strong/P001/Anger/014.jpeg")
+        'P001'
+        >>> subject_of("../datasets/JAFFE/images/surprise_1.jpg") is None
+        True
+    """
+    if not isinstance(key, str):
+        return None
+    text = key.replace("\\", "/")
+    for pattern in _SUBJECT_PATTERNS:
+        match = pattern.search(text)
+        if match:
+            return match.group(1)
+    return None
+
+
+@dataclass
+class LeaveOneDomainOutTask:
+    """One leave-one-domain-out task.
+
+    Attributes:
+        target: The target domain.
+        sources: The source domains, in domain-id order.
+        source_sets: Their labelled adaptation sets.
+        source: ``ConcatDataset`` of ``source_sets``.
+        source_labels: ``(N,)`` int64 labels of ``source``.
+        domain_ids: ``(N,)`` int64 source id (index into ``sources``) of every sample of ``source``.
+        target_adapt: The target adaptation set (do not use its labels for training).
+        target_test: The target test set.
+        leakage_free: Whether target test images were kept out of ``target_adapt``.
+        removed: Number of target adaptation samples dropped because they are test samples.
+        notes: What was found and done, in words (overlaps, splits, flaws of the protocol).
+    """
+
+    target: str
+    sources: tuple[str, ...]
+    source_sets: tuple[Any, ...]
+    source: ConcatDataset[Any]
+    source_labels: Tensor
+    domain_ids: Tensor
+    target_adapt: Any
+    target_test: Any
+    leakage_free: bool
+    removed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def source_sizes(self) -> list[int]:
+        """Number of samples of each source."""
+        return [len(s) for s in self.source_sets]
+
+    def source_sampler(self, batch_size: int, **kwargs: Any) -> MultiSourceSampler:
+        """A :class:`MultiSourceSampler` over ``source`` (``labels`` filled in)."""
+        kwargs.setdefault("labels", self.source_labels)
+        return MultiSourceSampler(self.source_sizes, batch_size, **kwargs)
+
+    def target_sampler(self, batch_size: int, **kwargs: Any) -> InfiniteSampler:
+        """An :class:`InfiniteSampler` over ``target_adapt``."""
+        return InfiniteSampler(len(self.target_adapt), batch_size, **kwargs)
+
+
+def _split_by_group(
+    dataset: Any,
+    fraction: float,
+    group_of: Callable[[Hashable], Optional[Hashable]],
+    seed: int,
+) -> tuple[list[int], list[int]]:
+    """Disjoint (adapt, test) positions, whole groups on one side, test share ~ ``fraction``."""
+    keys = list(dataset.keys)
+    groups: dict[Hashable, list[int]] = {}
+    for i, k in enumerate(keys):
+        g = group_of(k)
+        groups.setdefault(("key", k) if g is None else ("group", g), []).append(i)
+    names = sorted(groups, key=repr)
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
+    test: list[int] = []
+    adapt: list[int] = []
+    goal = fraction * len(keys)
+    for j in order:
+        members = groups[names[j]]
+        (test if len(test) < goal else adapt).extend(members)
+    return sorted(adapt), sorted(test)
+
+
+def leave_one_domain_out(
+    domains: Mapping[str, DomainSplits],
+    target: str,
+    *,
+    leakage_free: bool = True,
+    test_fraction: float = 0.5,
+    group_of: Callable[[Hashable], Optional[Hashable]] = subject_of,
+    seed: int = 0,
+) -> LeaveOneDomainOutTask:
+    """Build the task with ``target`` as the unlabelled target and the other domains as sources.
+
+    Args:
+        domains: ``name -> DomainSplits(adapt, test)``; sources keep the mapping's order.
+        target: The target's name (matched case-insensitively, with the usual aliases).
+        leakage_free: Keep target test samples out of the adaptation set (see the module
+            docstring); ``False`` reproduces the published protocol as it is.
+        test_fraction: Share of the list held out for testing when adaptation and test are one
+            list and ``leakage_free`` is set.
+        group_of: Maps a sample key to its group (subject) for that split; ``None`` groups the
+            sample with its own copies only.
+        seed: Seed of that split.
+
+    Returns:
+        A :class:`LeaveOneDomainOutTask`.
+
+    Raises:
+        ValueError: If ``target`` is not among ``domains``, fewer than two domains are given,
+            or ``test_fraction`` is outside ``(0, 1)``.
+
+    Example:
+        >>> doms = synthetic_domains(20, 10, domains=("CK+", "JAFFE", "RAF-DB"), image_size=16)
+        >>> task = leave_one_domain_out(doms, "raf")
+        >>> task.sources, task.source_sizes, len(task.target_test)
+        (('CK+', 'JAFFE'), [20, 20], 10)
+    """
+    if len(domains) < 2:
+        raise ValueError(f"`domains` must hold at least two domains, got {list(domains)}")
+    check_probability(test_fraction, "test_fraction", high_inclusive=False)
+    names = list(domains)
+    name = canonical_dataset(target, names)
+    sources = tuple(n for n in names if n != name)
+    source_sets = tuple(domains[n].adapt for n in sources)
+    source_labels = torch.cat([s.labels.to(torch.int64) for s in source_sets])
+    domain_ids = torch.repeat_interleave(
+        torch.arange(len(sources)), torch.tensor([len(s) for s in source_sets])
+    )
+    adapt, test = domains[name]
+    notes: list[str] = []
+    removed = 0
+    adapt_keys = list(adapt.keys)
+    test_keys = set(test.keys)
+    inside = [i for i, k in enumerate(adapt_keys) if k in test_keys]
+    same = len(inside) == len(adapt_keys) and len(adapt_keys) > 0
+    if inside:
+        notes.append(
+            f"{name}: the adaptation set holds {len(inside)} of its {len(adapt_keys)} samples "
+            f"from the test set ({len(test_keys)} distinct test samples)"
+        )
+    distinct = len(set(adapt_keys))
+    if distinct < len(adapt_keys):
+        notes.append(f"{name}: the adaptation set lists {len(adapt_keys) - distinct} duplicates")
+    if leakage_free and inside:
+        if same:
+            keep_a, keep_t = _split_by_group(test, test_fraction, group_of, seed)
+            adapt, test = LabelledSubset(test, keep_a), LabelledSubset(test, keep_t)
+            removed = len(adapt_keys) - len(keep_a)
+            notes.append(
+                f"{name}: adaptation and test are one list; split it into {len(keep_a)} "
+                f"adaptation and {len(keep_t)} test samples with no shared subject or image "
+                "(not comparable with published numbers)"
+            )
+        else:
+            keep = [i for i, k in enumerate(adapt_keys) if k not in test_keys]
+            adapt = LabelledSubset(adapt, keep)
+            removed = len(inside)
+            notes.append(f"{name}: removed {removed} test samples from the adaptation set")
+    elif inside:
+        notes.append(
+            f"{name}: published protocol kept as is -- target test samples are part of the "
+            "unlabelled adaptation set (transductive, leaks test images)"
+        )
+    return LeaveOneDomainOutTask(
+        target=name,
+        sources=sources,
+        source_sets=source_sets,
+        source=ConcatDataset(list(source_sets)),
+        source_labels=source_labels,
+        domain_ids=domain_ids,
+        target_adapt=adapt,
+        target_test=test,
+        leakage_free=leakage_free,
+        removed=removed,
+        notes=notes,
+    )
+
+
+def leave_one_domain_out_tasks(
+    domains: Mapping[str, DomainSplits], **kwargs: Any
+) -> Iterator[LeaveOneDomainOutTask]:
+    """Yield :func:`leave_one_domain_out` for every domain in turn (arguments passed through)."""
+    for name in domains:
+        yield leave_one_domain_out(domains, name, **kwargs)
+
+
+def fer_list_domains(
+    lists_dir: Optional[PathLike] = None,
+    *,
+    domains: Sequence[str] = SIX_DOMAINS,
+    lists: Optional[Mapping[str, tuple[PathLike, PathLike]]] = None,
+    root: Optional[PathLike] = None,
+    strip_prefix: Optional[str] = None,
+    image_size: Optional[int] = 112,
+    **dataset_kwargs: Any,
+) -> dict[str, DomainSplits]:
+    r"""The protocol's domains as :class:`~lacmfer.data.ImageListDataset` pairs.
+
+    Lists are read now (so malformed lists fail early); images are decoded only when indexed, so
+    this works on the lists alone.
+
+    Args:
+        lists_dir: Folder holding the list files of :data:`FER_LIST_FILES`.
+        domains: Domain names to build, in order.
+        lists: ``name -> (adaptation list, test list)`` overriding or adding to the registry --
+            needed for AffectNet, whose lists are not distributed (``\`` paths are fine).
+        root: Folder the list paths are relative to (default: each list's own folder, as
+            published).
+        strip_prefix: Prefix removed from every path first (e.g. ``"../datasets"``).
+        image_size: Passed to the datasets.
+        **dataset_kwargs: Passed to :class:`~lacmfer.data.ImageListDataset`.
+
+    Returns:
+        ``name -> DomainSplits(adapt, test)``; one dataset object serves both roles when both
+        are the same file.
+
+    Raises:
+        ValueError: If a domain has no list (AffectNet without ``lists``) or no ``lists_dir``.
+    """
+    extra = {canonical_dataset(k, SIX_DOMAINS): v for k, v in (lists or {}).items()}
+    out: dict[str, DomainSplits] = {}
+    for raw in domains:
+        name = canonical_dataset(raw, SIX_DOMAINS)
+        if name in extra:
+            adapt_path, test_path = (os.fspath(p) for p in extra[name])
+        else:
+            files = FER_LIST_FILES.get(name)
+            if files is None:
+                raise ValueError(
+                    f"no image list for {name}: pass lists={{'{name}': (adapt_list, test_list)}}"
+                )
+            if lists_dir is None:
+                raise ValueError(f"`lists_dir` is needed to find the {name} lists {files}")
+            adapt_path, test_path = (os.path.join(os.fspath(lists_dir), f) for f in files)
+
+        def build(path: str) -> ImageListDataset:
+            return ImageListDataset(
+                path, root, image_size=image_size, strip_prefix=strip_prefix, **dataset_kwargs
+            )
+
+        adapt_ds = build(adapt_path)
+        same = os.path.abspath(adapt_path) == os.path.abspath(test_path)
+        out[name] = DomainSplits(adapt_ds, adapt_ds if same else build(test_path))
+    return out
+
+
+def synthetic_domains(
+    size: int = 2000,
+    test_size: int = 1000,
+    *,
+    domains: Sequence[str] = SIX_DOMAINS,
+    image_size: int = 112,
+    seed: int = 0,
+) -> dict[str, DomainSplits]:
+    """The six synthetic domains as disjoint adaptation / test :class:`~lacmfer.data.SyntheticFER`.
+
+    Args:
+        size: Adaptation images per domain.
+        test_size: Test images per domain.
+        domains: Domain names, in order.
+        image_size: Side of the images.
+        seed: Adaptation sets use ``seed``, test sets ``seed + 1``.
+
+    Returns:
+        ``name -> DomainSplits(adapt, test)``.
+    """
+    from .synthetic import SyntheticFER, canonical_domain
+
+    out: dict[str, DomainSplits] = {}
+    for raw in domains:
+        name = canonical_domain(raw)
+        out[name] = DomainSplits(
+            SyntheticFER(name, size, image_size=image_size, seed=seed),
+            SyntheticFER(name, test_size, image_size=image_size, seed=seed + 1),
+        )
+    return out

@@ -1,0 +1,144 @@
+"""Leave-one-domain-out tasks on the real lists and on synthetic data, leakage-free or published."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lacmfer.data import (
+    SIX_DOMAINS,
+    DomainSplits,
+    fer_list_domains,
+    leave_one_domain_out,
+    leave_one_domain_out_tasks,
+    subject_of,
+    synthetic_domains,
+)
+
+FIVE = ("CK+", "JAFFE", "Oulu-CASIA", "RAF-DB", "FER-2013")
+
+
+@pytest.fixture(scope="module")
+def real(fer_lists: Path) -> dict[str, DomainSplits]:
+    return fer_list_domains(fer_lists, domains=FIVE)
+
+
+def _keys(ds: object) -> list[object]:
+    return list(ds.keys)  # type: ignore[attr-defined]
+
+
+def test_registry_builds_the_real_domains(real: dict[str, DomainSplits]) -> None:
+    sizes = {n: (len(s.adapt), len(s.test)) for n, s in real.items()}
+    assert sizes == {
+        "CK+": (1050, 1050),
+        "JAFFE": (213, 213),
+        "Oulu-CASIA": (2988, 2988),
+        "RAF-DB": (15206, 3031),
+        "FER-2013": (28709, 3589),
+    }
+    assert real["CK+"].adapt is real["CK+"].test  # one list, one dataset
+
+
+def test_affectnet_needs_user_lists(fer_lists: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no image list for AffectNet"):
+        fer_list_domains(fer_lists, domains=("AffectNet",))
+    # User lists in the published style: Windows separators, test images inside the train list.
+    (tmp_path / "an_train.txt").write_bytes(b"..\\AN\\0\\a.jpg 6\r\n..\\AN\\1\\b.jpg 3\r\n")
+    (tmp_path / "an_test.txt").write_bytes(b"../AN/1/b.jpg 3\r\n../AN/2/c.jpg 4\r\n")
+    doms = fer_list_domains(
+        fer_lists,
+        domains=("JAFFE", "affectnet"),
+        lists={"AffectNet": (tmp_path / "an_train.txt", tmp_path / "an_test.txt")},
+    )
+    task = leave_one_domain_out(doms, "AffectNet")
+    assert task.removed == 1 and len(task.target_adapt) == 1
+    assert task.target_adapt.labels.tolist() == [6]
+    with pytest.raises(ValueError, match="lists_dir"):
+        fer_list_domains(domains=("CK+",))
+
+
+def test_raf_target_leakage_free_and_published(real: dict[str, DomainSplits]) -> None:
+    free = leave_one_domain_out(real, "raf")
+    assert free.target == "RAF-DB" and free.sources == ("CK+", "JAFFE", "Oulu-CASIA", "FER-2013")
+    assert free.removed == 3031 and len(free.target_adapt) == 15206 - 3031
+    assert not set(_keys(free.target_adapt)) & set(_keys(free.target_test))
+    assert len(free.target_test) == 3031
+    assert any("removed 3031" in n for n in free.notes)
+    pub = leave_one_domain_out(real, "RAF-DB", leakage_free=False)
+    assert len(pub.target_adapt) == 15206 and pub.removed == 0
+    assert len(set(_keys(pub.target_adapt)) & set(_keys(pub.target_test))) == 3031
+    assert any("published protocol kept as is" in n for n in pub.notes)
+
+
+def test_sources_domain_ids_and_sampler(real: dict[str, DomainSplits]) -> None:
+    task = leave_one_domain_out(real, "FER-2013")
+    assert task.source_sizes == [1050, 213, 2988, 15206]
+    assert len(task.source) == sum(task.source_sizes) == task.domain_ids.shape[0]
+    ref_ids = torch.cat([torch.full((n,), d) for d, n in enumerate(task.source_sizes)])
+    assert torch.equal(task.domain_ids, ref_ids)
+    ref_labels = torch.cat([s.labels for s in task.source_sets])
+    assert torch.equal(task.source_labels, ref_labels)
+    sampler = task.source_sampler(32, mode="balanced", class_balanced=True)
+    b = sampler.sample()
+    assert torch.equal(b.domains, task.domain_ids[b.indices])
+    assert torch.bincount(b.domains, minlength=4).tolist() == [8, 8, 8, 8]
+    assert task.target_sampler(16).sample().shape == (16,)
+    assert task.removed == 0 and not task.notes  # FER-2013 train and test are disjoint
+
+
+@pytest.mark.parametrize("target", ["CK+", "JAFFE", "Oulu-CASIA"])
+def test_same_list_domains_are_split_without_leakage(
+    real: dict[str, DomainSplits], target: str
+) -> None:
+    task = leave_one_domain_out(real, target, seed=3)
+    n = len(real[target].test)
+    adapt, test = _keys(task.target_adapt), _keys(task.target_test)
+    assert len(adapt) + len(test) == n
+    assert not set(adapt) & set(test)
+    assert 0.4 < len(test) / n < 0.6
+    subjects_a = {subject_of(k) for k in adapt} - {None}
+    subjects_t = {subject_of(k) for k in test} - {None}
+    assert not subjects_a & subjects_t
+    if target != "JAFFE":  # CK+ and Oulu paths name their subjects
+        assert len(subjects_a) > 5 and len(subjects_t) > 5
+    assert any("split it" in note for note in task.notes)
+    again = leave_one_domain_out(real, target, seed=3)
+    assert _keys(again.target_test) == test  # seeded
+    published = leave_one_domain_out(real, target, leakage_free=False)
+    assert _keys(published.target_adapt) == _keys(published.target_test)
+    if target == "Oulu-CASIA":
+        assert any("1068 duplicates" in note for note in published.notes)
+
+
+def test_synthetic_tasks() -> None:
+    doms = synthetic_domains(12, 6, image_size=16, seed=0)
+    assert tuple(doms) == SIX_DOMAINS
+    tasks = list(leave_one_domain_out_tasks(doms))
+    assert [t.target for t in tasks] == list(SIX_DOMAINS)
+    for t in tasks:
+        assert len(t.sources) == 5 and t.target not in t.sources
+        assert t.source_sizes == [12] * 5 and len(t.target_test) == 6
+        assert t.removed == 0 and not t.notes
+        image, label = t.source[13]
+        assert image.shape == (3, 16, 16) and 0 <= label < 7
+        assert int(t.domain_ids[13]) == 1
+
+
+def test_subject_of() -> None:
+    assert subject_of("../datasets/CK+/anger/S010_004_00000017.png") == "S010"
+    assert subject_of("..\\Oulu_CASIA\\VL\\Strong\\P080\\Fear\\1.jpeg") == "P080"
+    assert subject_of("/data/jaffe/KA.AN1.39.tiff") == "KA"
+    assert subject_of("../datasets/Oulu_CASIA/VL/Neutral/478.jpeg") is None
+    assert subject_of(("tuple", 1)) is None
+
+
+def test_errors() -> None:
+    doms = synthetic_domains(4, 2, domains=("CK+", "JAFFE"), image_size=8)
+    with pytest.raises(ValueError, match="must name one of"):
+        leave_one_domain_out(doms, "RAF-DB")
+    with pytest.raises(ValueError, match="at least two domains"):
+        leave_one_domain_out({"CK+": doms["CK+"]}, "CK+")
+    with pytest.raises(ValueError, match="test_fraction"):
+        leave_one_domain_out(doms, "CK+", test_fraction=1.0)
