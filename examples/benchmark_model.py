@@ -28,7 +28,7 @@ import argparse
 import copy
 import platform
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -43,9 +43,14 @@ def _sync(device: torch.device) -> None:
 
 
 def time_many(
-    fns: dict[str, Callable[[], object]], device: torch.device, *, warmup: int, iters: int
+    fns: dict[str, Callable[[], object]],
+    device: torch.device,
+    *,
+    warmup: int,
+    iters: int,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
-    """Best (minimum) wall-clock seconds of each function over ``iters`` runs.
+    """Best (minimum) seconds of each function over ``iters`` runs, measured with ``clock``.
 
     The functions run round-robin (one run of each per round, after ``warmup`` rounds) so that a
     burst of load on a shared machine hits all of them alike; the minimum is the least disturbed
@@ -58,16 +63,23 @@ def time_many(
     best = {name: float("inf") for name in fns}
     for _ in range(iters):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
             _sync(device)
-            best[name] = min(best[name], time.perf_counter() - start)
+            best[name] = min(best[name], clock() - start)
     return best
 
 
-def time_it(fn: Callable[[], object], device: torch.device, *, warmup: int, iters: int) -> float:
-    """Best wall-clock seconds of ``fn`` over ``iters`` runs after ``warmup`` runs."""
-    return time_many({"fn": fn}, device, warmup=warmup, iters=iters)["fn"]
+def time_it(
+    fn: Callable[[], object],
+    device: torch.device,
+    *,
+    warmup: int,
+    iters: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
+    """Best seconds of ``fn`` over ``iters`` runs after ``warmup`` runs."""
+    return time_many({"fn": fn}, device, warmup=warmup, iters=iters, clock=clock)["fn"]
 
 
 def patch_by_patch(branch: LocalPatchBranch) -> Callable[[Tensor], Tensor]:
@@ -172,6 +184,13 @@ def main(argv: Optional[list[str]] = None) -> str:
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: elapsed time; cpu: this process's CPU time (all threads), steadier on a "
+        "machine shared with other jobs (CPU device only)",
+    )
     parser.add_argument("--tiny", action="store_true", help="LACMFER.tiny() instead of the paper's")
     parser.add_argument("--spatial-kernel-size", type=int, default=49, help="CBAM kernel (49/7)")
     parser.add_argument(
@@ -183,7 +202,10 @@ def main(argv: Optional[list[str]] = None) -> str:
     device = torch.device(args.device)
     torch.manual_seed(0)
     b, s = args.batch_size, args.image_size
-    timing = {"warmup": args.warmup, "iters": args.iters}
+    if args.clock == "cpu" and device.type != "cpu":
+        parser.error("--clock cpu measures host CPU time; use --clock wall with a GPU")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    timing: dict[str, Any] = {"warmup": args.warmup, "iters": args.iters, "clock": clock}
     rows: list[tuple[str, str, str, str]] = []
     notes: list[str] = []
 
@@ -311,9 +333,9 @@ def main(argv: Optional[list[str]] = None) -> str:
                     f"{name} train step, full SPEC §4 objective",
                     setting,
                     f"{t_full * 1e3:.1f}",
-                    f"{2 * b / t_full:.1f} img/s; vs CE only: +{100 * (t_full - times['ce']) / t_full:.1f}%"
+                    f"{2 * b / t_full:.1f} img/s; vs CE only: {100 * (t_full - times['ce']) / t_full:+.1f}%"
                     f" of the step (incl. target backward); vs CE + target: "
-                    f"{100 * (t_full - times['ce+target']) / t_full:.1f}%",
+                    f"{100 * (t_full - times['ce+target']) / t_full:+.1f}%",
                 )
             )
             rows.append(
@@ -330,7 +352,8 @@ def main(argv: Optional[list[str]] = None) -> str:
         f"torch {torch.__version__}, device {device}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
         + f", {threads} CPU thread(s), {platform.processor() or platform.machine()}; "
-        f"best of {args.iters} after {args.warmup} warm-up (round-robin); CBAM k={args.spatial_kernel_size}",
+        f"{args.clock} clock, best of {args.iters} after {args.warmup} warm-up (round-robin); "
+        f"CBAM k={args.spatial_kernel_size}",
         "",
         "| measurement | setting | ms / iter | result |",
         "|---|---|---:|---|",
