@@ -87,7 +87,7 @@ def main(steps: int = 60, batch_size: int = 32) -> float:
             feat_l_s, logits_l_s, labels_s, feat_l_t, logits_l_t
         )
         consistency = mcc(logits_g_t, logits_l_t)
-        refined = mvv(logits_g_t, logits_l_t)  # RefinedPseudoLabels(labels, mask, loss)
+        refined = mvv(logits_g_t, logits_l_t)  # labels, mask, loss, kept_fraction
         loss = ce + 0.4 * inter_domain + 0.5 * consistency + 0.1 * refined.loss
 
         optimizer.zero_grad(set_to_none=True)
@@ -95,7 +95,7 @@ def main(steps: int = 60, batch_size: int = 32) -> float:
         optimizer.step()
         inter.step()  # advances the CID ramp (a no-op with the default cluster_ramp="none")
         if step % 20 == 0 or step == steps - 1:
-            kept = refined.mask.float().mean().item()
+            kept = refined.kept_fraction.item()
             print(f"step {step:3d}  loss {loss.item():.3f}  kept pseudo-labels {kept:.0%}")
 
     model.eval()
