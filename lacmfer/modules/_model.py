@@ -148,7 +148,7 @@ class LACMFER(nn.Module):
 
     @classmethod
     def tiny(cls, num_classes: int = 7, **kwargs: Any) -> LACMFER:
-        """A narrow, shallow preset of the same architecture for CPU experiments.
+        r"""A narrow, shallow preset of the same architecture for CPU experiments.
 
         ``global_channels=(64, 256)``, ``global_blocks=(1, 1)``, ``local_channels=64``,
         ``local_blocks=1``; the encoder is the full ResNet-18 stem/layer1/layer2 (so ImageNet
@@ -159,7 +159,7 @@ class LACMFER(nn.Module):
             **kwargs: Further :class:`LACMFER` arguments (they take precedence over the preset).
 
         Returns:
-            The model, with :math:`f_G, f_L \\in \\mathbb{R}^{256}` for the 2×2 grid.
+            The model, with :math:`f_G, f_L \in \mathbb{R}^{256}` for the 2×2 grid.
         """
         preset: dict[str, Any] = {
             "global_channels": (64, 256),
