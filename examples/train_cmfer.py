@@ -45,7 +45,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -173,7 +173,7 @@ class Objective(nn.Module):
         domains_s: Tensor,
     ) -> dict[str, Tensor]:
         assert self.align is not None
-        module = self.align[branch]
+        module = cast(DualLevelInterDomainAlignment, self.align[branch])
         domains = domains_s if self.cfg.per_source else None
         terms = module(
             feat_s, logits_s, labels_s, feat_t, logits_t, domains_s=domains, return_terms=True
@@ -231,7 +231,7 @@ class Objective(nn.Module):
         """Advance the loss modules' training progress (the CID ramp)."""
         if self.align is not None:
             for module in self.align.values():
-                module.step()
+                cast(DualLevelInterDomainAlignment, module).step()
 
 
 @torch.no_grad()

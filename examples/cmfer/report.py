@@ -156,9 +156,9 @@ def plot_curves(records: list[dict[str, Any]], path: Path, title: str) -> bool:
     left.set_xlabel("step")
     left.set_ylabel("loss")
     left.legend(fontsize=8)
-    for key in ("acc_fused", "acc_global", "acc_local"):
-        if evals and key in evals[0]:
-            right.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", label=key)
+    for view in ("acc_fused", "acc_global", "acc_local"):
+        if evals and view in evals[0]:
+            right.plot([r["step"] for r in evals], [r[view] for r in evals], marker="o", label=view)
     if train and "pseudo_label_acc" in train[0]:
         steps = [r["step"] for r in train if r.get("pseudo_label_acc") is not None]
         right.plot(
