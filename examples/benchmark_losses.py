@@ -168,8 +168,9 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def child(variant: str, b: int, device: str, repeats: int) -> dict[str, float]:
+def child(variant: str, b: int, device: str, repeats: int, clock: str) -> dict[str, float]:
     torch.manual_seed(0)
+    now = time.process_time if clock == "cpu" else time.perf_counter
     fn: Callable[..., torch.Tensor] = loop_losses if variant == "loop" else vectorised_losses
     inputs = make_inputs(b, device)
     grads = [0, 3, 5, 6]  # feat_s, feat_t, both views' target logits
@@ -194,15 +195,17 @@ def child(variant: str, b: int, device: str, repeats: int) -> dict[str, float]:
     times = []
     for _ in range(repeats):
         sync()
-        t0 = time.perf_counter()
+        t0 = now()
         step()
         sync()
-        times.append(time.perf_counter() - t0)
+        times.append(now() - t0)
     return {"time": statistics.median(times), "peak": float(peak)}
 
 
-def run_child(variant: str, b: int, device: str, repeats: int, timeout: float) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--child", variant, str(b), device, str(repeats)]
+def run_child(
+    variant: str, b: int, device: str, repeats: int, timeout: float, clock: str
+) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--child", variant, str(b), device, str(repeats), clock]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
     except subprocess.TimeoutExpired:
@@ -237,18 +240,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
     parser.add_argument("--loop-repeats", type=int, default=2, help="timed repeats of the loop")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per measurement")
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: elapsed time; cpu: process CPU time of all threads (steadier on a shared machine)",
+    )
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        variant, b, device, repeats = args.child
-        print(json.dumps(child(variant, int(b), device, int(repeats))))
+        variant, b, device, repeats, clock = args.child
+        print(json.dumps(child(variant, int(b), device, int(repeats), clock)))
         return
 
     rel = check_agreement(args.device)
     print(f"# LA-CMFER losses: SID + CID + MCC + MVV forward+backward, D={D}, K={K}")
     print(
         f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, device {args.device}"
+        f"{torch.get_num_threads()} threads, device {args.device}, {args.clock} clock"
         + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else "")
     )
     print(f"# loop and vectorised values agree to {rel:.1e} (relative)\n")
@@ -257,8 +266,8 @@ def main() -> None:
     print("| " + " | ".join(header) + " |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for b in args.sizes:
-        vec = run_child("vectorised", b, args.device, args.repeats, args.timeout)
-        loop = run_child("loop", b, args.device, args.loop_repeats, args.timeout)
+        vec = run_child("vectorised", b, args.device, args.repeats, args.timeout, args.clock)
+        loop = run_child("loop", b, args.device, args.loop_repeats, args.timeout, args.clock)
         speed = loop["time"] / vec["time"]
         mem = (
             vec["peak"] / loop["peak"]
