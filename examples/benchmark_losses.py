@@ -246,8 +246,18 @@ def main() -> None:
         default="wall",
         help="wall: elapsed time; cpu: process CPU time of all threads (steadier on a shared machine)",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="intra-op threads of each measurement (0: torch's default). On a machine other "
+        "processes load, use 1: multi-threaded small ops then wait for busy cores",
+    )
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the measurement processes
     if args.child:
         variant, b, device, repeats, clock = args.child
         print(json.dumps(child(variant, int(b), device, int(repeats), clock)))
