@@ -232,8 +232,33 @@ class ResultFile(SphinxDirective):
         return self.parse_content_to_nodes()
 
 
+class OptionalFigure(SphinxDirective):
+    """``.. optional-figure:: PATH`` is a ``figure`` while the image exists, else its caption alone.
+
+    For figures that another part of the project writes (e.g. ``_static/synthetic_grid.png``): the
+    page builds (with ``-W``) before and after the image is committed.
+    """
+
+    required_arguments = 1
+    has_content = True
+    option_spec = {  # noqa: RUF012 - docutils' API
+        "alt": lambda arg: arg.strip(),
+        "width": lambda arg: arg.strip(),
+    }
+
+    def run(self) -> list[nodes.Node]:
+        _, path = self.env.relfn2path(self.arguments[0], self.env.docname)
+        caption = "\n".join(self.content)
+        if not Path(path).is_file():
+            return self.parse_text_to_nodes(caption)
+        options = "".join(f"   :{key}: {value}\n" for key, value in self.options.items())
+        body = "\n".join("   " + line if line else "" for line in self.content)
+        return self.parse_text_to_nodes(f".. figure:: {self.arguments[0]}\n{options}\n{body}\n")
+
+
 def setup(app: Any) -> dict[str, Any]:
     app.add_directive("result-file", ResultFile)
+    app.add_directive("optional-figure", OptionalFigure)
     app.connect("env-check-consistency", _check_api_coverage)
     app.connect("autodoc-process-docstring", _data_docstring)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
