@@ -59,10 +59,12 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(job["threads"])
     script = _script()
     folder = Path(job["out"]) / f"seed{job['seed']}" / job["target"].replace("+", "plus")
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in job["method"])
+    method_args = job.get("variant_args") or ["--method", job["method"]]
     args = [
-        "--preset", job["preset"], *job["extra"], "--method", job["method"],
+        "--preset", job["preset"], *job["extra"], *method_args,
         "--target", job["target"], "--seed", str(job["seed"]), "--device", "cpu",
-        "--out", str(folder / job["method"]), "--no-progress",
+        "--out", str(folder / name), "--no-progress",
     ]  # fmt: skip
     summary = script.train(script.config_from_args(args))
     final, best = summary["final"], summary["best_over_training"]
@@ -70,6 +72,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         "seed": job["seed"],
         "target": summary["target"],
         "method": job["method"],
+        "variant_args": job.get("variant_args") or [],
         "acc_fused": final["acc_fused"],
         "acc_global": final["acc_global"],
         "acc_local": final["acc_local"],
@@ -109,7 +112,7 @@ def make_table(rows: list[dict[str, Any]], methods: Sequence[str], targets: Sequ
         ("best_acc_fused", "Best over training (%): selection on the test set, NOT a valid result"),
     ):
         out.append(f"### {title}\n")
-        out.append("| target | " + " | ".join(LABELS[m] for m in methods) + " |")
+        out.append("| target | " + " | ".join(LABELS.get(m, m) for m in methods) + " |")
         out.append("|---|" + "---|" * len(methods))
         for t in targets:
             out.append(f"| {t} | " + " | ".join(cell(t, m, key) for m in methods) + " |")
@@ -132,6 +135,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--targets", nargs="+", default=None, help="default: the six domains")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL=ARGS",
+        help="an extra column: train_cmfer flags under a label, e.g. "
+        "'LA-CMFER w/o SID+CID=--method lacmfer --no-sid --no-cid' (repeatable)",
+    )
+    p.add_argument("--notes", default=None, help="markdown file appended to the results")
     p.add_argument("--preset", default="benchmark", help="train_cmfer preset of every run")
     p.add_argument("--jobs", type=int, default=2, help="worker processes")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
@@ -157,11 +169,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             r = json.loads(line)
             if r.get("setup") == key_args:
                 done.append(r)
+    columns: dict[str, list[str]] = {m: [] for m in args.methods}
+    for spec in args.variant:
+        label, sep, flags = spec.partition("=")
+        if not sep or not label.strip():
+            raise SystemExit(f"--variant must be LABEL=ARGS, got {spec!r}")
+        columns[label.strip()] = shlex.split(flags)
+    done = [r for r in done if r["method"] in columns]
+    done = [r for r in done if r.get("variant_args", []) == columns[r["method"]]]
     have = {(r["seed"], r["target"], r["method"]) for r in done}
     jobs = [
-        {"seed": s, "target": t, "method": m, "preset": args.preset, "extra": extra,
-         "threads": args.threads, "out": str(out)}
-        for s in args.seeds for t in targets for m in args.methods
+        {"seed": s, "target": t, "method": m, "variant_args": columns[m], "preset": args.preset,
+         "extra": extra, "threads": args.threads, "out": str(out)}
+        for s in args.seeds for t in targets for m in columns
         if (s, t, m) not in have
     ]  # fmt: skip
     print(f"{len(done)} runs already done, {len(jobs)} to run on {args.jobs} worker(s)", flush=True)
@@ -183,13 +203,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 )
     elapsed = time.perf_counter() - start
     rows = [r for r in done if r["seed"] in args.seeds and r["target"] in targets]
-    rows = [r for r in rows if r["method"] in args.methods]
-    table = make_table(rows, args.methods, targets)
+    rows = [r for r in rows if r["method"] in columns]
+    table = make_table(rows, list(columns), targets)
     cfg = script.config_from_args(["--preset", args.preset, *extra, "--device", "cpu"])
     run_time = sum(r["wall_time_s"] for r in rows)
     per_method = {
         m: statistics.fmean([r["wall_time_s"] for r in rows if r["method"] == m] or [math.nan])
-        for m in args.methods
+        for m in columns
     }
     command = "python examples/run_synthetic_benchmark.py " + shlex.join(
         [*(argv or []), *(["--", *extra] if extra else [])]
@@ -209,9 +229,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"(shared), {args.jobs} worker(s) × {args.threads} thread(s).  ",
             f"Wall time: {elapsed / 60:.1f} min for this invocation; summed run time "
             f"{run_time / 60:.1f} min; mean per run: "
-            + ", ".join(f"{LABELS[m]} {per_method[m]:.0f} s" for m in args.methods)
+            + ", ".join(f"{LABELS.get(m, m)} {per_method[m]:.0f} s" for m in columns)
             + ".\n",
+            *(f"Column `{m}`: `{shlex.join(flags)}`.  " for m, flags in columns.items() if flags),
+            "",
             table,
+            Path(args.notes).read_text() if args.notes else "",
         ]
     )
     print(text)

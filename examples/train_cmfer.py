@@ -22,9 +22,21 @@ Usage::
 
     python examples/train_cmfer.py                    # synthetic six-domain data, device-sized preset
     python examples/train_cmfer.py --preset smoke     # seconds on a CPU
-    python examples/train_cmfer.py --preset paper --data-root /data/fer --target all
-    python examples/train_cmfer.py --method source-only --target JAFFE --out runs/src
-    torchrun --nproc_per_node=4 examples/train_cmfer.py --preset paper --data-root /data/fer
+    python examples/train_cmfer.py --method source-only --target CK+ --out runs/src
+    python examples/train_cmfer.py --preset paper --data-root /data/fer/datasets \
+        --lists shared/data/fer_lists --domains CK+,JAFFE,Oulu-CASIA,RAF-DB,FER-2013 \
+        --encoder-weights resnet18-f37072fd.pth --target all --out runs/paper
+    torchrun --nproc_per_node=4 examples/train_cmfer.py --preset paper ...   # DDP, same flags
+
+Presets (``examples/configs/<name>.yaml``; ``--config FILE`` and flags override them): ``cpu`` is
+the default on a CPU (LACMFER.tiny, 64×64, a few minutes on 2 cores), ``gpu`` the default with
+CUDA (full widths, 112×112, bf16), ``paper`` the recipe above, ``smoke`` seconds for tests,
+``benchmark`` one run of ``examples/run_synthetic_benchmark.py``. Without an ImageNet encoder
+(``--encoder-weights``) the cpu/gpu/benchmark presets train the encoder at the full lr.
+
+Under ``torchrun`` each rank takes ``--batch-size / world_size`` images of one global stream, the
+losses compute their batch statistics over the global batch (``sync_dist``), rank 0 writes the
+outputs, and ``--resume`` works the same way.
 
 Outputs in ``--out``: ``metrics.jsonl`` (training losses every ``--log-every`` steps, target
 evaluation every ``--eval-every`` steps), ``summary.json`` (config, final-step metrics = THE result,
@@ -67,11 +79,7 @@ from cmfer.report import (
     read_jsonl,
 )
 
-try:  # TEMP until lacmfer.data exports
-    from lacmfer.data import CLASSES, FERAugment, normalize
-except ImportError:
-    from lacmfer.data.labels import CLASSES
-    from lacmfer.data.transforms import FERAugment, normalize
+from lacmfer.data import CLASSES, FERAugment, normalize
 from lacmfer.functional import mmd2, refine_pseudo_labels
 from lacmfer.losses import (
     DualLevelInterDomainAlignment,

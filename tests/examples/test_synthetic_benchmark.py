@@ -35,23 +35,28 @@ def test_table_is_mean_and_std_over_seeds(benchmark_driver: ModuleType) -> None:
 def test_tiny_benchmark_run_and_restart(benchmark_driver: ModuleType, tmp_path: Path) -> None:
     out, md = tmp_path / "bench", tmp_path / "table.md"
     args = ["--seeds", "0", "--targets", "jaffe", "ck", "--methods", "source-only", "lacmfer",
+            "--variant", "no voting=--method lacmfer --no-voting",
             "--preset", "smoke", "--jobs", "1", "--out", str(out), "--results", str(md), "--",
             "--steps", "2", "--synthetic-train-size", "16", "--synthetic-test-size", "16",
             "--no-plots"]  # fmt: skip
     assert benchmark_driver.main(args) == 0
     runs = [json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines()]
     assert sorted((r["target"], r["method"]) for r in runs) == [
-        ("CK+", "lacmfer"), ("CK+", "source-only"), ("JAFFE", "lacmfer"), ("JAFFE", "source-only"),
+        ("CK+", "lacmfer"), ("CK+", "no voting"), ("CK+", "source-only"),
+        ("JAFFE", "lacmfer"), ("JAFFE", "no voting"), ("JAFFE", "source-only"),
     ]  # fmt: skip
     for r in runs:
         assert 0 <= r["acc_fused"] <= r["best_acc_fused"] <= 1 and r["steps"] == 2
-        summary = json.loads((out / "seed0" / r["target"].replace("+", "plus") / r["method"]
+        folder = r["method"].replace(" ", "_")
+        summary = json.loads((out / "seed0" / r["target"].replace("+", "plus") / folder
                               / "summary.json").read_text())  # fmt: skip
         assert summary["final"]["acc_fused"] == pytest.approx(r["acc_fused"])
+        assert summary["config"]["voting"] == (r["method"] != "no voting")
     text = md.read_text()
     assert "| JAFFE |" in text and "| CK+ |" in text and "mean of the targets" in text
+    assert "| target | source-only | LA-CMFER | no voting |" in text
     # a second start with the same arguments finds every run done and only rewrites the table
     md.unlink()
     assert benchmark_driver.main(args) == 0
-    assert len((out / "runs.jsonl").read_text().splitlines()) == 4
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 6
     assert md.read_text().split("###", 1)[1] == text.split("###", 1)[1]

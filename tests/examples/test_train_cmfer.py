@@ -535,3 +535,47 @@ def test_cuda_fp16_grad_scaler(script: ModuleType, tmp_path: Path) -> None:
         )
     )
     assert summary["final"] is not None
+
+
+def _write_fake_protocol(root: Path) -> tuple[Path, Path]:
+    """Image files and list files laid out like the published protocol (paths ../datasets/...)."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    lists, data = root / "lists", root / "datasets"
+    lists.mkdir(parents=True)
+    layout = {
+        "CK.txt": [f"CK+/anger/S{s:03d}_001_0000000{i}.png" for s in range(1, 7) for i in range(4)],
+        "JAFFE.txt": [f"JAFFE/images/img_{i}.png" for i in range(24)],
+        "RAF_train.txt": [f"RAF-DB/images/train_{i:05d}_aligned.png" for i in range(24)],
+        "RAF_test.txt": [f"RAF-DB/images/test_{i:04d}_aligned.png" for i in range(12)],
+    }
+    for list_name, paths in layout.items():
+        lines = []
+        for i, rel in enumerate(paths):
+            path = data / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pixels = (torch.rand(40, 40, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(path)
+            lines.append(f"../datasets/{rel} {i % 7}")
+        (lists / list_name).write_text("\r\n".join(lines) + "\r\n")  # CRLF, as published
+    return lists, data
+
+
+def test_real_image_lists_run_the_protocol(script: ModuleType, tmp_path: Path) -> None:
+    pytest.importorskip("PIL")
+    lists, data = _write_fake_protocol(tmp_path / "fer")
+    common = ["--data-root", str(data), "--lists", str(lists), "--domains", "CK+,JAFFE,RAF-DB",
+              "--steps", "2", "--image-size", "32", "--num-workers", "0"]  # fmt: skip
+    summary = script.train(make_config(script, tmp_path / "ck", *common, "--target", "ck"))
+    assert summary["target"] == "CK+" and summary["sources"] == ["JAFFE", "RAF-DB"]
+    notes = " ".join(summary["protocol_notes"])
+    assert "split it into" in notes  # CK+ adapts and tests on one list: split by subject
+    assert summary["final"]["num_test"] < 24
+    published = script.train(
+        make_config(script, tmp_path / "pub", *common, "--target", "CK+", "--no-leakage-free")
+    )
+    assert published["final"]["num_test"] == 24
+    assert "leaks test images" in " ".join(published["protocol_notes"])
+    with pytest.raises(ValueError, match="AffectNet's image lists are not distributed"):
+        script.train(make_config(script, tmp_path, "--data-root", str(data), "--lists", str(lists)))
