@@ -207,19 +207,39 @@ def _data_docstring(
 class ResultFile(SphinxDirective):
     """``.. result-file:: PATH`` shows a results file (e.g. a markdown table) verbatim if it exists.
 
-    The directive's content (reST) is shown instead while the file does not exist, so the benchmark
-    page builds before and after the tables are committed.
+    ``:start-after:`` / ``:end-before:`` cut out the part between two marker lines (e.g. one section of
+    README.md). The directive's content (reST) is shown instead while the file or a marker does not
+    exist, so the benchmark page builds before and after the tables are committed.
     """
 
     required_arguments = 1
     has_content = True
-    option_spec = {"language": lambda arg: arg.strip()}  # noqa: RUF012 - docutils' API
+    option_spec = {  # noqa: RUF012 - docutils' API
+        "language": lambda arg: arg.strip(),
+        "start-after": lambda arg: arg.strip(),
+        "end-before": lambda arg: arg.strip(),
+    }
+
+    def _excerpt(self, text: str) -> str | None:
+        """The part between the ``start-after`` and ``end-before`` lines; None if one is missing."""
+        start, end = self.options.get("start-after"), self.options.get("end-before")
+        if start is not None:
+            if start not in text:
+                return None
+            text = text.split(start, 1)[1]
+        if end is not None:
+            if end not in text:
+                return None
+            text = text.split(end, 1)[0]
+        return text.strip("\n")
 
     def run(self) -> list[nodes.Node]:
         rel, path = self.env.relfn2path(self.arguments[0], self.env.docname)
+        text = None
         if Path(path).is_file():
             self.env.note_dependency(rel)
-            text = Path(path).read_text(encoding="utf-8").rstrip("\n")
+            text = self._excerpt(Path(path).read_text(encoding="utf-8"))
+        if text:
             block = nodes.literal_block(text, text)
             block["language"] = self.options.get("language", "markdown")
             caption = nodes.paragraph()
