@@ -58,8 +58,9 @@ class DualLevelInterDomainAlignment(nn.Module):
         - Output: scalar, or :class:`~lacmfer.functional.AlignmentTerms` with ``return_terms=True``.
 
     Raises:
-        TypeError, ValueError: for settings of the wrong type or out of range (here) and for bad
-            inputs (in ``forward``), naming the argument.
+        TypeError: for a setting of the wrong type (here) or a bad input dtype (in ``forward``).
+        ValueError: for a setting out of range (here) or bad input shapes (in ``forward``); each
+            message names the argument.
 
     Example:
         >>> loss_fn = DualLevelInterDomainAlignment(cluster_ramp="dann_sigmoid", ramp_steps=100)
@@ -107,7 +108,7 @@ class DualLevelInterDomainAlignment(nn.Module):
 
     @property
     def progress(self) -> Tensor:
-        """Training progress :math:`p = \\min(\\text{num\\_steps} / \\text{ramp\\_steps}, 1)`."""
+        """Training progress ``p = min(num_steps / ramp_steps, 1)``, a 0-dim float tensor."""
         return (self.num_steps.to(torch.float32) / self.ramp_steps).clamp(max=1.0)
 
     def step(self, n: int = 1) -> None:
