@@ -245,6 +245,12 @@ def leave_one_domain_out(
     Returns:
         A :class:`LeaveOneDomainOutTask`.
 
+    Note:
+        ``leakage_free=False`` is the published protocol with its known flaws (SPEC §5): the RAF-DB
+        and AffectNet adaptation lists hold their test images, CK+/JAFFE/Oulu-CASIA use one list
+        for adaptation and test, and the published numbers are the best test accuracy over
+        training. Report final-iteration accuracy, and best-over-training only labelled as such.
+
     Raises:
         ValueError: If ``target`` is not among ``domains``, fewer than two domains are given,
             or ``test_fraction`` is outside ``(0, 1)``.

@@ -298,9 +298,18 @@ class MultiSourceSampler:
         return SourceBatch(indices, self.domain_of(indices))
 
     def __iter__(self) -> Iterator[list[int]]:
-        """Yield index lists forever (for ``DataLoader(batch_sampler=...)``)."""
+        """Yield index lists forever (for ``DataLoader(batch_sampler=...)``).
+
+        The domain ids of a batch are ``domain_of(torch.tensor(batch))``; :meth:`batches` yields
+        both.
+        """
         while True:
             yield self.sample().indices.tolist()
+
+    def batches(self) -> Iterator[SourceBatch]:
+        """Yield :class:`SourceBatch` (indices and domain ids) forever."""
+        while True:
+            yield self.sample()
 
     def state_dict(self) -> dict[str, Any]:
         """The stream positions (plus the arguments that must match on loading)."""

@@ -180,6 +180,16 @@ def test_realised_domain_proportions(mode: str) -> None:
         assert float(counts[1]) / n > 0.16
 
 
+def test_batches_iterator_matches_sample() -> None:
+    a = MultiSourceSampler((4, 9), 6, mode="balanced", seed=2)
+    b = MultiSourceSampler((4, 9), 6, mode="balanced", seed=2)
+    for got in itertools.islice(a.batches(), 4):
+        want = b.sample()
+        assert torch.equal(got.indices, want.indices) and torch.equal(got.domains, want.domains)
+    listed = next(iter(a))
+    assert listed == b.sample().indices.tolist()
+
+
 def test_dataloader_batch_sampler() -> None:
     sets = [TensorDataset(torch.full((n,), float(d))) for d, n in enumerate((3, 4))]
     s = MultiSourceSampler((3, 4), 5, mode="balanced")
