@@ -227,8 +227,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "seed, then mean ± std over seeds).  ",
             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
             f"(shared), {args.jobs} worker(s) × {args.threads} thread(s).  ",
-            f"Wall time: {elapsed / 60:.1f} min for this invocation; summed run time "
-            f"{run_time / 60:.1f} min; mean per run: "
+            f"Wall time of this invocation: {elapsed / 60:.1f} min for {len(jobs)} new run(s) "
+            f"({len(rows) - len(jobs)} reused from {raw}); summed run time of the "
+            f"{len(rows)} runs in the tables: {run_time / 60:.1f} min; mean per run: "
             + ", ".join(f"{LABELS.get(m, m)} {per_method[m]:.0f} s" for m in columns)
             + ".\n",
             *(f"Column `{m}`: `{shlex.join(flags)}`.  " for m, flags in columns.items() if flags),
