@@ -7,6 +7,7 @@ run to be resumable and to behave the same on one process and under ``torchrun``
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import os
 import random
@@ -82,6 +83,9 @@ def setup_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
 
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
+        # A DistributedDataParallel reducer still alive when its process group is destroyed can
+        # abort the process at exit; collect any that a reference cycle kept.
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
 

@@ -9,6 +9,7 @@ directly with a DDP-wrapped model. Ranks hold different batch sizes.
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 from typing import Any
@@ -106,14 +107,23 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             value.backward()
             results[name] = (value.detach(), x_s.grad, x_t.grad)
         results["kept"] = objective(model(), local, sync=True)["kept"]
-        # 2) Parameter gradients of a DDP-wrapped model: exactly the single-process gradients.
-        net = torch.nn.parallel.DistributedDataParallel(model())
-        losses = objective(net, local, sync=True)
-        sum(losses[n] for n in ("pooled", "per_source", "mcc", "mvv")).backward()
-        results["ddp_grads"] = [p.grad.clone() for p in net.parameters()]
+        results["ddp_grads"] = _ddp_grads(local)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
+        # A DDP reducer that outlives its process group aborts the process at exit now and then
+        # ("terminate called without an active exception"); _ddp_grads has freed it by now.
+        gc.collect()
         dist.destroy_process_group()
+
+
+def _ddp_grads(local: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Parameter gradients of a DDP-wrapped model: exactly the single-process gradients."""
+    net = torch.nn.parallel.DistributedDataParallel(model())
+    losses = objective(net, local, sync=True)
+    sum(losses[n] for n in ("pooled", "per_source", "mcc", "mvv")).backward()
+    grads = [p.grad for p in net.parameters()]
+    assert all(g is not None for g in grads)
+    return [g.clone() for g in grads if g is not None]
 
 
 @pytest.fixture(scope="module")
