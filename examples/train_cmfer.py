@@ -144,6 +144,8 @@ class Objective(nn.Module):
         self.align: Optional[nn.ModuleDict] = None
         self.consistency: Optional[nn.Module] = None
         self.refiner: Optional[PseudoLabelRefiner] = None
+        # Steps taken, for the warm-up of the adaptation terms (in state_dict: exact resume).
+        self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
         if cfg.method == "lacmfer":
             if cfg.sid or cfg.cid:
                 self.align = nn.ModuleDict(
@@ -226,17 +228,34 @@ class Objective(nn.Module):
         if self.refiner is not None:
             refined = self.refiner(out_t.logits_g, out_t.logits_l)
             parts["voting"] = refined.loss
-        loss = (
-            ce
-            + cfg.align_weight * parts["align"]
-            + cfg.consistency_weight * parts["consistency"]
-            + cfg.voting_weight * parts["voting"]
-        )
+        if cfg.adapt_after == 0 and cfg.adapt_warmup == 0:  # the paper: adaptation from step 0
+            loss = (
+                ce
+                + cfg.align_weight * parts["align"]
+                + cfg.consistency_weight * parts["consistency"]
+                + cfg.voting_weight * parts["voting"]
+            )
+        else:
+            adaptation = (
+                cfg.align_weight * parts["align"]
+                + cfg.consistency_weight * parts["consistency"]
+                + cfg.voting_weight * parts["voting"]
+            )
+            loss = ce + self.adaptation_ramp() * adaptation
         parts["loss"] = loss
         return loss, {k: v.detach() for k, v in parts.items()}
 
+    def adaptation_ramp(self) -> Tensor:
+        """Factor on all adaptation terms at step ``t``: 0 before ``adapt_after``, then rising
+        linearly to 1 over ``adapt_warmup`` steps (at once without warm-up)."""
+        since = cast(Tensor, self.num_steps).to(torch.float32) - self.cfg.adapt_after
+        if self.cfg.adapt_warmup == 0:
+            return (since >= 0).to(torch.float32)
+        return (since / self.cfg.adapt_warmup).clamp(0.0, 1.0)
+
     def step(self) -> None:
-        """Advance the loss modules' training progress (the CID ramp)."""
+        """Advance the training progress (the warm-up and the loss modules' CID ramp)."""
+        cast(Tensor, self.num_steps).add_(1)
         if self.align is not None:
             for module in self.align.values():
                 cast(DualLevelInterDomainAlignment, module).step()

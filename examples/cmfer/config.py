@@ -77,6 +77,8 @@ class TrainConfig:
     kernel_mul: float = 2.0
     cluster_ramp: str = "none"
     per_source: bool = False
+    adapt_after: int = 0
+    adapt_warmup: int = 0
     # -------------------------------------------------------- optimisation
     steps: int = 20000
     batch_size: int = 128
@@ -171,7 +173,7 @@ class TrainConfig:
                 "`consistency_on_logits` applies to 'mcc', 'l1' and 'mse'; 'kl' compares "
                 "probability distributions"
             )
-        for name in ("num_workers", "keep_checkpoints", "seed"):
+        for name in ("num_workers", "keep_checkpoints", "seed", "adapt_after", "adapt_warmup"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
         if self.data_root is None and self.lists is not None:
@@ -415,6 +417,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="ramp of the CID weight over training",
     )
     _bool(g, "per-source", "alignment source-by-source against the target, averaged")
+    g.add_argument(
+        "--adapt-after",
+        dest="adapt_after",
+        type=int,
+        help="source-only steps before the adaptation terms (alignment or MMD, consistency, "
+        "voting) switch on; 0 = from the first step (the paper, whose encoder starts from "
+        "ImageNet weights)",
+    )
+    g.add_argument(
+        "--adapt-warmup",
+        dest="adapt_warmup",
+        type=int,
+        help="steps, after --adapt-after, over which the weight of every adaptation term rises "
+        "linearly from 0 to its value (0 = at once)",
+    )
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, help="training iterations")

@@ -292,6 +292,37 @@ def test_objective_is_the_paper_formula(
         assert parts["align"] == 0 and parts["consistency"] == 0 and parts["voting"] == 0
 
 
+@pytest.mark.parametrize("method", ["lacmfer", "mmd", "source-only"])
+@pytest.mark.parametrize(("after", "warmup"), [(0, 4), (3, 0), (2, 3)])
+def test_adaptation_schedule_scales_every_adaptation_term(
+    script: ModuleType, method: str, after: int, warmup: int, tmp_path: Path
+) -> None:
+    """loss = CE + r(t) · (the adaptation terms of the full objective), with r = 0 for t < after,
+    then (t - after) / warmup up to 1 (1 at once when warmup = 0)."""
+    out_s = fake_outputs(script, 12, 6, 7, 0, 4.0)
+    out_t = fake_outputs(script, 10, 6, 7, 1, 4.0)
+    y_s, d_s = torch.arange(12) % 7, torch.arange(12) % 5
+    full = script.Objective(make_config(script, tmp_path, "--method", method), 5, sync_dist=False)
+    full_loss, parts = full(out_s, y_s, d_s, out_t)
+    adaptation = full_loss - parts["ce"]
+    assert (method == "source-only") == (float(adaptation) == 0.0)
+    args = ["--method", method, "--adapt-after", str(after), "--adapt-warmup", str(warmup)]
+    scheduled = script.Objective(make_config(script, tmp_path, *args), 5, sync_dist=False)
+    for t in range(9):
+        if t < after:
+            ramp = 0.0
+        elif warmup == 0:
+            ramp = 1.0
+        else:
+            ramp = min(1.0, (t - after) / warmup)
+        loss, step_parts = scheduled(out_s, y_s, d_s, out_t)
+        torch.testing.assert_close(loss, parts["ce"] + ramp * adaptation)
+        for name in ("ce", "align", "consistency", "voting"):  # the parts are logged unscaled
+            assert step_parts[name] == parts[name]
+        scheduled.step()
+    assert int(scheduled.state_dict()["num_steps"]) == 9  # resumed runs continue the schedule
+
+
 # ---------------------------------------------------------------------------------------- runs
 def test_smoke_run_writes_every_output(script: ModuleType, tmp_path: Path) -> None:
     out = tmp_path / "run"
@@ -346,8 +377,12 @@ def _train_records(out: Path) -> list[dict[str, Any]]:
     return records(out, "train")
 
 
-def test_resume_is_exact(script: ModuleType, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "extra", [[], ["--adapt-after", "2", "--adapt-warmup", "3"]], ids=["paper", "schedule"]
+)
+def test_resume_is_exact(script: ModuleType, tmp_path: Path, extra: list[str]) -> None:
     common = [
+        *extra,
         "--steps",
         "6",
         "--log-every",
