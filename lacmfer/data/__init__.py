@@ -14,7 +14,7 @@
 Pillow (``pip install lacmfer[images]``) is needed only to decode image files.
 """
 
-from .check import ListReport, check_image_list, check_image_lists
+from ._check import ListReport, check_image_list, check_image_lists
 from .datasets import (
     FER2013_USAGE,
     FER2013CSV,

@@ -111,6 +111,7 @@ def test_module_runs_as_a_program(tmp_path: Path) -> None:
     )
     assert out.returncode == 1, out.stderr
     assert "duplicate lines: 1" in out.stdout
+    assert "Warning" not in out.stderr, out.stderr  # e.g. runpy's "found in sys.modules"
 
 
 # --- the published lists ---------------------------------------------------------------------
