@@ -1,26 +1,5 @@
-r"""Check FER image lists: format, labels, duplicates, files, and train/test overlap.
-
-Run as a program::
-
-    python -m lacmfer.data.check LIST [LIST ...] [--root DIR] [--strip-prefix P] [--test LIST]
-                                 [--num-classes 7] [--no-decode] [--json]
-
-For every list it reports the number of entries, the class histogram, labels outside
-``[0, num_classes)``, malformed lines (with line numbers), duplicate lines (the same image listed
-more than once, and whether the copies disagree on the label) and, when ``--root`` is given,
-missing files and files that exist but do not decode (Pillow needed for the decode check). With
-``--test`` it reports how many images of the test list each other list contains.
-
-An image is identified by its normalised path (``\`` -> ``/``, ``.``/``..`` resolved) joined to
-``--root`` if given, else to the folder of the list that names it (the published lists' paths are
-relative to their own folder). On the protocol's lists this shows that ``RAF_train.txt`` holds all
-3031 images of ``RAF_test.txt`` under the very same ``test_XXXX_aligned.jpg`` names, that
-``CK.txt``, ``JAFFE.txt`` and ``Oulu.txt`` serve as their own test sets, and that ``Oulu.txt``
-lists 1068 lines twice or more.
-
-The exit status is 1 when any problem is found (malformed or out-of-range lines, duplicates,
-missing or unreadable files, overlap with the test list), 2 on a usage error, else 0.
-"""
+"""The FER image-list checker behind ``python -m lacmfer.data.check`` (see that module for what
+it reports and its exit status)."""
 
 from __future__ import annotations
 
