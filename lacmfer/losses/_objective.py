@@ -1,0 +1,193 @@
+"""The whole LA-CMFER objective as a module, with its schedules' state."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from .._checks import check_choice, check_positive_int, check_probability, check_real
+from ..functional import (
+    CONSISTENCY_KINDS,
+    LACMFERTerms,
+    TwoViewOutput,
+    lacmfer_loss,
+    linear_warmup,
+    sigmoid_ramp,
+)
+from ..functional._kernel import check_kernel_settings
+from ._alignment import CLUSTER_RAMPS
+
+__all__ = ["LACMFERLoss"]
+
+
+class LACMFERLoss(nn.Module):
+    r"""The LA-CMFER objective: source cross-entropy on both heads plus every adaptation term.
+
+    The module form of :func:`lacmfer.functional.lacmfer_loss` (see it for the equation, the
+    terms and the ablation switches). Besides the settings it holds the training progress, a step
+    counter saved in ``state_dict``, for two schedules; call :meth:`step` once per optimiser step:
+
+    * the ramp of the cluster-level weight (``cluster_ramp="dann_sigmoid"``, the paper's "gradual"
+      alignment, :func:`~lacmfer.functional.sigmoid_ramp` of ``step / ramp_steps``);
+    * a source-only phase and warm-up of every adaptation term (``adapt_after``, ``adapt_warmup``,
+      :func:`~lacmfer.functional.linear_warmup`), for training from scratch. The defaults (0, 0)
+      are the paper's: adaptation from the first step.
+
+    Save ``loss_fn.state_dict()`` with the model's when you checkpoint (the counter is not part of
+    ``model.state_dict()``).
+
+    Args:
+        label_smoothing, align_weight, cid_weight, consistency_weight, voting_weight,
+        align_threshold, pseudo_threshold, kernel_num, kernel_mul, sid, cid, consistency,
+        consistency_from_logits, voting, num_domains, sync_dist, process_group, validate_args: as
+            in :func:`~lacmfer.functional.lacmfer_loss` (the paper's values by default).
+        cluster_ramp: ``"none"`` (constant ``cid_weight``, the authors' code) or
+            ``"dann_sigmoid"``.
+        ramp_steps: steps over which the cluster ramp reaches its end (int >= 1).
+        adapt_after: source-only steps before the adaptation terms come in (int >= 0).
+        adapt_warmup: steps of their linear rise after that (int >= 0).
+
+    Shape:
+        - out_s, out_t: anything with ``feat_g`` :math:`(B, D_G)`, ``logits_g`` :math:`(B, K)`,
+          ``feat_l`` :math:`(B, D_L)`, ``logits_l`` :math:`(B, K)` for :math:`B = B_s, B_t`.
+        - labels_s, domains_s: :math:`(B_s,)`.
+        - Output: :class:`~lacmfer.functional.LACMFERTerms`.
+
+    Example:
+        >>> from lacmfer.modules import LACMFER
+        >>> _ = torch.manual_seed(0)
+        >>> model = LACMFER.tiny(num_classes=7)
+        >>> loss_fn = LACMFERLoss(adapt_after=100)
+        >>> x_s, y_s, x_t = torch.rand(4, 3, 32, 32), torch.tensor([0, 3, 6, 3]), torch.rand(4, 3, 32, 32)
+        >>> terms = loss_fn(model(x_s), y_s, model(x_t))  # two calls: per-domain BatchNorm
+        >>> terms.loss.backward()
+        >>> float(terms.adaptation_weight), bool(terms.loss == terms.ce)  # still source-only
+        (0.0, True)
+        >>> loss_fn.step(100)
+        >>> float(loss_fn.adaptation_weight())
+        1.0
+    """
+
+    num_steps: Tensor
+
+    def __init__(
+        self,
+        *,
+        label_smoothing: float = 0.1,
+        align_weight: float = 0.4,
+        cid_weight: float = 0.02,
+        consistency_weight: float = 0.5,
+        voting_weight: float = 0.1,
+        align_threshold: float = 0.4,
+        pseudo_threshold: float = 0.9,
+        kernel_num: int = 5,
+        kernel_mul: float = 2.0,
+        sid: bool = True,
+        cid: bool = True,
+        consistency: str = "mcc",
+        consistency_from_logits: bool = False,
+        voting: bool = True,
+        num_domains: Optional[int] = None,
+        cluster_ramp: str = "none",
+        ramp_steps: int = 20000,
+        adapt_after: int = 0,
+        adapt_warmup: int = 0,
+        sync_dist: bool = False,
+        process_group: Optional[Any] = None,
+        validate_args: Optional[bool] = None,
+    ) -> None:
+        super().__init__()
+        self.label_smoothing = check_real(label_smoothing, "label_smoothing", minimum=0.0)
+        if self.label_smoothing > 1.0:
+            raise ValueError(f"`label_smoothing` must lie in [0, 1], got {label_smoothing}")
+        self.align_weight = check_real(align_weight, "align_weight", minimum=0.0)
+        self.cid_weight = check_real(cid_weight, "cid_weight", minimum=0.0)
+        self.consistency_weight = check_real(consistency_weight, "consistency_weight", minimum=0.0)
+        self.voting_weight = check_real(voting_weight, "voting_weight", minimum=0.0)
+        self.align_threshold = check_probability(align_threshold, "align_threshold")
+        self.pseudo_threshold = check_probability(pseudo_threshold, "pseudo_threshold")
+        self.kernel_num, self.kernel_mul = check_kernel_settings(kernel_num, kernel_mul)
+        for name, flag in (
+            ("sid", sid),
+            ("cid", cid),
+            ("consistency_from_logits", consistency_from_logits),
+            ("voting", voting),
+        ):
+            if not isinstance(flag, bool):
+                raise TypeError(f"`{name}` must be a bool, got {type(flag).__name__}")
+        self.sid, self.cid, self.voting = sid, cid, voting
+        self.consistency = check_choice(consistency, "consistency", CONSISTENCY_KINDS)
+        if consistency == "kl" and consistency_from_logits:
+            raise ValueError(
+                "`consistency_from_logits` applies to 'mcc', 'l1' and 'mse'; 'kl' compares "
+                "probability distributions"
+            )
+        self.consistency_from_logits = consistency_from_logits
+        self.num_domains = (
+            None if num_domains is None else check_positive_int(num_domains, "num_domains")
+        )
+        self.cluster_ramp = check_choice(cluster_ramp, "cluster_ramp", CLUSTER_RAMPS)
+        self.ramp_steps = check_positive_int(ramp_steps, "ramp_steps")
+        self.adapt_after = check_positive_int(adapt_after, "adapt_after", minimum=0)
+        self.adapt_warmup = check_positive_int(adapt_warmup, "adapt_warmup", minimum=0)
+        self.sync_dist = bool(sync_dist)
+        self.process_group = process_group
+        self.validate_args = validate_args
+        self.register_buffer("num_steps", torch.zeros((), dtype=torch.int64))
+
+    def step(self, n: int = 1) -> None:
+        """Advance the schedules by ``n`` optimiser steps (call once per step)."""
+        with torch.no_grad():
+            self.num_steps.add_(check_positive_int(n, "n", minimum=0))
+
+    def current_cid_weight(self) -> Union[float, Tensor]:
+        """The cluster-level weight in force: constant, or ramped by the progress (a tensor)."""
+        if self.cluster_ramp == "none":
+            return self.cid_weight
+        progress = self.num_steps.to(torch.float32) / self.ramp_steps
+        return self.cid_weight * sigmoid_ramp(progress)
+
+    def adaptation_weight(self) -> Union[float, Tensor]:
+        """The factor on every adaptation term: 1.0 (a float) without a source-only phase or
+        warm-up, else :func:`~lacmfer.functional.linear_warmup` of the step count (a tensor)."""
+        if self.adapt_after == 0 and self.adapt_warmup == 0:
+            return 1.0
+        return linear_warmup(self.num_steps, delay=self.adapt_after, duration=self.adapt_warmup)
+
+    def forward(
+        self,
+        out_s: TwoViewOutput,
+        labels_s: Tensor,
+        out_t: TwoViewOutput,
+        domains_s: Optional[Tensor] = None,
+    ) -> LACMFERTerms:
+        """Compute the objective; see :func:`lacmfer.functional.lacmfer_loss`."""
+        return lacmfer_loss(
+            out_s, labels_s, out_t, domains_s, label_smoothing=self.label_smoothing,
+            align_weight=self.align_weight, cid_weight=self.current_cid_weight(),
+            consistency_weight=self.consistency_weight, voting_weight=self.voting_weight,
+            align_threshold=self.align_threshold, pseudo_threshold=self.pseudo_threshold,
+            kernel_num=self.kernel_num, kernel_mul=self.kernel_mul, sid=self.sid, cid=self.cid,
+            consistency=self.consistency, consistency_from_logits=self.consistency_from_logits,
+            voting=self.voting, num_domains=self.num_domains,
+            adaptation_weight=self.adaptation_weight(), sync_dist=self.sync_dist,
+            process_group=self.process_group, validate_args=self.validate_args,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        defaults = LACMFERLoss.__init__.__kwdefaults__ or {}
+        shown = []
+        for name, default in defaults.items():
+            if name == "process_group":
+                continue
+            value = getattr(self, name)
+            if value != default:
+                shown.append(f"{name}={value!r}")
+        return ", ".join(shown) if shown else "paper defaults"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["process_group"] = None  # process groups cannot be pickled
+        return state

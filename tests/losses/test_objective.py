@@ -1,0 +1,399 @@
+"""The whole objective, ``lacmfer_loss`` and ``LACMFERLoss``: against the equation of the method page
+composed from the loop references, every switch, the schedules, module ≡ function, errors,
+gradcheck, compile and autocast."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import pickle
+from collections import namedtuple
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lacmfer.functional import (
+    LACMFERTerms,
+    dual_level_alignment,
+    lacmfer_loss,
+    linear_warmup,
+    multi_view_clustering_consistency,
+    pseudo_label_refinement,
+    sigmoid_ramp,
+)
+from lacmfer.losses import LACMFERLoss
+from lacmfer.modules import LACMFER, LACMFEROutput
+from tests.reference import (
+    cid_reference,
+    mcc_reference,
+    mvv_reference,
+    refine_reference,
+    sid_reference,
+    softmax_row,
+)
+
+Out = namedtuple("Out", "feat_g logits_g feat_l logits_l")
+TOL = {"rtol": 1e-10, "atol": 1e-10}
+K = 4
+
+
+def make_batch(
+    seed: int, b_s: int = 10, b_t: int = 9, d: int = 5, scale: float = 3.0
+) -> dict[str, Any]:
+    """Source/target outputs whose logits follow the labels, so that masks are partly full."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, K, (b_s,), generator=g)
+    pseudo = torch.randint(0, K, (b_t,), generator=g)
+
+    def out(y: torch.Tensor, shift: float) -> Out:
+        n = y.shape[0]
+        one_hot = F.one_hot(y, K).double()
+        return Out(
+            torch.randn(n, d, generator=g, dtype=torch.float64) + shift,
+            scale * one_hot + torch.randn(n, K, generator=g, dtype=torch.float64),
+            torch.randn(n, d + 2, generator=g, dtype=torch.float64) - shift,
+            scale * one_hot + torch.randn(n, K, generator=g, dtype=torch.float64),
+        )
+
+    return {
+        "out_s": out(labels, 0.0),
+        "labels_s": labels,
+        "out_t": out(pseudo, 0.7),
+        "domains_s": torch.randint(0, 3, (b_s,), generator=g),
+    }
+
+
+def ce_ls_reference(logits: torch.Tensor, labels: torch.Tensor, eps: float) -> float:
+    """Label-smoothed cross-entropy, written out: (1-ε)·(−log p_y) + ε·mean_k(−log p_k)."""
+    total = 0.0
+    for i in range(logits.shape[0]):
+        p = softmax_row(logits[i])
+        nll = -math.log(p[int(labels[i])])
+        uniform = -sum(math.log(v) for v in p) / len(p)
+        total += (1 - eps) * nll + eps * uniform
+    return total / logits.shape[0]
+
+
+def objective_reference(b: dict[str, Any], **kw: Any) -> float:
+    """The method page's objective built from the loop transcriptions (paper weights)."""
+    out_s, out_t, y = b["out_s"], b["out_t"], b["labels_s"]
+    domains = kw.get("domains_s")
+    value = ce_ls_reference(out_s.logits_g, y, 0.1) + ce_ls_reference(out_s.logits_l, y, 0.1)
+    for f_s, z_s, f_t, z_t in (
+        (out_s.feat_g, out_s.logits_g, out_t.feat_g, out_t.logits_g),
+        (out_s.feat_l, out_s.logits_l, out_t.feat_l, out_t.logits_l),
+    ):
+        sid = sid_reference(f_s, z_s, y, f_t, z_t, domains_s=domains)
+        cid = cid_reference(f_s, z_s, y, f_t, z_t, domains_s=domains)
+        value += 0.4 * float(sid + 0.02 * cid)
+    value += 0.5 * float(mcc_reference(out_t.logits_g, out_t.logits_l))
+    value += 0.1 * float(mvv_reference(out_t.logits_g, out_t.logits_l))
+    return value
+
+
+# ------------------------------------------------------------------------------ exact values
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_default_equals_the_equation_from_loop_references(seed: int) -> None:
+    b = make_batch(seed)
+    got = lacmfer_loss(b["out_s"], b["labels_s"], b["out_t"])
+    assert isinstance(got, LACMFERTerms)
+    assert math.isclose(float(got.loss), objective_reference(b), rel_tol=1e-10, abs_tol=1e-10)
+
+
+def test_per_source_equals_the_equation_from_loop_references() -> None:
+    b = make_batch(3)
+    got = lacmfer_loss(b["out_s"], b["labels_s"], b["out_t"], b["domains_s"], num_domains=3)
+    want = objective_reference(b, domains_s=b["domains_s"])
+    assert math.isclose(float(got.loss), want, rel_tol=1e-10, abs_tol=1e-10)
+
+
+def hand_composed(b: dict[str, Any]) -> torch.Tensor:
+    """The objective as the README composed it by hand, from the library's own functions."""
+    out_s, y, out_t = b["out_s"], b["labels_s"], b["out_t"]
+    return (
+        F.cross_entropy(out_s.logits_g, y, label_smoothing=0.1)
+        + F.cross_entropy(out_s.logits_l, y, label_smoothing=0.1)
+        + 0.4 * dual_level_alignment(out_s.feat_g, out_s.logits_g, y, out_t.feat_g, out_t.logits_g)
+        + 0.4 * dual_level_alignment(out_s.feat_l, out_s.logits_l, y, out_t.feat_l, out_t.logits_l)
+        + 0.5 * multi_view_clustering_consistency(out_t.logits_g, out_t.logits_l)
+        + 0.1 * pseudo_label_refinement(out_t.logits_g, out_t.logits_l).loss
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 4])
+def test_default_equals_hand_composed_objective(seed: int) -> None:
+    b = make_batch(seed)
+    got = LACMFERLoss()(b["out_s"], b["labels_s"], b["out_t"])
+    torch.testing.assert_close(got.loss, hand_composed(b), rtol=1e-12, atol=1e-12)
+
+
+def test_terms_and_diagnostics() -> None:
+    b = make_batch(5)
+    out_s, out_t, y = b["out_s"], b["out_t"], b["labels_s"]
+    got = lacmfer_loss(out_s, y, out_t)
+    want_ce = ce_ls_reference(out_s.logits_g, y, 0.1) + ce_ls_reference(out_s.logits_l, y, 0.1)
+    assert math.isclose(float(got.ce), want_ce, rel_tol=1e-10)
+    sid = sid_reference(out_s.feat_g, out_s.logits_g, y, out_t.feat_g, out_t.logits_g)
+    sid = sid + sid_reference(out_s.feat_l, out_s.logits_l, y, out_t.feat_l, out_t.logits_l)
+    torch.testing.assert_close(got.sid, sid, **TOL)
+    cid = cid_reference(out_s.feat_g, out_s.logits_g, y, out_t.feat_g, out_t.logits_g)
+    cid = cid + cid_reference(out_s.feat_l, out_s.logits_l, y, out_t.feat_l, out_t.logits_l)
+    torch.testing.assert_close(got.cid, cid, **TOL)
+    torch.testing.assert_close(got.align, sid + 0.02 * cid, **TOL)
+    _, kept = refine_reference(out_t.logits_g, out_t.logits_l, 0.9)
+    assert math.isclose(float(got.kept_fraction), sum(kept) / len(kept))
+    for out, masked in ((out_s, got.masked_s), (out_t, got.masked_t)):
+        for v, logits in enumerate((out.logits_g, out.logits_l)):
+            count = sum(max(softmax_row(logits[i])) >= 0.4 for i in range(logits.shape[0]))
+            assert int(masked[v]) == count
+    for diagnostic in (got.kept_fraction, got.masked_s, got.masked_t, got.adaptation_weight):
+        assert not diagnostic.requires_grad
+    for term in (got.loss, got.ce, got.sid, got.cid, got.consistency, got.voting):
+        assert term.requires_grad is False  # inputs carry no graph here
+
+
+# ------------------------------------------------------------------------------ switches
+def test_everything_off_is_source_only_cross_entropy() -> None:
+    b = make_batch(6)
+    got = lacmfer_loss(
+        b["out_s"],
+        b["labels_s"],
+        b["out_t"],
+        sid=False,
+        cid=False,
+        consistency="none",
+        voting=False,
+    )
+    assert torch.equal(got.loss, got.ce)
+    assert float(got.align) == float(got.consistency) == float(got.voting) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("switch", "dropped"),
+    [({"sid": False}, "sid"), ({"cid": False}, "cid"), ({"consistency": "none"}, "mcc"),
+     ({"voting": False}, "mvv")],
+)  # fmt: skip
+def test_each_switch_drops_exactly_its_term(switch: dict[str, Any], dropped: str) -> None:
+    b = make_batch(7)
+    full = lacmfer_loss(b["out_s"], b["labels_s"], b["out_t"])
+    got = lacmfer_loss(b["out_s"], b["labels_s"], b["out_t"], **switch)
+    removed = {
+        "sid": 0.4 * full.sid,
+        "cid": 0.4 * 0.02 * full.cid,
+        "mcc": 0.5 * full.consistency,
+        "mvv": 0.1 * full.voting,
+    }[dropped]
+    torch.testing.assert_close(got.loss, full.loss - removed, **TOL)
+
+
+def discrepancy_reference(
+    zg: torch.Tensor, zl: torch.Tensor, kind: str, from_logits: bool
+) -> float:
+    total = 0.0
+    for i in range(zg.shape[0]):
+        pg, pl = softmax_row(zg[i]), softmax_row(zl[i])
+        a = [float(v) for v in zg[i]] if from_logits else pg
+        c = [float(v) for v in zl[i]] if from_logits else pl
+        if kind == "l1":
+            total += sum(abs(x - y) for x, y in zip(a, c))
+        elif kind == "mse":
+            total += sum((x - y) ** 2 for x, y in zip(a, c))
+        else:
+            kl_gl = sum(p * (math.log(p) - math.log(q)) for p, q in zip(pg, pl))
+            kl_lg = sum(q * (math.log(q) - math.log(p)) for p, q in zip(pg, pl))
+            total += (kl_gl + kl_lg) / 2
+    return total / zg.shape[0]
+
+
+@pytest.mark.parametrize(
+    ("kind", "from_logits"),
+    [("l1", False), ("l1", True), ("mse", False), ("mse", True), ("kl", False)],
+)
+def test_consistency_alternatives_match_reference(kind: str, from_logits: bool) -> None:
+    b = make_batch(8)
+    got = lacmfer_loss(
+        b["out_s"], b["labels_s"], b["out_t"], consistency=kind, consistency_from_logits=from_logits
+    )
+    want = discrepancy_reference(b["out_t"].logits_g, b["out_t"].logits_l, kind, from_logits)
+    assert math.isclose(float(got.consistency), want, rel_tol=1e-10, abs_tol=1e-12)
+
+
+def test_mcc_on_logits_matches_reference() -> None:
+    b = make_batch(9)
+    got = lacmfer_loss(b["out_s"], b["labels_s"], b["out_t"], consistency_from_logits=True)
+    want = mcc_reference(b["out_t"].logits_g, b["out_t"].logits_l, from_logits=True)
+    torch.testing.assert_close(got.consistency, want, **TOL)
+
+
+def test_weights_and_adaptation_factor_scale_the_terms() -> None:
+    b = make_batch(10)
+    base = lacmfer_loss(b["out_s"], b["labels_s"], b["out_t"])
+    weights = {"align_weight": 0.7, "consistency_weight": 0.2, "voting_weight": 0.3}
+    got = lacmfer_loss(
+        b["out_s"], b["labels_s"], b["out_t"], **weights, adaptation_weight=torch.tensor(0.25)
+    )
+    adaptation = 0.7 * base.align + 0.2 * base.consistency + 0.3 * base.voting
+    torch.testing.assert_close(got.loss, base.ce + 0.25 * adaptation, **TOL)
+    half = lacmfer_loss(b["out_s"], b["labels_s"], b["out_t"], adaptation_weight=0.5)
+    adaptation = 0.4 * base.align + 0.5 * base.consistency + 0.1 * base.voting
+    torch.testing.assert_close(half.loss, base.ce + 0.5 * adaptation, **TOL)
+
+
+# ------------------------------------------------------------------------------ schedules
+def test_schedules_match_their_formulas() -> None:
+    for t in range(0, 40):
+        want = min(max((t - 10) / 20, 0.0), 1.0)
+        assert math.isclose(float(linear_warmup(t, delay=10, duration=20)), want, abs_tol=1e-7)
+        assert float(linear_warmup(t, delay=10)) == float(t >= 10)
+    for p in (0.0, 0.1, 0.5, 1.0, 2.0):
+        want = 2 / (1 + math.exp(-10 * min(p, 1.0))) - 1
+        assert math.isclose(float(sigmoid_ramp(p)), want, rel_tol=1e-6)
+
+
+def test_module_schedules_and_state() -> None:
+    loss_fn = LACMFERLoss(adapt_after=3, adapt_warmup=4, cluster_ramp="dann_sigmoid", ramp_steps=10)
+    b = make_batch(11)
+    factors, cid_weights = [], []
+    for _ in range(9):
+        terms = loss_fn(b["out_s"], b["labels_s"], b["out_t"])
+        factors.append(float(terms.adaptation_weight))
+        cid_weights.append(float(loss_fn.current_cid_weight()))
+        loss_fn.step()
+    assert factors == [0.0, 0.0, 0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    for t, w in enumerate(cid_weights):
+        assert math.isclose(w, 0.02 * (2 / (1 + math.exp(-10 * t / 10)) - 1), rel_tol=1e-6)
+    adaptation = 0.4 * terms.align + 0.5 * terms.consistency + 0.1 * terms.voting
+    torch.testing.assert_close(terms.loss, terms.ce + adaptation, **TOL)  # factor 1 at the end
+    fresh = LACMFERLoss(adapt_after=3, adapt_warmup=4, cluster_ramp="dann_sigmoid", ramp_steps=10)
+    fresh.load_state_dict(loss_fn.state_dict())
+    assert int(fresh.num_steps) == 9
+    clone = pickle.loads(pickle.dumps(loss_fn))
+    assert int(clone.num_steps) == 9 and clone.adapt_warmup == 4
+    assert "adapt_after=3" in repr(loss_fn) and "paper defaults" in repr(LACMFERLoss())
+
+
+def test_paper_defaults_use_the_exact_sum() -> None:
+    # Without a warm-up the factor is the float 1.0: the total is ce + the weighted terms, no product.
+    b = make_batch(12)
+    terms = LACMFERLoss()(b["out_s"], b["labels_s"], b["out_t"])
+    adaptation = 0.4 * terms.align + 0.5 * terms.consistency + 0.1 * terms.voting
+    assert torch.equal(terms.loss, terms.ce + adaptation)
+
+
+# ------------------------------------------------------------------------------ module ≡ function
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"num_domains": 3}, {"consistency": "kl", "voting": False, "align_threshold": 0.3},
+     {"sid": False, "label_smoothing": 0.0, "pseudo_threshold": 0.5, "kernel_num": 3}],
+)  # fmt: skip
+def test_module_equals_function(settings: dict[str, Any]) -> None:
+    b = make_batch(13)
+    domains = b["domains_s"] if "num_domains" in settings else None
+    got = LACMFERLoss(**settings)(b["out_s"], b["labels_s"], b["out_t"], domains)
+    want = lacmfer_loss(b["out_s"], b["labels_s"], b["out_t"], domains, **settings)
+    for a, w in zip(got, want):
+        torch.testing.assert_close(a, w, rtol=0, atol=0)
+
+
+def test_signatures_agree() -> None:
+    fn = inspect.signature(lacmfer_loss).parameters
+    forward = inspect.signature(LACMFERLoss.forward).parameters
+    assert list(forward)[1:] == [n for n, p in fn.items() if p.kind != p.KEYWORD_ONLY]
+    init = inspect.signature(LACMFERLoss.__init__).parameters
+    schedule_only = {"adaptation_weight"}
+    for name, p in fn.items():
+        if p.kind == p.KEYWORD_ONLY and name not in schedule_only:
+            assert name in init, name
+            assert init[name].default == p.default, name
+
+
+# ------------------------------------------------------------------------------ errors
+def test_errors_name_the_argument() -> None:
+    b = make_batch(14)
+    out_s, y, out_t = b["out_s"], b["labels_s"], b["out_t"]
+    with pytest.raises(TypeError, match=r"`out_s` must have the attributes.*lacks feat_l"):
+        lacmfer_loss(namedtuple("O", "feat_g logits_g logits_l")(*out_s[:2], out_s[3]), y, out_t)
+    with pytest.raises(TypeError, match=r"`out_t.logits_l` must be a floating-point"):
+        lacmfer_loss(out_s, y, out_t._replace(logits_l=out_t.logits_l.long()))
+    with pytest.raises(ValueError, match=r"`labels_s` and `out_s.logits_g`.*\(9\)"):
+        lacmfer_loss(out_s, y[:9], out_t)
+    with pytest.raises(TypeError, match="`labels_s` must be an integer tensor"):
+        lacmfer_loss(out_s, y.double(), out_t)
+    with pytest.raises(ValueError, match=r"`labels_s` must hold class indices in \[0, 4\)"):
+        lacmfer_loss(out_s, y + K, out_t)
+    with pytest.raises(ValueError, match="`domains_s` is required"):
+        lacmfer_loss(out_s, y, out_t, num_domains=2)
+    with pytest.raises(ValueError, match="`consistency` must be one of"):
+        lacmfer_loss(out_s, y, out_t, consistency="cos")
+    with pytest.raises(ValueError, match="`consistency_from_logits` applies"):
+        LACMFERLoss(consistency="kl", consistency_from_logits=True)
+    with pytest.raises(ValueError, match="`align_weight` must be >= 0"):
+        LACMFERLoss(align_weight=-1)
+    with pytest.raises(ValueError, match="`label_smoothing` must lie in"):
+        lacmfer_loss(out_s, y, out_t, label_smoothing=1.5)
+    with pytest.raises(ValueError, match="`pseudo_threshold` must lie in"):
+        LACMFERLoss(pseudo_threshold=0.0)
+    with pytest.raises(TypeError, match="`voting` must be a bool"):
+        LACMFERLoss(voting=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`adapt_after` must be an int >= 0"):
+        LACMFERLoss(adapt_after=-1)
+
+
+# ------------------------------------------------------------------------------ mechanics
+def small_batch(requires_grad: bool) -> tuple[Out, torch.Tensor, Out]:
+    b = make_batch(15, b_s=5, b_t=4, d=3)
+    leaves = [t.clone().requires_grad_(requires_grad) for t in (*b["out_s"], *b["out_t"])]
+    return Out(*leaves[:4]), b["labels_s"], Out(*leaves[4:])
+
+
+def test_gradcheck_without_the_detached_bandwidth_terms() -> None:
+    # SID/CID detach their bandwidth and weights by definition, so finite differences cannot match
+    # them (their gradients are checked against the loop references in test_alignment.py).
+    out_s, y, out_t = small_batch(True)
+
+    def fn(*leaves: torch.Tensor) -> torch.Tensor:
+        return lacmfer_loss(Out(*leaves[:4]), y, Out(*leaves[4:]), sid=False, cid=False).loss
+
+    assert torch.autograd.gradcheck(fn, (*out_s, *out_t))
+
+
+def test_gradients_reach_every_input_and_are_finite() -> None:
+    out_s, y, out_t = small_batch(True)
+    terms = lacmfer_loss(out_s, y, out_t)
+    grads = torch.autograd.grad(terms.loss, [*out_s, *out_t])
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(float(g.abs().sum()) > 0 for g in grads[4:])  # the target side learns too
+
+
+def test_extreme_inputs_give_finite_values_and_gradients() -> None:
+    out_s, y, out_t = small_batch(False)
+    big = [(t * 1e4).requires_grad_(True) for t in (*out_s, *out_t)]
+    terms = lacmfer_loss(Out(*big[:4]), y, Out(*big[4:]), consistency_from_logits=True)
+    grads = torch.autograd.grad(terms.loss, big)
+    assert torch.isfinite(terms.loss) and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_compile_equals_eager() -> None:
+    b = make_batch(16)
+    loss_fn = LACMFERLoss(adapt_after=2, adapt_warmup=2)
+    loss_fn.step(3)
+    compiled = torch.compile(loss_fn, fullgraph=True)
+    got = compiled(b["out_s"], b["labels_s"], b["out_t"])
+    want = loss_fn(b["out_s"], b["labels_s"], b["out_t"])
+    torch.testing.assert_close(got.loss, want.loss, rtol=1e-6, atol=1e-8)
+
+
+def test_with_the_model_under_bf16_autocast() -> None:
+    torch.manual_seed(0)
+    model = LACMFER.tiny(num_classes=7)
+    x_s, x_t = torch.rand(6, 3, 32, 32), torch.rand(5, 3, 32, 32)
+    y = torch.tensor([0, 1, 2, 3, 4, 5])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_s, out_t = model(x_s), model(x_t)
+        assert isinstance(out_s, LACMFEROutput)
+        terms = LACMFERLoss()(out_s, y, out_t)
+    assert terms.loss.dtype == torch.float32 and torch.isfinite(terms.loss)
+    terms.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
