@@ -9,10 +9,10 @@ Build (warnings are errors, as in CI)::
 The build needs no network: intersphinx is loaded but given no inventories to fetch.
 
 At build time this file also checks that every public name (every entry of ``__all__`` of
-:mod:`lacmfer.functional`, :mod:`lacmfer.losses`, :mod:`lacmfer.modules` and :mod:`lacmfer.data`)
-appears in an ``auto*`` directive of a page under ``docs/api/``; a missing one is a Sphinx warning,
-so ``-W`` fails the build on an undocumented public name. Packages that do not import (yet) or that
-have no ``__all__`` are skipped.
+:mod:`lacmfer.functional`, :mod:`lacmfer.losses`, :mod:`lacmfer.modules`, :mod:`lacmfer.data` and
+:mod:`lacmfer.validation`) appears in an ``auto*`` directive of a page under ``docs/api/``; a missing
+one is a Sphinx warning, so ``-W`` fails the build on an undocumented public name. Packages that do
+not import (yet) or that have no ``__all__`` are skipped.
 """
 
 from __future__ import annotations
@@ -116,7 +116,13 @@ html_theme_options = {
 
 # -- API coverage check ------------------------------------------------------------------------
 
-API_PACKAGES = ("lacmfer.functional", "lacmfer.losses", "lacmfer.modules", "lacmfer.data")
+API_PACKAGES = (
+    "lacmfer.functional",
+    "lacmfer.losses",
+    "lacmfer.modules",
+    "lacmfer.data",
+    "lacmfer.validation",
+)
 _AUTODOC_RE = re.compile(
     r"^\s*\.\.\s+auto(?:function|class|data|attribute|exception|method|decorator)::\s+([\w.]+)",
     re.MULTILINE,

@@ -10,6 +10,12 @@ Subpackages:
     :mod:`lacmfer.losses` -- the same maths as :class:`torch.nn.Module` losses with settings and state.
     :mod:`lacmfer.modules` -- encoder, CBAM attention blocks, global and local branches, the model.
     :mod:`lacmfer.data` -- FER image lists, the six-dataset protocol, samplers, synthetic FER data.
+    :mod:`lacmfer.validation` -- unsupervised model selection (scores without target labels).
+
+Conventions shared by the whole package: tensors follow the inputs' device; argument errors are
+``TypeError`` (types, dtypes) or ``ValueError`` (shapes, values) with messages that name the argument
+and show what was expected and received; the method is restated in ``docs/method.rst`` and cites
+Yang et al., ACM MM 2024.
 """
 
 __version__ = "0.1.0"

@@ -1,16 +1,18 @@
 """Input and setting validation shared by every public function and module.
 
-Rules (STYLE.md §4): ``ValueError`` for shapes and values, ``TypeError`` for dtypes and types; every
-message names the argument and prints what was expected and what was received. Only *static* checks
-(ndim, shapes, dtypes, Python settings) live here, so they cost no host sync and trace cleanly under
-``torch.compile``. Data-dependent checks (label ranges) are separate and opt-in.
+Every argument check of the package lives here, so that one message style holds everywhere:
+``ValueError`` for shapes and values, ``TypeError`` for dtypes and types; every message names the
+argument and prints what was expected and what was received. The tensor checks are *static* (ndim,
+shapes, dtypes, devices, Python settings): they cost no host sync and trace cleanly under
+``torch.compile``. The one data-dependent check (:func:`check_label_range`) is opt-in, through
+``validate_args`` (:func:`resolve_validate_args`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
@@ -142,3 +144,409 @@ def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
         allowed = ", ".join(repr(c) for c in choices)
         raise ValueError(f"`{name}` must be one of {allowed}; got {value!r}")
     return value
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """Check a ``bool`` setting (no truthy stand-ins such as ``"yes"`` or ``1``)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool, got {type(value).__name__}")
+    return value
+
+
+def check_optional_positive_int(value: Any, name: str, *, minimum: int = 1) -> Optional[int]:
+    """``None``, or an integer setting ``>= minimum``."""
+    return None if value is None else check_positive_int(value, name, minimum=minimum)
+
+
+def check_positive_int_tuple(value: Any, name: str) -> tuple[int, ...]:
+    """Check a non-empty sequence of ints ``>= 1``; returns it as a tuple."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
+        raise TypeError(f"`{name}` must be a non-empty sequence of ints, got {value!r}")
+    return tuple(check_positive_int(v, name) for v in value)
+
+
+def check_odd_int(value: Any, name: str, *, reason: str = "") -> int:
+    """Check an odd integer setting ``>= 1``; ``reason`` says why it must be odd."""
+    check_positive_int(value, name)
+    if value % 2 == 0:
+        why = f" ({reason})" if reason else ""
+        raise ValueError(f"`{name}` must be odd{why}, got {value}")
+    return int(value)
+
+
+def check_same_device(tensors: Sequence[tuple[str, Tensor]]) -> None:
+    """Raise ``ValueError`` unless all the named tensors are on one device."""
+    devices = {t.device for _, t in tensors}
+    if len(devices) > 1:
+        names = [f"`{n}`" for n, _ in tensors]
+        listed = ", ".join(names[:-1]) + " and " + names[-1]
+        raise ValueError(f"{listed} must be on one device, got {sorted(str(d) for d in devices)}")
+
+
+def resolve_validate_args(validate_args: Optional[bool], t: Tensor) -> bool:
+    """Whether to run the data-dependent checks: ``None`` means on CPU only, where reading values
+    costs no device sync; never while ``torch.compile`` traces."""
+    if torch.compiler.is_compiling():
+        return False
+    if validate_args is None:
+        return t.device.type == "cpu"
+    return bool(validate_args)
+
+
+# ------------------------------------------------------------------------------------------------
+# losses
+
+
+def check_kernel_settings(kernel_num: Any, kernel_mul: Any) -> tuple[int, float]:
+    """Validate the multi-kernel settings ``kernel_num`` (int >= 1) and ``kernel_mul`` (> 0)."""
+    kernel_num = check_positive_int(kernel_num, "kernel_num")
+    kernel_mul = check_real(kernel_mul, "kernel_mul", minimum=0.0, exclusive_minimum=True)
+    return kernel_num, kernel_mul
+
+
+def check_feature_pair(x: Any, x_name: str, y: Any, y_name: str) -> None:
+    """Two non-empty feature sets ``(N, D)`` and ``(M, D)`` with the same ``D``."""
+    check_float(x, x_name, ndim=2, axes="(N, D)")
+    check_float(y, y_name, ndim=2, axes="(M, D)")
+    check_size(x, x_name, 1, y, y_name, 1, "Feature sizes (dim 1)")
+    check_nonempty(x, x_name)
+    check_nonempty(y, y_name)
+
+
+def check_views(logits_g: Any, logits_l: Any) -> None:
+    """The two views' target logits: float ``(B_t, K)`` each, same shape, non-empty, one device."""
+    check_float(logits_g, "logits_g", ndim=2, axes="(B_t, K)")
+    check_float(logits_l, "logits_l", ndim=2, axes="(B_t, K)")
+    check_size(logits_g, "logits_g", 0, logits_l, "logits_l", 0, "Batch sizes (dim 0)")
+    check_size(logits_g, "logits_g", 1, logits_l, "logits_l", 1, "Numbers of classes K (dim 1)")
+    check_nonempty(logits_g, "logits_g")
+    check_nonempty(logits_g, "logits_g", dim=1, what="class")
+    check_same_device([("logits_g", logits_g), ("logits_l", logits_l)])
+
+
+def check_domains(domains_s: Any, num_domains: Any, batch: Tensor, batch_name: str) -> int:
+    """Source-domain ids ``(B_s,)`` with their count; returns the number of groups ``G``.
+
+    ``domains_s=None`` pools the sources (one group); ``num_domains`` is then only type-checked.
+    """
+    if domains_s is None:
+        if num_domains is not None:
+            check_positive_int(num_domains, "num_domains")
+        return 1
+    check_labels(domains_s, "domains_s", axes="(B_s,)")
+    check_size(batch, batch_name, 0, domains_s, "domains_s", 0, "Batch sizes (dim 0)")
+    if num_domains is None:
+        raise ValueError(
+            "`num_domains` must be given with `domains_s` (the number of source domains; "
+            "inferring it would read the data back to the host)"
+        )
+    return check_positive_int(num_domains, "num_domains")
+
+
+def check_alignment_logits(logits_s: Any, labels_s: Any, logits_t: Any) -> None:
+    """Source logits ``(B_s, K)`` with labels ``(B_s,)`` and target logits ``(B_t, K)``."""
+    check_float(logits_s, "logits_s", ndim=2, axes="(B_s, K)")
+    check_labels(labels_s, "labels_s", axes="(B_s,)")
+    check_float(logits_t, "logits_t", ndim=2, axes="(B_t, K)")
+    check_size(logits_s, "logits_s", 0, labels_s, "labels_s", 0, "Batch sizes (dim 0)")
+    check_size(logits_s, "logits_s", 1, logits_t, "logits_t", 1, "Numbers of classes K (dim 1)")
+    check_nonempty(logits_s, "logits_s")
+    check_nonempty(logits_t, "logits_t")
+    check_nonempty(logits_s, "logits_s", dim=1, what="class")
+
+
+def check_alignment_inputs(
+    feat_s: Any,
+    logits_s: Any,
+    labels_s: Any,
+    feat_t: Any,
+    logits_t: Any,
+    domains_s: Any,
+    num_domains: Any,
+    validate_args: Optional[bool],
+) -> int:
+    """The inputs of the inter-domain alignment; returns the number of source groups ``G``.
+
+    Static checks always; label and domain ranges as :func:`resolve_validate_args` decides.
+    """
+    check_float(feat_s, "feat_s", ndim=2, axes="(B_s, D)")
+    check_float(logits_s, "logits_s", ndim=2, axes="(B_s, K)")
+    check_labels(labels_s, "labels_s", axes="(B_s,)")
+    check_float(feat_t, "feat_t", ndim=2, axes="(B_t, D)")
+    check_float(logits_t, "logits_t", ndim=2, axes="(B_t, K)")
+    check_size(feat_s, "feat_s", 0, logits_s, "logits_s", 0, "Batch sizes (dim 0)")
+    check_size(feat_s, "feat_s", 0, labels_s, "labels_s", 0, "Batch sizes (dim 0)")
+    check_size(feat_t, "feat_t", 0, logits_t, "logits_t", 0, "Batch sizes (dim 0)")
+    check_size(feat_s, "feat_s", 1, feat_t, "feat_t", 1, "Feature sizes D (dim 1)")
+    check_size(logits_s, "logits_s", 1, logits_t, "logits_t", 1, "Numbers of classes K (dim 1)")
+    check_nonempty(feat_s, "feat_s")
+    check_nonempty(feat_t, "feat_t")
+    check_nonempty(feat_s, "feat_s", dim=1, what="feature")
+    check_nonempty(logits_s, "logits_s", dim=1, what="class")
+    check_same_device(
+        [
+            ("feat_s", feat_s),
+            ("logits_s", logits_s),
+            ("labels_s", labels_s),
+            ("feat_t", feat_t),
+            ("logits_t", logits_t),
+        ]
+    )
+    groups = check_domains(domains_s, num_domains, feat_s, "feat_s")
+    if resolve_validate_args(validate_args, labels_s):
+        check_label_range(labels_s, "labels_s", logits_s.shape[1])
+        if domains_s is not None:
+            check_label_range(domains_s, "domains_s", groups)
+    return groups
+
+
+# ------------------------------------------------------------------------------------------------
+# feature maps and patches
+
+
+def check_feature_map(x: Any, name: str, channels: int, channels_name: str = "") -> None:
+    """A ``(B, C, H, W)`` tensor with ``C = channels`` (``channels_name`` names the setting)."""
+    check_tensor(x, name)
+    if x.ndim != 4 or x.shape[1] != channels:
+        what = f"{channels_name} = {channels}" if channels_name else str(channels)
+        raise ValueError(
+            f"`{name}` must have shape (B, C, H, W) with C = {what}, got shape {_shape(x)}"
+        )
+
+
+#: A patch grid: an int ``g`` (a ``g×g`` grid) or a pair ``(g_h, g_w)`` (rows, columns).
+GridLike = Union[int, tuple[int, int]]
+
+
+def check_grid(grid: Any, name: str = "grid") -> tuple[int, int]:
+    """Normalise a patch grid (an int ``g`` or a pair ``(g_h, g_w)``) to a pair of ints >= 1."""
+    if isinstance(grid, bool):
+        raise TypeError(f"`{name}` must be an int or a pair of ints (g_h, g_w), got bool")
+    if isinstance(grid, int):
+        grid = (grid, grid)
+    if not isinstance(grid, (tuple, list)) or len(grid) != 2:
+        raise TypeError(f"`{name}` must be an int or a pair of ints (g_h, g_w), got {grid!r}")
+    for g in grid:
+        if isinstance(g, bool) or not isinstance(g, int):
+            raise TypeError(f"`{name}` must be an int or a pair of ints (g_h, g_w), got {grid!r}")
+        if g < 1:
+            raise ValueError(f"`{name}` entries must be >= 1, got {tuple(grid)!r}")
+    return int(grid[0]), int(grid[1])
+
+
+def check_grid_divides(x: Any, grid: tuple[int, int], name: str = "x") -> None:
+    """A ``(B, C, H, W)`` tensor whose ``H``/``W`` the grid ``(g_h, g_w)`` divides."""
+    check_tensor(x, name)
+    if x.ndim != 4:
+        raise ValueError(
+            f"`{name}` must have 4 dimensions (B, C, H, W), got {x.ndim} with shape {_shape(x)}"
+        )
+    gh, gw = grid
+    h, w = x.shape[-2], x.shape[-1]
+    if h % gh or w % gw:
+        raise ValueError(
+            f"`grid` = ({gh}, {gw}) must divide the spatial size of `{name}`: got `{name}` with "
+            f"shape {_shape(x)} (H = {h}, W = {w}); H must be a multiple of {gh} and W of {gw}"
+        )
+
+
+def check_patch_stack(patches: Any, grid: tuple[int, int], name: str = "patches") -> None:
+    """A ``(B, P, C, h, w)`` stack with ``P = g_h·g_w`` patches."""
+    check_tensor(patches, name)
+    gh, gw = grid
+    if patches.ndim != 5:
+        raise ValueError(
+            f"`{name}` must have 5 dimensions (B, P, C, h, w), got "
+            f"{patches.ndim} with shape {_shape(patches)}"
+        )
+    if patches.shape[1] != gh * gw:
+        raise ValueError(
+            f"`{name}` must hold P = g_h·g_w = {gh * gw} patches for `grid` = ({gh}, {gw}) in "
+            f"dimension 1, got shape {_shape(patches)}"
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+
+
+def check_image_batch(images: Any, name: str = "images") -> None:
+    """A float ``(B, 3, H, W)`` batch of images."""
+    check_float(images, name, ndim=4, axes="(B, 3, H, W)")
+    if images.shape[1] != 3:
+        raise ValueError(
+            f"`{name}` must have 3 channels (B, 3, H, W), got shape {tuple(images.shape)}"
+        )
+
+
+def check_augment_settings(
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    hue: float,
+    grayscale_p: float,
+    flip_p: float,
+    degrees: float,
+    translate: float,
+    scale: Union[Sequence[float], Any],
+) -> tuple[float, float]:
+    """The settings of the training augmentation; returns the scale range ``(low, high)``."""
+    for value, name in (
+        (brightness, "brightness"),
+        (contrast, "contrast"),
+        (saturation, "saturation"),
+        (degrees, "degrees"),
+    ):
+        check_real(value, name, minimum=0.0)
+    check_real(hue, "hue", minimum=0.0)
+    if hue > 0.5:
+        raise ValueError(f"`hue` must lie in [0, 0.5], got {hue}")
+    check_probability(grayscale_p, "grayscale_p", low_inclusive=True)
+    check_probability(flip_p, "flip_p", low_inclusive=True)
+    check_probability(translate, "translate", low_inclusive=True)
+    if not isinstance(scale, Sequence) or len(scale) != 2:
+        raise TypeError(f"`scale` must be a pair (low, high), got {scale!r}")
+    lo = check_real(scale[0], "scale[0]", minimum=0.0, exclusive_minimum=True)
+    hi = check_real(scale[1], "scale[1]", minimum=0.0, exclusive_minimum=True)
+    if lo > hi:
+        raise ValueError(f"`scale` must satisfy low <= high, got {tuple(scale)}")
+    return lo, hi
+
+
+def check_rank(rank: Any, world_size: Any) -> None:
+    """A process ``rank`` in ``[0, world_size)`` with ``world_size >= 1``."""
+    check_positive_int(world_size, "world_size")
+    if isinstance(rank, bool) or not isinstance(rank, int):
+        raise TypeError(f"`rank` must be an int, got {type(rank).__name__}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"`rank` must lie in [0, world_size = {world_size}), got {rank}")
+
+
+# ------------------------------------------------------------------------------------------------
+# settings that may be tensors, batch sizes, index ranges
+
+
+def check_real_or_scalar_tensor(
+    value: Any, name: str, *, minimum: Optional[float] = None
+) -> Union[float, Tensor]:
+    """A finite real setting (bounded below by ``minimum``), or a 0-dim floating-point tensor.
+
+    A tensor (e.g. a scheduled weight) is only checked statically: its value is not read, so the
+    check costs no host sync and traces under ``torch.compile``. A number is checked in eager mode
+    only: a compiled caller that passes a new value each call gets a symbolic float, which cannot be
+    compared in Python.
+    """
+    if torch.compiler.is_compiling() and not isinstance(value, Tensor):
+        return value
+    if isinstance(value, Tensor):
+        if not value.is_floating_point():
+            raise TypeError(
+                f"`{name}` must be a real number or a floating-point tensor, got dtype {value.dtype}"
+            )
+        if value.ndim != 0:
+            raise ValueError(
+                f"`{name}` must be a 0-dim tensor when given as a tensor, got shape {_shape(value)}"
+            )
+        return value
+    return check_real(value, name, minimum=minimum)
+
+
+def check_min_size(
+    x: Tensor, name: str, minimum: int, *, dim: int = 0, what: str = "samples", reason: str = ""
+) -> None:
+    """Raise ``ValueError`` if ``x`` has fewer than ``minimum`` entries along ``dim``."""
+    if x.shape[dim] < minimum:
+        why = f" ({reason})" if reason else ""
+        raise ValueError(
+            f"`{name}` must hold at least {minimum} {what}{why}, got shape {_shape(x)}"
+        )
+
+
+def check_index_range(index: Tensor, name: str, upper: int, upper_name: str) -> None:
+    """Raise ``ValueError`` if any entry of ``index`` falls outside ``[0, upper)``.
+
+    Like :func:`check_label_range` (whose message speaks of classes), for other index tensors such
+    as source-domain ids; ``upper_name`` names the setting that gives ``upper``. It reads the data
+    (one host sync), so it is skipped while ``torch.compile`` traces and only runs where the caller
+    opted in (:func:`resolve_validate_args`).
+    """
+    if torch.compiler.is_compiling() or index.numel() == 0:
+        return
+    lo = int(index.min())
+    hi = int(index.max())
+    if lo < 0 or hi >= upper:
+        raise ValueError(
+            f"`{name}` must hold values in [0, {upper}) ({upper_name} = {upper}), got values in "
+            f"[{lo}, {hi}] with shape {_shape(index)}"
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# validators (lacmfer.validation)
+
+
+def check_logits(logits: Any, name: str = "logits", axes: str = "(B, K)") -> Tensor:
+    """A non-empty floating-point logit matrix ``(B, K)`` with ``B, K >= 1``."""
+    check_float(logits, name, ndim=2, axes=axes)
+    check_nonempty(logits, name)
+    check_nonempty(logits, name, dim=1, what="class")
+    return logits
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """An integer seed (any sign)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
+    return value
+
+
+def check_snd_settings(temperature: Any, max_samples: Any, seed: Any) -> float:
+    """Soft-neighbourhood-density settings: ``temperature > 0``, ``max_samples`` None or >= 2, an
+    int ``seed``; returns the temperature as a float."""
+    temperature = check_real(temperature, "temperature", minimum=0.0, exclusive_minimum=True)
+    check_optional_positive_int(max_samples, "max_samples", minimum=2)
+    check_seed(seed)
+    return temperature
+
+
+def check_dev_inputs(val_losses: Any, weights: Any) -> None:
+    """Per-sample validation losses and importance weights: float ``(N,)`` each, ``N >= 2``."""
+    check_float(val_losses, "val_losses", ndim=1, axes="(N,)")
+    check_float(weights, "weights", ndim=1, axes="(N,)")
+    check_size(val_losses, "val_losses", 0, weights, "weights", 0, "Sizes (dim 0)")
+    check_min_size(val_losses, "val_losses", 2, reason="DEV estimates a variance")
+    check_same_device([("val_losses", val_losses), ("weights", weights)])
+
+
+def check_dev_values(val_losses: Tensor, weights: Tensor) -> None:
+    """Finite losses and finite non-negative weights. Reads the data (one host sync): opt-in
+    through ``validate_args`` (:func:`resolve_validate_args`)."""
+    if torch.compiler.is_compiling():
+        return
+    if not bool(torch.isfinite(val_losses).all()):
+        raise ValueError(
+            f"`val_losses` must be finite, got a NaN or infinite entry (shape {_shape(val_losses)})"
+        )
+    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+        lo, hi = float(weights.min()), float(weights.max())
+        raise ValueError(
+            "`weights` must be finite and non-negative (density ratios), got values in "
+            f"[{lo}, {hi}] with shape {_shape(weights)}"
+        )
+
+
+def check_density_ratio_inputs(feat_s_train: Any, feat_t: Any, feat_s_val: Any) -> None:
+    """Three non-empty float feature sets ``(N_s, D)``, ``(N_t, D)``, ``(N_v, D)`` on one device."""
+    check_float(feat_s_train, "feat_s_train", ndim=2, axes="(N_s, D)")
+    check_float(feat_t, "feat_t", ndim=2, axes="(N_t, D)")
+    check_float(feat_s_val, "feat_s_val", ndim=2, axes="(N_v, D)")
+    check_size(feat_s_train, "feat_s_train", 1, feat_t, "feat_t", 1, "Feature sizes D (dim 1)")
+    check_size(
+        feat_s_train, "feat_s_train", 1, feat_s_val, "feat_s_val", 1, "Feature sizes D (dim 1)"
+    )
+    for x, name in ((feat_s_train, "feat_s_train"), (feat_t, "feat_t"), (feat_s_val, "feat_s_val")):
+        check_nonempty(x, name)
+    check_nonempty(feat_s_train, "feat_s_train", dim=1, what="feature")
+    check_same_device(
+        [("feat_s_train", feat_s_train), ("feat_t", feat_t), ("feat_s_val", feat_s_val)]
+    )

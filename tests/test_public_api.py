@@ -1,15 +1,22 @@
-"""The public API: the names SPEC §6 fixes import, every ``__all__`` is sorted and importable."""
+"""The public API: the names of the method's API import, every ``__all__`` is sorted and importable."""
 
 from __future__ import annotations
 
 import importlib
 import pathlib
+import re
 
 import pytest
 
 import lacmfer
 
-PACKAGES = ["lacmfer.functional", "lacmfer.losses", "lacmfer.modules", "lacmfer.data"]
+PACKAGES = [
+    "lacmfer.functional",
+    "lacmfer.losses",
+    "lacmfer.modules",
+    "lacmfer.data",
+    "lacmfer.validation",
+]
 
 
 def test_spec_names_import() -> None:
@@ -31,6 +38,13 @@ def test_spec_names_import() -> None:
         PseudoLabelRefiner,
     )
     from lacmfer.modules import LocalPatchBranch  # noqa: F401
+    from lacmfer.validation import (  # noqa: F401
+        agreement_score,
+        bnm_score,
+        entropy_score,
+        im_score,
+        snd_score,
+    )
 
 
 @pytest.mark.parametrize("name", PACKAGES)
@@ -63,3 +77,30 @@ def test_no_torchvision_import() -> None:
     for path in root.rglob("*.py"):
         text = path.read_text()
         assert "import torchvision" not in text and "from torchvision" not in text, path
+
+
+def _isort_key(name: str) -> tuple[int, str]:
+    """ruff RUF022 order: SCREAMING_CASE, then CamelCase, then the rest, each alphabetical."""
+    if re.fullmatch(r"[A-Z0-9_]+", name) and len(name) > 1:
+        return (0, name)
+    if name[:1].isupper():
+        return (1, name)
+    return (2, name)
+
+
+def test_modules_api() -> None:
+    import lacmfer.functional
+    import lacmfer.modules
+
+    names = lacmfer.modules.__all__
+    assert names == sorted(names, key=_isort_key)
+    for name in names:
+        obj = getattr(lacmfer.modules, name)
+        if callable(obj):  # classes and functions; constants such as SHARE_MODES have no module
+            assert obj.__module__.startswith("lacmfer.modules"), name
+    for name in ("CBAM", "AttentionBasicBlock", "ResNet18Encoder", "GlobalBranch"):
+        assert name in names
+    assert {"LocalPatchBranch", "LACMFER", "LACMFEROutput"} <= set(names)
+    # The patch split/merge of the local branch are functions of lacmfer.functional.
+    split, merge = lacmfer.functional.split_patches, lacmfer.functional.merge_patches
+    assert split.__module__ == merge.__module__ == "lacmfer.functional._patches"

@@ -15,7 +15,7 @@ from .._checks import check_positive_int
 from .labels import CLASSES, NUM_CLASSES
 from .lists import ImageList, parse_image_list, resolve_list_path
 
-__all__ = ["ListReport", "check_image_list", "check_image_lists", "main"]
+__all__ = ["ListReport", "check_image_list", "check_image_lists", "check_protocol_lists", "main"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 _SHOW = 10  # examples printed per kind of problem
@@ -298,6 +298,56 @@ def check_image_lists(
     ]
 
 
+def check_protocol_lists(
+    lists_dir: Optional[PathLike] = None,
+    *,
+    root: Optional[PathLike] = None,
+    strip_prefix: Optional[str] = None,
+    num_classes: int = NUM_CLASSES,
+    decode: bool = True,
+) -> list[ListReport]:
+    """Check the lists of the six-dataset protocol, each against its domain's test list.
+
+    For every domain of :data:`~lacmfer.data.FER_LIST_FILES` whose lists are in ``lists_dir``
+    (AffectNet's are not distributed), the adaptation list is checked with the test list as
+    ``test``; a test list that is a separate file is then checked on its own. On the lists shipped
+    with the package this reports the protocol's known flaws: ``RAF_train.txt`` holds all 3031
+    images of ``RAF_test.txt``; ``CK.txt``, ``JAFFE.txt`` and ``Oulu.txt`` are their own test
+    lists; ``Oulu.txt`` names 507 images more than once (1068 extra lines).
+
+    Args:
+        lists_dir: The folder of the lists; default the copies shipped with the package
+            (:func:`~lacmfer.data.protocol_lists_dir`).
+        root: Folder the list paths are relative to; enables the file checks.
+        strip_prefix: Prefix removed from each path first, e.g. ``"../datasets"``.
+        num_classes: Number of classes (labels must lie in ``[0, num_classes)``).
+        decode: Decode existing files (Pillow), not only open them.
+
+    Returns:
+        The reports, in the order of :data:`~lacmfer.data.FER_LIST_FILES`.
+    """
+    from .protocol import FER_LIST_FILES, protocol_lists_dir
+
+    folder = protocol_lists_dir() if lists_dir is None else os.fspath(lists_dir)
+    kwargs: dict[str, Any] = {
+        "root": root,
+        "strip_prefix": strip_prefix,
+        "num_classes": num_classes,
+        "decode": decode,
+    }
+    reports: list[ListReport] = []
+    for files in FER_LIST_FILES.values():
+        if files is None:
+            continue
+        adapt, test = (os.path.join(folder, f) for f in files)
+        if not (os.path.exists(adapt) and os.path.exists(test)):
+            continue
+        reports.append(check_image_list(adapt, test=test, **kwargs))
+        if test != adapt:
+            reports.append(check_image_list(test, **kwargs))
+    return reports
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lacmfer.data.check",
@@ -305,7 +355,13 @@ def _parser() -> argparse.ArgumentParser:
         "duplicates, missing/unreadable files and overlap with a test list. Exit status 1 "
         "when a problem is found.",
     )
-    parser.add_argument("lists", nargs="+", metavar="LIST", help="image list file(s)")
+    parser.add_argument("lists", nargs="*", metavar="LIST", help="image list file(s)")
+    parser.add_argument(
+        "--protocol",
+        action="store_true",
+        help="check the six-dataset protocol's lists shipped with lacmfer (all but AffectNet's), "
+        "each against its test list, instead of LIST arguments",
+    )
     parser.add_argument(
         "--root", help="folder the list paths are relative to; enables the file checks"
     )
@@ -327,15 +383,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.num_classes < 1:
         parser.error(f"--num-classes must be >= 1, got {args.num_classes}")
+    if args.protocol and (args.lists or args.test):
+        parser.error("--protocol checks the shipped lists; give no LIST and no --test with it")
+    if not args.protocol and not args.lists:
+        parser.error("give at least one LIST, or --protocol")
     try:
-        reports = check_image_lists(
-            args.lists,
-            root=args.root,
-            strip_prefix=args.strip_prefix,
-            test=args.test,
-            num_classes=args.num_classes,
-            decode=not args.no_decode,
-        )
+        if args.protocol:
+            reports = check_protocol_lists(
+                root=args.root,
+                strip_prefix=args.strip_prefix,
+                num_classes=args.num_classes,
+                decode=not args.no_decode,
+            )
+        else:
+            reports = check_image_lists(
+                args.lists,
+                root=args.root,
+                strip_prefix=args.strip_prefix,
+                test=args.test,
+                num_classes=args.num_classes,
+                decode=not args.no_decode,
+            )
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .._checks import check_choice, check_positive_int
+from .._checks import check_choice, check_optional_positive_int
 from .image import load_image, resize
 from .labels import NUM_CLASSES, folder_label, native_to_raf
 from .lists import read_image_list, resolve_list_path
@@ -56,12 +56,6 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 
 FER2013_USAGE: dict[str, str] = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
 """FER-2013 ``Usage`` column -> split name. The protocol's ``FER2013_test.txt`` is PrivateTest."""
-
-
-def _check_image_size(image_size: Optional[int]) -> Optional[int]:
-    if image_size is None:
-        return None
-    return check_positive_int(image_size, "image_size")
 
 
 def _finish(image: Tensor, image_size: Optional[int], transform: Optional[Transform]) -> Tensor:
@@ -115,7 +109,7 @@ class ImageListDataset(Dataset[tuple[Tensor, int]]):
     ) -> None:
         self.list_file = os.fspath(list_file)
         self.root = os.fspath(root) if root is not None else os.path.dirname(self.list_file)
-        self.image_size = _check_image_size(image_size)
+        self.image_size = check_optional_positive_int(image_size, "image_size")
         self.num_classes = num_classes
         pairs = read_image_list(self.list_file, num_classes=num_classes)
         self.relpaths: list[str] = [p for p, _ in pairs]
@@ -183,7 +177,7 @@ class ImageFolderDataset(Dataset[tuple[Tensor, int]]):
         self.root = os.fspath(root)
         if not os.path.isdir(self.root):
             raise FileNotFoundError(f"`root` must be a folder, got {self.root!r}")
-        self.image_size = _check_image_size(image_size)
+        self.image_size = check_optional_positive_int(image_size, "image_size")
         exts = tuple(e.lower() for e in extensions)
         paths: list[str] = []
         labels: list[int] = []
@@ -288,7 +282,7 @@ class FER2013CSV(Dataset[tuple[Tensor, int]]):
         check_choice(split, "split", ("train", "val", "test", "all"))
         self.csv_file = os.fspath(csv_file)
         self.split = split
-        self.image_size = _check_image_size(image_size)
+        self.image_size = check_optional_positive_int(image_size, "image_size")
         self.transform = transform
         with open(self.csv_file, newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)

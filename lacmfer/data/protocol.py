@@ -8,7 +8,8 @@ is the target) and a *test* set. A task takes one domain as the target and the o
 * target test set: the target's test set.
 
 **The published protocol and its flaws.** The six-dataset protocol of LA-CMFER (after DUML) is
-reproduced exactly with ``leakage_free=False``. Known flaws an honest evaluation reports (SPEC §5):
+reproduced exactly with ``leakage_free=False``. Known flaws an honest evaluation reports
+(``docs/guides/datasets.rst``, "The leakage in the published protocol"):
 
 1. the RAF-DB and AffectNet adaptation lists contain their test images (``RAF_train.txt`` holds
    all 3031 images of ``RAF_test.txt`` under the same file names);
@@ -16,14 +17,18 @@ reproduced exactly with ``leakage_free=False``. Known flaws an honest evaluation
    images are the test images (transductive evaluation);
 3. the published numbers are the best test accuracy over training (model selection on the test
    set) -- report the final-iteration accuracy, and best-over-training only labelled as such;
-4. ``Oulu.txt`` lists 1068 lines more than once (checked by :mod:`lacmfer.data.check`).
+4. ``Oulu.txt`` lists 507 images two or more times, 1068 extra lines (checked by
+   :mod:`lacmfer.data.check`).
 
 ``leakage_free=True`` (the default) removes every target test image from the target adaptation
 set (matched by sample identity, ``dataset.keys``). Where nothing would remain because both roles
 share one list, the list is split instead into disjoint adaptation and test parts, keeping all
-images of a subject (CK+ ``S###``, Oulu-CASIA ``P###``, JAFFE's two-letter prefix) -- or, where no
-subject can be read from the path, all copies of an image -- on the same side. Numbers obtained
-this way are not comparable with published ones; the task's ``notes`` say what was done.
+images of a subject (CK+ ``S###``, Oulu-CASIA ``P###``, JAFFE's two-letter prefix in its original
+file names such as ``KA.AN1.39.tiff``) -- or, where no subject can be read from the path, all copies
+of an image -- on the same side. The published ``JAFFE.txt`` renames the images
+(``images/surprise_1.jpg``), so no subject can be read from it and its split is per image: images of
+one subject can land on both sides. Numbers obtained this way are not comparable with published
+ones; the task's ``notes`` say what was done.
 
 The domains are given as a mapping ``name -> DomainSplits(adapt, test)`` of datasets that have
 ``labels`` (an int64 tensor) and ``keys`` (sample identities): :func:`fer_list_domains` builds it
@@ -33,7 +38,9 @@ from the protocol's list files (:data:`FER_LIST_FILES`), :func:`synthetic_domain
 
 from __future__ import annotations
 
+import importlib.resources
 import os
+import pathlib
 import re
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +65,7 @@ __all__ = [
     "fer_list_domains",
     "leave_one_domain_out",
     "leave_one_domain_out_tasks",
+    "protocol_lists_dir",
     "subject_of",
     "synthetic_domains",
 ]
@@ -65,7 +73,7 @@ __all__ = [
 PathLike = Union[str, "os.PathLike[str]"]
 
 SIX_DOMAINS: tuple[str, ...] = ("CK+", "JAFFE", "Oulu-CASIA", "AffectNet", "RAF-DB", "FER-2013")
-"""The six datasets of the protocol (SPEC §5), lab-controlled first."""
+"""The six datasets of the protocol (``docs/guides/datasets.rst``), lab-controlled first."""
 
 LAB_DOMAINS: tuple[str, ...] = ("CK+", "JAFFE", "Oulu-CASIA")
 """The lab-controlled domains; the other three are in the wild."""
@@ -78,7 +86,8 @@ FER_LIST_FILES: dict[str, Optional[tuple[str, str]]] = {
     "RAF-DB": ("RAF_train.txt", "RAF_test.txt"),
     "FER-2013": ("FER2013_train.txt", "FER2013_test.txt"),
 }
-"""Adaptation and test list file names per domain (``shared/data/fer_lists/README.md``)."""
+"""Adaptation and test list file names per domain; all but AffectNet's ship with the package
+(:func:`protocol_lists_dir`)."""
 
 
 class DomainSplits(NamedTuple):
@@ -122,6 +131,29 @@ class LabelledSubset(Dataset[Any]):
 
     def __getitem__(self, index: int) -> Any:
         return self.dataset[int(self.indices[index])]
+
+
+def protocol_lists_dir() -> pathlib.Path:
+    """The folder of the protocol's image lists shipped with the package (``lacmfer/data/protocol_lists``).
+
+    It holds the lists the LA-CMFER authors released for the six-dataset protocol, except
+    AffectNet's, which are not public: ``CK.txt``, ``JAFFE.txt``, ``Oulu.txt``, ``RAF_train.txt``,
+    ``RAF_test.txt``, ``FER2013_train.txt`` and ``FER2013_test.txt`` (:data:`FER_LIST_FILES`), one
+    ``path label`` line per image, labels in RAF-DB order, paths relative to the authors'
+    ``../datasets`` folder. Its ``README.md`` lists their known flaws, which
+    ``python -m lacmfer.data.check --protocol`` reports. The images are not included.
+
+    Pass it as ``lists_dir`` to :func:`fer_list_domains`, with ``root=`` (the folder holding your
+    ``CK+/``, ``JAFFE/``, ... copies) and ``strip_prefix="../datasets"``.
+
+    Returns:
+        The folder, a real directory of the installed package.
+
+    Example:
+        >>> sorted(p.name for p in protocol_lists_dir().glob("*.txt"))[:3]
+        ['CK.txt', 'FER2013_test.txt', 'FER2013_train.txt']
+    """
+    return pathlib.Path(str(importlib.resources.files("lacmfer.data").joinpath("protocol_lists")))
 
 
 _SUBJECT_PATTERNS = (
@@ -246,7 +278,7 @@ def leave_one_domain_out(
         A :class:`LeaveOneDomainOutTask`.
 
     Note:
-        ``leakage_free=False`` is the published protocol with its known flaws (SPEC §5): the RAF-DB
+        ``leakage_free=False`` is the published protocol with its known flaws (see above): the RAF-DB
         and AffectNet adaptation lists hold their test images, CK+/JAFFE/Oulu-CASIA use one list
         for adaptation and test, and the published numbers are the best test accuracy over
         training. Report final-iteration accuracy, and best-over-training only labelled as such.
@@ -290,11 +322,24 @@ def leave_one_domain_out(
     if leakage_free and inside:
         if same:
             keep_a, keep_t = _split_by_group(test, test_fraction, group_of, seed)
+            grouped = sum(group_of(k) is not None for k in test.keys)
+            if grouped == len(keep_a) + len(keep_t):
+                apart = "no shared subject or image"
+            elif grouped == 0:
+                apart = (
+                    "no shared image (no subject id in the paths: the split is per image, so a "
+                    "subject can be on both sides)"
+                )
+            else:
+                apart = (
+                    f"no shared image, and no shared subject among the {grouped} samples whose "
+                    "paths name one"
+                )
             adapt, test = LabelledSubset(test, keep_a), LabelledSubset(test, keep_t)
             removed = len(adapt_keys) - len(keep_a)
             notes.append(
                 f"{name}: adaptation and test are one list; split it into {len(keep_a)} "
-                f"adaptation and {len(keep_t)} test samples with no shared subject or image "
+                f"adaptation and {len(keep_t)} test samples with {apart} "
                 "(not comparable with published numbers)"
             )
         else:

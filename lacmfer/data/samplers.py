@@ -36,7 +36,7 @@ from typing import Any, NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_positive_int
+from .._checks import check_choice, check_positive_int, check_rank
 
 __all__ = ["InfiniteSampler", "MultiSourceSampler", "SourceBatch"]
 
@@ -101,14 +101,6 @@ class SourceBatch(NamedTuple):
 
     indices: Tensor
     domains: Tensor
-
-
-def _check_rank(rank: int, world_size: int) -> None:
-    check_positive_int(world_size, "world_size")
-    if isinstance(rank, bool) or not isinstance(rank, int):
-        raise TypeError(f"`rank` must be an int, got {type(rank).__name__}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"`rank` must lie in [0, world_size = {world_size}), got {rank}")
 
 
 class MultiSourceSampler:
@@ -180,7 +172,7 @@ class MultiSourceSampler:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"`seed` must be an int, got {type(seed).__name__}")
         self.seed = seed
-        _check_rank(rank, world_size)
+        check_rank(rank, world_size)
         self.rank, self.world_size = rank, world_size
         self.class_balanced = bool(class_balanced)
         sizes = torch.tensor(self.domain_sizes, dtype=torch.int64)
@@ -392,7 +384,7 @@ class InfiniteSampler:
             raise TypeError(f"`seed` must be an int, got {type(seed).__name__}")
         self.seed = seed
         self.shuffle = bool(shuffle)
-        _check_rank(rank, world_size)
+        check_rank(rank, world_size)
         self.rank, self.world_size = rank, world_size
         self._stream = _Stream(self.size, (seed, 4), shuffle=self.shuffle)
         self._pos = 0

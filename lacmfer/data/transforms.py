@@ -2,8 +2,9 @@ r"""The paper's training augmentation on image batches, in torch, and ImageNet n
 
 LA-CMFER trains with colour jitter 0.2 (brightness, contrast, saturation), random greyscale
 (p = 0.2), horizontal flip (p = 0.5) and a random affine map (rotation ±15°, translation 0.05 of
-the image size, scale 0.9–1.05) (SPEC §4). Here they run on a whole batch ``(B, 3, H, W)`` at once,
-on the batch's device, with parameters drawn **per sample** from a :class:`torch.Generator`:
+the image size, scale 0.9–1.05) (``docs/method.rst``, "The objective and the training recipe").
+Here they run on a whole batch ``(B, 3, H, W)`` at once, on the batch's device, with parameters
+drawn **per sample** from a :class:`torch.Generator`:
 
 * the parameters are drawn by :func:`sample_augment_params` (one ``torch.rand`` call of fixed
   layout, so a seeded generator gives the same parameters whatever the settings) and applied by
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_float, check_probability, check_real
+from .._checks import check_augment_settings, check_float, check_image_batch
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -79,47 +80,6 @@ class AugmentParams(NamedTuple):
     scale: Tensor
 
 
-def _check_images(images: Tensor, name: str = "images") -> None:
-    check_float(images, name, ndim=4, axes="(B, 3, H, W)")
-    if images.shape[1] != 3:
-        raise ValueError(
-            f"`{name}` must have 3 channels (B, 3, H, W), got shape {tuple(images.shape)}"
-        )
-
-
-def _check_settings(
-    brightness: float,
-    contrast: float,
-    saturation: float,
-    hue: float,
-    grayscale_p: float,
-    flip_p: float,
-    degrees: float,
-    translate: float,
-    scale: Sequence[float],
-) -> tuple[float, float]:
-    for value, name in (
-        (brightness, "brightness"),
-        (contrast, "contrast"),
-        (saturation, "saturation"),
-        (degrees, "degrees"),
-    ):
-        check_real(value, name, minimum=0.0)
-    check_real(hue, "hue", minimum=0.0)
-    if hue > 0.5:
-        raise ValueError(f"`hue` must lie in [0, 0.5], got {hue}")
-    check_probability(grayscale_p, "grayscale_p", low_inclusive=True)
-    check_probability(flip_p, "flip_p", low_inclusive=True)
-    check_probability(translate, "translate", low_inclusive=True)
-    if not isinstance(scale, Sequence) or len(scale) != 2:
-        raise TypeError(f"`scale` must be a pair (low, high), got {scale!r}")
-    lo = check_real(scale[0], "scale[0]", minimum=0.0, exclusive_minimum=True)
-    hi = check_real(scale[1], "scale[1]", minimum=0.0, exclusive_minimum=True)
-    if lo > hi:
-        raise ValueError(f"`scale` must satisfy low <= high, got {tuple(scale)}")
-    return lo, hi
-
-
 def sample_augment_params(
     batch_size: int,
     *,
@@ -163,7 +123,7 @@ def sample_augment_params(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
         raise ValueError(f"`batch_size` must be an int >= 0, got {batch_size!r}")
-    lo_s, hi_s = _check_settings(
+    lo_s, hi_s = check_augment_settings(
         brightness, contrast, saturation, hue, grayscale_p, flip_p, degrees, translate, scale
     )
     gen_device = generator.device if generator is not None else torch.device("cpu")
@@ -199,7 +159,7 @@ def rgb_to_grayscale(images: Tensor) -> Tensor:
         >>> rgb_to_grayscale(torch.ones(1, 3, 2, 2)).flatten().tolist()
         [1.0, 1.0, 1.0, 1.0]
     """
-    _check_images(images)
+    check_image_batch(images)
     r, g, b = images.unbind(1)
     return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)
 
@@ -278,7 +238,7 @@ def apply_augment(images: Tensor, params: AugmentParams) -> Tensor:
         TypeError: If ``images`` is not floating point.
         ValueError: If ``images`` is not ``(B, 3, H, W)`` or ``params`` has another batch size.
     """
-    _check_images(images)
+    check_image_batch(images)
     batch, _, height, width = images.shape
     if params.brightness.shape != (batch,):
         raise ValueError(
@@ -368,7 +328,7 @@ def fer_augment(
         >>> y.shape, bool(y.min() >= 0) and bool(y.max() <= 1)
         (torch.Size([4, 3, 32, 32]), True)
     """
-    _check_images(images)
+    check_image_batch(images)
     params = sample_augment_params(
         images.shape[0],
         brightness=brightness,
@@ -425,7 +385,7 @@ class FERAugment(nn.Module):
         scale: Sequence[float] = (0.9, 1.05),
     ) -> None:
         super().__init__()
-        lo, hi = _check_settings(
+        lo, hi = check_augment_settings(
             brightness, contrast, saturation, hue, grayscale_p, flip_p, degrees, translate, scale
         )
         self.brightness = float(brightness)

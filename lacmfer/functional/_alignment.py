@@ -17,19 +17,18 @@ import torch
 from torch import Tensor
 
 from .._checks import (
-    check_float,
+    check_alignment_inputs,
+    check_alignment_logits,
+    check_domains,
+    check_kernel_settings,
     check_label_range,
-    check_labels,
-    check_nonempty,
-    check_positive_int,
     check_probability,
     check_real,
-    check_size,
+    resolve_validate_args,
 )
 from ._distributed import gather_batch
 from ._kernel import (
     bandwidth_from_sums,
-    check_kernel_settings,
     compute_dtype,
     kernel_coefficients,
     kernel_sum,
@@ -58,75 +57,6 @@ class AlignmentTerms(NamedTuple):
     loss: Tensor
     sid: Tensor
     cid: Tensor
-
-
-# --------------------------------------------------------------------------------------------------
-# validation
-
-
-def should_validate(validate_args: Optional[bool], t: Tensor) -> bool:
-    """Resolve ``validate_args``: ``None`` checks values only on CPU, where reading them is free."""
-    if torch.compiler.is_compiling():
-        return False
-    if validate_args is None:
-        return t.device.type == "cpu"
-    return bool(validate_args)
-
-
-def _check_inputs(
-    feat_s: Any,
-    logits_s: Any,
-    labels_s: Any,
-    feat_t: Any,
-    logits_t: Any,
-    domains_s: Any,
-    num_domains: Optional[int],
-    validate_args: Optional[bool],
-) -> int:
-    """Static checks of the alignment inputs; returns the number of groups ``G``."""
-    check_float(feat_s, "feat_s", ndim=2, axes="(B_s, D)")
-    check_float(logits_s, "logits_s", ndim=2, axes="(B_s, K)")
-    check_labels(labels_s, "labels_s", axes="(B_s,)")
-    check_float(feat_t, "feat_t", ndim=2, axes="(B_t, D)")
-    check_float(logits_t, "logits_t", ndim=2, axes="(B_t, K)")
-    check_size(feat_s, "feat_s", 0, logits_s, "logits_s", 0, "Batch sizes (dim 0)")
-    check_size(feat_s, "feat_s", 0, labels_s, "labels_s", 0, "Batch sizes (dim 0)")
-    check_size(feat_t, "feat_t", 0, logits_t, "logits_t", 0, "Batch sizes (dim 0)")
-    check_size(feat_s, "feat_s", 1, feat_t, "feat_t", 1, "Feature sizes D (dim 1)")
-    check_size(logits_s, "logits_s", 1, logits_t, "logits_t", 1, "Numbers of classes K (dim 1)")
-    check_nonempty(feat_s, "feat_s")
-    check_nonempty(feat_t, "feat_t")
-    check_nonempty(feat_s, "feat_s", dim=1, what="feature")
-    check_nonempty(logits_s, "logits_s", dim=1, what="class")
-    devices = {t.device for t in (feat_s, logits_s, labels_s, feat_t, logits_t)}
-    if len(devices) > 1:
-        raise ValueError(
-            "`feat_s`, `logits_s`, `labels_s`, `feat_t` and `logits_t` must be on one device, "
-            f"got {sorted(str(d) for d in devices)}"
-        )
-    num_classes = logits_s.shape[1]
-    groups = 1
-    if domains_s is not None:
-        check_labels(domains_s, "domains_s", axes="(B_s,)")
-        check_size(feat_s, "feat_s", 0, domains_s, "domains_s", 0, "Batch sizes (dim 0)")
-        if num_domains is None:
-            raise ValueError(
-                "`num_domains` must be given with `domains_s` (the number of source domains; "
-                "inferring it would read the data back to the host)"
-            )
-        groups = check_positive_int(num_domains, "num_domains")
-    elif num_domains is not None:
-        check_positive_int(num_domains, "num_domains")
-    if should_validate(validate_args, labels_s):
-        check_label_range(labels_s, "labels_s", num_classes)
-        if domains_s is not None:
-            check_label_range(domains_s, "domains_s", groups)
-    return groups
-
-
-def _check_alignment_settings(threshold: float, kernel_num: int, kernel_mul: float) -> None:
-    check_probability(threshold, "threshold")
-    check_kernel_settings(kernel_num, kernel_mul)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -307,8 +237,9 @@ def _run(
     want_sid: bool,
     want_cid: bool,
 ) -> tuple[Tensor, Tensor]:
-    _check_alignment_settings(threshold, kernel_num, kernel_mul)
-    groups = _check_inputs(
+    check_probability(threshold, "threshold")
+    check_kernel_settings(kernel_num, kernel_mul)
+    groups = check_alignment_inputs(
         feat_s, logits_s, labels_s, feat_t, logits_t, domains_s, num_domains, validate_args
     )
     if sync_dist:
@@ -393,22 +324,9 @@ def hardness_weights(
         tensor([0.8000, 0.2000])
     """
     check_probability(threshold, "threshold")
-    check_float(logits_s, "logits_s", ndim=2, axes="(B_s, K)")
-    check_labels(labels_s, "labels_s", axes="(B_s,)")
-    check_float(logits_t, "logits_t", ndim=2, axes="(B_t, K)")
-    check_size(logits_s, "logits_s", 0, labels_s, "labels_s", 0, "Batch sizes (dim 0)")
-    check_size(logits_s, "logits_s", 1, logits_t, "logits_t", 1, "Numbers of classes K (dim 1)")
-    check_nonempty(logits_s, "logits_s")
-    check_nonempty(logits_t, "logits_t")
-    check_nonempty(logits_s, "logits_s", dim=1, what="class")
-    groups = 1
-    if domains_s is not None:
-        check_labels(domains_s, "domains_s", axes="(B_s,)")
-        check_size(logits_s, "logits_s", 0, domains_s, "domains_s", 0, "Batch sizes (dim 0)")
-        if num_domains is None:
-            raise ValueError("`num_domains` must be given with `domains_s`")
-        groups = check_positive_int(num_domains, "num_domains")
-    if should_validate(validate_args, labels_s):
+    check_alignment_logits(logits_s, labels_s, logits_t)
+    groups = check_domains(domains_s, num_domains, logits_s, "logits_s")
+    if resolve_validate_args(validate_args, labels_s):
         check_label_range(labels_s, "labels_s", logits_s.shape[1])
         if domains_s is not None:
             check_label_range(domains_s, "domains_s", groups)
@@ -636,10 +554,12 @@ def dual_level_alignment(
     Shape:
         - feat_s: :math:`(B_s, D)`; logits_s: :math:`(B_s, K)`; labels_s, domains_s: :math:`(B_s,)`.
         - feat_t: :math:`(B_t, D)`; logits_t: :math:`(B_t, K)`.
-        - Output: scalar (float32 for half-precision inputs, else the input dtype).
+        - Output: scalar (float32 for half-precision inputs, else the input dtype), or
+          :class:`AlignmentTerms` of three scalars with ``return_terms=True``.
 
     Returns:
-        The loss, a scalar tensor.
+        The loss, a scalar tensor; with ``return_terms=True``, :class:`AlignmentTerms`
+        ``(loss, sid, cid)``, three scalar tensors.
 
     Raises:
         TypeError: if features or logits are not floating point, or labels/domain ids are not

@@ -7,7 +7,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from .._checks import check_float, check_nonempty, check_size
+from .._checks import check_views
 from ._distributed import all_reduce_max, all_reduce_sum
 from ._kernel import compute_dtype, no_autocast
 
@@ -15,22 +15,6 @@ __all__ = ["multi_view_clustering_consistency", "prediction_similarity_matrix"]
 
 # With ``from_logits=True`` a row/column whose sum is this small relative to the matrix is empty.
 _LOGIT_SUM_EPS = 1e-12
-
-
-def _check_views(logits_g: Any, logits_l: Any) -> None:
-    check_float(logits_g, "logits_g", ndim=2, axes="(B_t, K)")
-    check_float(logits_l, "logits_l", ndim=2, axes="(B_t, K)")
-    check_size(logits_g, "logits_g", 0, logits_l, "logits_l", 0, "Batch sizes (dim 0)")
-    check_size(logits_g, "logits_g", 1, logits_l, "logits_l", 1, "Numbers of classes K (dim 1)")
-    check_nonempty(logits_g, "logits_g")
-    check_nonempty(logits_g, "logits_g", dim=1, what="class")
-    if logits_g.device != logits_l.device:
-        raise ValueError(
-            f"`logits_g` and `logits_l` must be on one device, got {logits_g.device} and "
-            f"{logits_l.device}"
-        )
-    if not isinstance(logits_g, Tensor):  # pragma: no cover - narrowed above
-        raise TypeError
 
 
 def _similarity(
@@ -99,7 +83,7 @@ def prediction_similarity_matrix(
         tensor([[2., 0.],
                 [0., 1.]])
     """
-    _check_views(logits_g, logits_l)
+    check_views(logits_g, logits_l)
     with no_autocast(logits_g.device):
         return _similarity(logits_g, logits_l, from_logits, sync_dist, process_group, False)
 
@@ -143,7 +127,8 @@ def multi_view_clustering_consistency(
         - Output: scalar (float32 for half-precision inputs, else the input dtype).
 
     Returns:
-        The loss, in :math:`[0, 1]` for probabilities.
+        The loss: in :math:`[0, 1]` with probabilities (the default); with ``from_logits=True``
+        not bounded (it can be negative or exceed 1, as :math:`M` can have negative entries).
 
     Raises:
         TypeError: if a view is not a floating-point tensor.
@@ -161,22 +146,77 @@ def multi_view_clustering_consistency(
         still has a (tiny) row of :math:`M`, which row normalisation scales up to a full row. So
         the loss is 0 only when each view's probabilities are (numerically) one-hot *and* agree,
         e.g. exactly one-hot inputs with ``from_logits=True``.
+
+        :math:`R` and :math:`C` are computed from the batch-rescaled views (each class column of
+        :math:`P_G` or :math:`P_L` divided by its largest entry, in log space), which leaves them
+        unchanged but keeps every row and column sum away from 0: the gradients stay finite when the
+        softmax saturates (extreme logits, small batches), in every dtype.
     """
-    _check_views(logits_g, logits_l)
+    check_views(logits_g, logits_l)
     num_classes = logits_g.shape[1]
     with no_autocast(logits_g.device):
-        m = _similarity(logits_g, logits_l, from_logits, sync_dist, process_group, True)
-        row = m.sum(dim=1, keepdim=True)
-        col = m.sum(dim=0, keepdim=True)
         if from_logits:
-            tiny = _LOGIT_SUM_EPS * m.detach().abs().sum()
-            row_ok = row.detach().abs() > tiny
-            col_ok = col.detach().abs() > tiny
+            r, c = _normalise_logit_similarity(
+                _similarity(logits_g, logits_l, True, sync_dist, process_group, True)
+            )
         else:
-            row_ok = row.detach() > 0
-            col_ok = col.detach() > 0
-        r = torch.where(row_ok, m / torch.where(row_ok, row, torch.ones_like(row)), 0.0)
-        c = torch.where(col_ok, m / torch.where(col_ok, col, torch.ones_like(col)), 0.0)
+            r, c = _normalise_probability_similarity(logits_g, logits_l, sync_dist, process_group)
         off_r = r.sum() - torch.diagonal(r).sum()
         off_c = c.sum() - torch.diagonal(c).sum()
         return (off_r + off_c) / (2.0 * num_classes)
+
+
+def _normalise_logit_similarity(m: Tensor) -> tuple[Tensor, Tensor]:
+    """``R`` and ``C`` of a logit-built ``M``: rows/columns summing to about 0 count as empty."""
+    row = m.sum(dim=1, keepdim=True)
+    col = m.sum(dim=0, keepdim=True)
+    tiny = _LOGIT_SUM_EPS * m.detach().abs().sum()
+    return _masked_ratio(m, row, row.detach().abs() > tiny), _masked_ratio(
+        m, col, col.detach().abs() > tiny
+    )
+
+
+def _masked_ratio(num: Tensor, den: Tensor, ok: Tensor) -> Tensor:
+    """``num / den`` where ``ok``, else 0, with no NaN in values or gradients."""
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), 0.0)
+
+
+def _normalise_probability_similarity(
+    logits_g: Tensor, logits_l: Tensor, sync_dist: bool, process_group: Optional[Any]
+) -> tuple[Tensor, Tensor]:
+    r"""``R = M / rowsum`` and ``C = M / colsum`` of :math:`M = P_G^\top P_L`, computed stably.
+
+    Row :math:`k` of :math:`M` is :math:`\sum_b P_G[b, k] P_L[b, \cdot]`, so :math:`R` is
+    unchanged when column :math:`k` of :math:`P_G` is divided by its largest entry over the
+    (global) batch: :math:`R = \tilde M / \text{rowsum}(\tilde M)` with
+    :math:`\tilde M = E_G^\top P_L`, :math:`E_G[b, k] = \exp(\log P_G[b, k] - \max_{b'}
+    \log P_G[b', k])`, and likewise :math:`C` from :math:`P_G^\top E_L`. Each row sum of
+    :math:`\tilde M` is then at least about 1, where the row sums of :math:`M` itself can be
+    subnormal once the softmax saturates (logits of magnitude ~100 and a small batch): dividing by
+    them gave finite values but NaN gradients (the square of a subnormal sum is 0).
+
+    Which rows and columns are empty is still decided on :math:`M` itself (an exactly zero row
+    sum), so the values are those of the plain formula up to rounding; only where probabilities are
+    subnormal (and carry few significant bits) does the rescaled form differ, being the more
+    accurate of the two.
+    """
+    dtype = compute_dtype(logits_g, logits_l)
+    zg, zl = logits_g.to(dtype), logits_l.to(dtype)
+    prob_g, prob_l = torch.softmax(zg, dim=1), torch.softmax(zl, dim=1)
+    log_g, log_l = torch.log_softmax(zg, dim=1), torch.log_softmax(zl, dim=1)
+    top = torch.stack([log_g.detach().amax(dim=0), log_l.detach().amax(dim=0)])  # (2, K)
+    top = all_reduce_max(top, process_group) if sync_dist else top
+    # A column that is -inf everywhere (only for logits near the float range) has E = 0.
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    # Same zeros as the probabilities (an underflowed probability stays 0, as in M itself).
+    zero = prob_g.new_zeros(())
+    scaled_g = torch.where(prob_g > 0, torch.exp(log_g - top[0]), zero)  # column maxima 1
+    scaled_l = torch.where(prob_l > 0, torch.exp(log_l - top[1]), zero)
+    parts = torch.stack([(prob_g.T @ prob_l).detach(), scaled_g.T @ prob_l, prob_g.T @ scaled_l])
+    parts = all_reduce_sum(parts, process_group) if sync_dist else parts
+    m, m_row, m_col = parts[0], parts[1], parts[2]
+    row_ok = (m.sum(dim=1, keepdim=True) > 0) & (m_row.detach().sum(dim=1, keepdim=True) > 0)
+    col_ok = (m.sum(dim=0, keepdim=True) > 0) & (m_col.detach().sum(dim=0, keepdim=True) > 0)
+    r = _masked_ratio(m_row, m_row.sum(dim=1, keepdim=True), row_ok)
+    c = _masked_ratio(m_col, m_col.sum(dim=0, keepdim=True), col_ok)
+    return r, c

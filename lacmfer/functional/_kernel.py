@@ -1,6 +1,7 @@
 r"""Multi-kernel Gaussian kernels and (weighted) maximum mean discrepancy.
 
-The kernel of LA-CMFER (SPEC §2) sums ``Q`` Gaussians whose bandwidths are geometric multiples of a
+The kernel of LA-CMFER (``docs/method.rst``, "Multi-kernel Gaussian"; Yang et al., ACM MM 2024,
+§3.2) sums ``Q`` Gaussians whose bandwidths are geometric multiples of a
 data-driven base bandwidth :math:`\beta`, the mean squared distance between distinct points:
 
 .. math::
@@ -28,7 +29,7 @@ from typing import NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
-from .._checks import check_float, check_nonempty, check_positive_int, check_real, check_size
+from .._checks import check_feature_pair, check_float, check_kernel_settings, check_real, check_size
 
 __all__ = ["gaussian_kernel", "mmd2"]
 
@@ -52,13 +53,6 @@ def compute_dtype(*tensors: Tensor) -> torch.dtype:
 def no_autocast(device: torch.device) -> contextlib.AbstractContextManager[None]:
     """A context that disables autocast on ``device`` (kernel maths stays in full precision)."""
     return torch.autocast(device_type=device.type, enabled=False)
-
-
-def check_kernel_settings(kernel_num: int, kernel_mul: float) -> tuple[int, float]:
-    """Validate ``kernel_num`` (int >= 1) and ``kernel_mul`` (finite, > 0)."""
-    kernel_num = check_positive_int(kernel_num, "kernel_num")
-    kernel_mul = check_real(kernel_mul, "kernel_mul", minimum=0.0, exclusive_minimum=True)
-    return kernel_num, kernel_mul
 
 
 def kernel_coefficients(
@@ -106,14 +100,6 @@ def bandwidth_from_sums(total: Tensor, count: Tensor, floor: float) -> Tensor:
     r""":math:`\max(\text{total} / (n^2 - n), \text{floor})`, detached; safe for ``n <= 1``."""
     pairs = (count * count - count).clamp_min(1.0)
     return (total.detach() / pairs).clamp_min(floor)
-
-
-def _validate_pair(x: Tensor, x_name: str, y: Tensor, y_name: str) -> None:
-    check_float(x, x_name, ndim=2, axes="(N, D)")
-    check_float(y, y_name, ndim=2, axes="(M, D)")
-    check_size(x, x_name, 1, y, y_name, 1, "Feature sizes (dim 1)")
-    check_nonempty(x, x_name)
-    check_nonempty(y, y_name)
 
 
 def gaussian_kernel(
@@ -164,7 +150,7 @@ def gaussian_kernel(
     kernel_num, kernel_mul = check_kernel_settings(kernel_num, kernel_mul)
     same = y is None
     y_ = x if y is None else y
-    _validate_pair(x, "x", y_, "y")
+    check_feature_pair(x, "x", y_, "y")
     if bandwidth is not None and not isinstance(bandwidth, Tensor):
         bandwidth = check_real(bandwidth, "bandwidth", minimum=0.0, exclusive_minimum=True)
     dtype = compute_dtype(x, y_)
@@ -247,7 +233,7 @@ def mmd2(
         True
     """
     kernel_num, kernel_mul = check_kernel_settings(kernel_num, kernel_mul)
-    _validate_pair(x, "x", y, "y")
+    check_feature_pair(x, "x", y, "y")
     if weights_x is not None:
         check_float(weights_x, "weights_x", ndim=1, axes="(N,)")
         check_size(weights_x, "weights_x", 0, x, "x", 0, "Batch sizes (dim 0)")

@@ -10,48 +10,12 @@ Patches are numbered row-major: for a 2×2 grid, ``0`` top-left, ``1`` top-right
 
 from __future__ import annotations
 
-from typing import Any, Tuple, Union
-
 from einops import rearrange
 from torch import Tensor
 
-from lacmfer._checks import _shape, check_tensor
+from .._checks import GridLike, check_grid, check_grid_divides, check_patch_stack
 
 __all__ = ["merge_patches", "split_patches"]
-
-GridLike = Union[int, Tuple[int, int]]
-
-
-def _check_grid(grid: Any, name: str = "grid") -> tuple[int, int]:
-    """Normalise ``grid`` (an int ``g`` or a pair ``(g_h, g_w)``) to a pair of positive ints."""
-    if isinstance(grid, bool):
-        raise TypeError(f"`{name}` must be an int or a pair of ints (g_h, g_w), got bool")
-    if isinstance(grid, int):
-        grid = (grid, grid)
-    if not isinstance(grid, (tuple, list)) or len(grid) != 2:
-        raise TypeError(f"`{name}` must be an int or a pair of ints (g_h, g_w), got {grid!r}")
-    for g in grid:
-        if isinstance(g, bool) or not isinstance(g, int):
-            raise TypeError(f"`{name}` must be an int or a pair of ints (g_h, g_w), got {grid!r}")
-        if g < 1:
-            raise ValueError(f"`{name}` entries must be >= 1, got {tuple(grid)!r}")
-    return int(grid[0]), int(grid[1])
-
-
-def _check_divisible(x: Tensor, grid: tuple[int, int], name: str = "x") -> None:
-    """Raise ``ValueError`` unless ``x`` is ``(B, C, H, W)`` with ``H % g_h == W % g_w == 0``."""
-    check_tensor(x, name)
-    if x.ndim != 4:
-        raise ValueError(
-            f"`{name}` must have 4 dimensions (B, C, H, W), got {x.ndim} with shape {_shape(x)}"
-        )
-    gh, gw = grid
-    h, w = x.shape[-2], x.shape[-1]
-    if h % gh or w % gw:
-        raise ValueError(
-            f"`grid` = ({gh}, {gw}) must divide the spatial size of `{name}`: got `{name}` with "
-            f"shape {_shape(x)} (H = {h}, W = {w}); H must be a multiple of {gh} and W of {gw}"
-        )
 
 
 def split_patches(x: Tensor, grid: GridLike = (2, 2)) -> Tensor:
@@ -93,8 +57,8 @@ def split_patches(x: Tensor, grid: GridLike = (2, 2)) -> Tensor:
                 [[10., 11.],
                  [14., 15.]]])
     """
-    gh, gw = _check_grid(grid)
-    _check_divisible(x, (gh, gw), "x")
+    gh, gw = check_grid(grid)
+    check_grid_divides(x, (gh, gw), "x")
     return rearrange(x, "b c (gh h) (gw w) -> b (gh gw) c h w", gh=gh, gw=gw)
 
 
@@ -122,16 +86,6 @@ def merge_patches(patches: Tensor, grid: GridLike = (2, 2)) -> Tensor:
         >>> torch.equal(merge_patches(split_patches(x, (2, 3)), (2, 3)), x)
         True
     """
-    gh, gw = _check_grid(grid)
-    check_tensor(patches, "patches")
-    if patches.ndim != 5:
-        raise ValueError(
-            "`patches` must have 5 dimensions (B, P, C, h, w), got "
-            f"{patches.ndim} with shape {_shape(patches)}"
-        )
-    if patches.shape[1] != gh * gw:
-        raise ValueError(
-            f"`patches` must hold P = g_h·g_w = {gh * gw} patches for `grid` = ({gh}, {gw}) in "
-            f"dimension 1, got shape {_shape(patches)}"
-        )
+    gh, gw = check_grid(grid)
+    check_patch_stack(patches, (gh, gw), "patches")
     return rearrange(patches, "b (gh gw) c h w -> b c (gh h) (gw w)", gh=gh, gw=gw)

@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_probability
-from ._consistency import _check_views
+from .._checks import check_probability, check_views
 from ._distributed import all_reduce_sum
 from ._kernel import compute_dtype, no_autocast
 
@@ -91,7 +90,7 @@ def refine_pseudo_labels(
         (tensor([0, 1, 0]), tensor([ True, False, False]))
     """
     threshold = check_probability(threshold, "threshold")
-    _check_views(logits_g, logits_l)
+    check_views(logits_g, logits_l)
     with no_autocast(logits_g.device):
         return _vote(logits_g, logits_l, threshold)
 
@@ -143,7 +142,7 @@ def pseudo_label_refinement(
         (tensor([ True, False]), tensor(0.5000))
     """
     threshold = check_probability(threshold, "threshold")
-    _check_views(logits_g, logits_l)
+    check_views(logits_g, logits_l)
     with no_autocast(logits_g.device):
         labels, mask = _vote(logits_g, logits_l, threshold)
         dtype = compute_dtype(logits_g, logits_l)

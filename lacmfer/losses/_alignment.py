@@ -7,9 +7,14 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_positive_int, check_probability, check_real
-from ..functional._alignment import dual_level_alignment
-from ..functional._kernel import check_kernel_settings
+from .._checks import (
+    check_choice,
+    check_kernel_settings,
+    check_positive_int,
+    check_probability,
+    check_real,
+)
+from ..functional import dual_level_alignment
 
 __all__ = ["CLUSTER_RAMPS", "DualLevelInterDomainAlignment"]
 
@@ -21,23 +26,17 @@ CLUSTER_RAMPS = ("none", "dann_sigmoid")
 class DualLevelInterDomainAlignment(nn.Module):
     r"""Dual-level inter-domain alignment of one branch, :math:`L_{sid} + \lambda_{cid} L_{cid}`.
 
-    The module form of :func:`lacmfer.functional.dual_level_alignment`: it holds the settings, the
-    optional ramp of the cluster-level weight and its progress (a buffer, saved in ``state_dict``),
-    and its ``forward`` is one call of the function. LA-CMFER uses one instance per branch (global and
-    local), applied to that branch's source and target features and logits.
-
-    * **Sample level (SID)**: hardness-weighted MMD² between source and target features, the hardest
-      to align (confident, large margin error, class present in the other domain) first.
-    * **Cluster level (CID)**: mean MMD² between same-class source/target clusters (true labels vs
-      pseudo-labels, confident samples only) minus the mean over different-class pairs.
+    The module form of :func:`lacmfer.functional.dual_level_alignment`; see it (and
+    :func:`~lacmfer.functional.sample_level_alignment`,
+    :func:`~lacmfer.functional.cluster_level_alignment`) for the maths. The module holds the
+    settings, the optional ramp of the cluster-level weight and its progress (a buffer, saved in
+    ``state_dict``); its ``forward`` is one call of the function. LA-CMFER uses one instance per
+    branch (global and local).
 
     The "gradual" cluster-level alignment of the paper is available as ``cluster_ramp="dann_sigmoid"``:
     the weight becomes ``cluster_weight * (2 / (1 + exp(-10 p)) - 1)`` with progress
     ``p = min(num_steps / ramp_steps, 1)``; call :meth:`step` once per training iteration. The
     default ``"none"`` keeps the weight constant, as the authors' code does.
-
-    Reference: Yang et al., "Learning with Alignments: Tackling the Inter- and Intra-domain Shifts
-    for Cross-multidomain Facial Expression Recognition", ACM MM 2024, §3.2.
 
     Args:
         threshold: confidence threshold :math:`\delta \in (0, 1]` of the masks.

@@ -13,30 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lacmfer._checks import _shape, check_positive_int
+from lacmfer._checks import _shape, check_feature_map, check_odd_int, check_positive_int
 
 __all__ = ["CBAM", "AttentionBasicBlock", "BasicBlock", "PatchBatchNorm2d"]
 
 NormLayer = Callable[[int], nn.Module]
-
-
-def _check_map(x: Tensor, channels: int, name: str = "x") -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 4 or x.shape[1] != channels:
-        raise ValueError(
-            f"`{name}` must have shape (B, C, H, W) with C = {channels}, got shape {_shape(x)}"
-        )
-
-
-def _check_kernel_size(value: int) -> int:
-    check_positive_int(value, "spatial_kernel_size")
-    if value % 2 == 0:
-        raise ValueError(
-            f"`spatial_kernel_size` must be odd (the map keeps its size with padding k // 2), "
-            f"got {value}"
-        )
-    return value
 
 
 class CBAM(nn.Module):
@@ -87,7 +68,11 @@ class CBAM(nn.Module):
                 f"`reduction` must be <= `channels` so the channel MLP keeps >= 1 hidden unit, "
                 f"got channels={channels}, reduction={reduction}"
             )
-        self.spatial_kernel_size = _check_kernel_size(spatial_kernel_size)
+        self.spatial_kernel_size = check_odd_int(
+            spatial_kernel_size,
+            "spatial_kernel_size",
+            reason="the map keeps its size with padding k // 2",
+        )
         hidden = channels // reduction
         self.mlp = nn.Sequential(
             nn.Conv2d(channels, hidden, 1, bias=False),
@@ -104,7 +89,7 @@ class CBAM(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_map(x, self.channels)
+        check_feature_map(x, "x", self.channels)
         mx = torch.amax(x, dim=(2, 3), keepdim=True)
         avg = torch.mean(x, dim=(2, 3), keepdim=True)
         # One MLP call on both descriptors (stacked in the batch), instead of two.

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from lacmfer._checks import _shape, check_choice, check_positive_int
-from lacmfer.functional._patches import GridLike, _check_divisible, _check_grid
+from lacmfer._checks import (
+    GridLike,
+    check_choice,
+    check_feature_map,
+    check_grid,
+    check_grid_divides,
+    check_positive_int,
+    check_positive_int_tuple,
+)
 from lacmfer.modules._attention import (
     AttentionBasicBlock,
     NormLayer,
@@ -21,14 +28,10 @@ from lacmfer.modules._attention import (
 
 __all__ = ["GlobalBranch", "LocalPatchBranch"]
 
+#: Which patches of :class:`LocalPatchBranch` share a sub-network: ``"column"`` (the authors' code),
+#: ``"none"`` (four sub-networks) or ``"all"`` (one).
 SHARE_MODES = ("column", "none", "all")
 PATCH_NORMS = ("per_patch", "joint")
-
-
-def _check_int_tuple(value: Any, name: str) -> tuple[int, ...]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
-        raise TypeError(f"`{name}` must be a non-empty sequence of ints, got {value!r}")
-    return tuple(check_positive_int(v, name) for v in value)
 
 
 def _stage(
@@ -53,16 +56,6 @@ def _stage(
         for i in range(blocks)
     ]
     return nn.Sequential(*layers)
-
-
-def _check_input(x: Any, channels: int) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"`x` must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 4 or x.shape[1] != channels:
-        raise ValueError(
-            f"`x` must have shape (B, C, H, W) with C = in_channels = {channels}, "
-            f"got shape {_shape(x)}"
-        )
 
 
 class GlobalBranch(nn.Module):
@@ -106,8 +99,8 @@ class GlobalBranch(nn.Module):
     ):
         super().__init__()
         self.in_channels = check_positive_int(in_channels, "in_channels")
-        self.channels = _check_int_tuple(channels, "channels")
-        self.blocks = _check_int_tuple(blocks, "blocks")
+        self.channels = check_positive_int_tuple(channels, "channels")
+        self.blocks = check_positive_int_tuple(blocks, "blocks")
         if len(self.channels) != len(self.blocks):
             raise ValueError(
                 f"`channels` and `blocks` must have the same length (one entry per stage), got "
@@ -137,7 +130,7 @@ class GlobalBranch(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_input(x, self.in_channels)
+        check_feature_map(x, "x", self.in_channels, "in_channels")
         return torch.flatten(self.pool(self.stages(x)), 1)
 
 
@@ -214,7 +207,7 @@ class LocalPatchBranch(nn.Module):
         super().__init__()
         self.in_channels = check_positive_int(in_channels, "in_channels")
         self.out_channels = check_positive_int(out_channels, "out_channels")
-        self.grid = _check_grid(grid)
+        self.grid = check_grid(grid)
         self.blocks = check_positive_int(blocks, "blocks")
         self.share = check_choice(share, "share", SHARE_MODES)
         self.patch_norm = check_choice(patch_norm, "patch_norm", PATCH_NORMS)
@@ -269,8 +262,8 @@ class LocalPatchBranch(nn.Module):
         return torch.flatten(self.pool(self.subnets[index](x)), 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_input(x, self.in_channels)
-        _check_divisible(x, self.grid, "x")
+        check_feature_map(x, "x", self.in_channels, "in_channels")
+        check_grid_divides(x, self.grid, "x")
         gh, gw = self.grid
         if self.share == "all":
             # every patch in one batch, patch-major: (gh gw b)

@@ -2,6 +2,7 @@ r"""The shared encoder :math:`E` of LA-CMFER: ResNet-18 stem + ``layer1`` + ``la
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Mapping
@@ -14,6 +15,8 @@ from lacmfer._checks import _shape
 from lacmfer.modules._attention import BasicBlock, init_resnet_weights
 
 __all__ = ["EncoderLoadReport", "ResNet18Encoder"]
+
+_logger = logging.getLogger(__name__)
 
 StateDictOrPath = Union[Mapping[str, Tensor], str, "os.PathLike[str]"]
 
@@ -50,7 +53,13 @@ class ResNet18Encoder(nn.Module):
 
     Args:
         weights: Optional torchvision ``resnet18`` state dict, or a path to a file holding one,
-            loaded with :meth:`load_torchvision_state_dict` after initialisation.
+            loaded with :meth:`load_torchvision_state_dict` after initialisation; its report is
+            kept in :attr:`load_report` and logged.
+
+    Attributes:
+        load_report: The :class:`EncoderLoadReport` of the last
+            :meth:`load_torchvision_state_dict` call (also made by ``weights=`` and by
+            ``LACMFER(encoder_weights=...)``), or ``None`` if no checkpoint was loaded.
 
     Shape:
         - Input: :math:`(B, 3, H, W)`.
@@ -80,6 +89,7 @@ class ResNet18Encoder(nn.Module):
         self.layer1 = nn.Sequential(BasicBlock(64, 64), BasicBlock(64, 64))
         self.layer2 = nn.Sequential(BasicBlock(64, 128, stride=2), BasicBlock(128, 128))
         init_resnet_weights(self)
+        self.load_report: Optional[EncoderLoadReport] = None
         if weights is not None:
             self.load_torchvision_state_dict(weights)
 
@@ -99,7 +109,10 @@ class ResNet18Encoder(nn.Module):
         Every parameter and buffer of the encoder must be present with the right shape (strict);
         ``num_batches_tracked`` may be absent, as in checkpoints saved before PyTorch 0.4.1 such as
         torchvision's original ImageNet file (it is then set to 0). Keys the encoder has no slot
-        for (``layer3.*``, ``layer4.*``, ``fc.*``) are ignored and returned in the report.
+        for (``layer3.*``, ``layer4.*``, ``fc.*``) are ignored and reported: the report is
+        returned, kept in :attr:`load_report`, and logged at ``INFO`` level on the
+        ``lacmfer.modules._encoder`` logger (:mod:`logging`; ``logging.basicConfig(level="INFO")``
+        shows it). Ignored keys outside those three prefixes also raise a :class:`UserWarning`.
 
         Args:
             state_dict_or_path: A state dict (``str -> Tensor`` mapping), or the path of a file
@@ -151,7 +164,16 @@ class ResNet18Encoder(nn.Module):
                 UserWarning,
                 stacklevel=2,
             )
-        return EncoderLoadReport(loaded_keys, ignored)
+        report = EncoderLoadReport(loaded_keys, ignored)
+        self.load_report = report
+        prefixes = sorted({k.split(".", 1)[0] + ".*" for k in ignored})
+        _logger.info(
+            "ResNet18Encoder loaded %d checkpoint key(s) and ignored %d%s",
+            len(loaded_keys),
+            len(ignored),
+            f" ({', '.join(prefixes)})" if ignored else "",
+        )
+        return report
 
     @staticmethod
     def _read_state_dict(obj: Any) -> dict[str, Tensor]:

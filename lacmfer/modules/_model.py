@@ -7,8 +7,7 @@ from typing import Any, NamedTuple, Optional
 
 from torch import Tensor, nn
 
-from lacmfer._checks import check_choice, check_positive_int, check_real
-from lacmfer.functional._patches import GridLike
+from lacmfer._checks import GridLike, check_choice, check_positive_int, check_real
 from lacmfer.modules._branches import GlobalBranch, LocalPatchBranch
 from lacmfer.modules._encoder import ResNet18Encoder, StateDictOrPath
 
@@ -67,7 +66,8 @@ class LACMFER(nn.Module):
     Args:
         num_classes: Number of classes ``K``.
         encoder_weights: Optional torchvision ``resnet18`` state dict or checkpoint path for the
-            encoder (see :meth:`ResNet18Encoder.load_torchvision_state_dict`).
+            encoder (see :meth:`ResNet18Encoder.load_torchvision_state_dict`); what was loaded and
+            ignored is logged and kept in ``model.encoder.load_report``.
         share: Sub-network sharing of the local branch: ``"column"`` (paper's code), ``"none"``,
             ``"all"``.
         grid: Patch grid of the local branch.

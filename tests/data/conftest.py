@@ -1,39 +1,21 @@
-"""Fixtures for the lacmfer.data tests: the real FER lists (skipped when absent), small files."""
+"""Fixtures for the lacmfer.data tests: the protocol's lists shipped with the package, seeds."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-_CANDIDATES = (
-    os.environ.get("LACMFER_FER_LISTS", ""),
-    str(ROOT.parent / "shared" / "data" / "fer_lists"),
-    "/work/shared/data/fer_lists",
-)
-
-
-def find_fer_lists() -> Path | None:
-    """The folder of the protocol's real lists, or ``None``."""
-    for cand in _CANDIDATES:
-        if cand and (Path(cand) / "RAF_test.txt").is_file():
-            return Path(cand)
-    return None
+from lacmfer.data import protocol_lists_dir
 
 
 @pytest.fixture(scope="session")
 def fer_lists() -> Path:
-    """The real lists folder; skips the test when it is not there."""
-    found = find_fer_lists()
-    if found is None:
-        pytest.skip(
-            "the real FER lists are absent (looked for RAF_test.txt in $LACMFER_FER_LISTS, "
-            "../shared/data/fer_lists relative to the repository and /work/shared/data/fer_lists)"
-        )
-    return found
+    """The folder of the protocol's real lists, as shipped in ``lacmfer/data/protocol_lists``."""
+    folder = protocol_lists_dir()
+    assert (folder / "RAF_test.txt").is_file(), f"the packaged lists are missing from {folder}"
+    return folder
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lacmfer.data import check_image_list
+from lacmfer.data import FER_LIST_FILES, check_image_list, check_protocol_lists, protocol_lists_dir
 from lacmfer.data.check import main
 
 
@@ -142,3 +142,87 @@ def test_real_lists_other_findings(fer_lists: Path) -> None:
         0,
     )
     assert oulu.line_ends["lf"] == 2988
+
+
+# --- the lists shipped with the package ------------------------------------------------------
+
+
+def test_protocol_lists_are_shipped() -> None:
+    folder = protocol_lists_dir()
+    names = {p.name for p in folder.iterdir()}
+    want = {f for files in FER_LIST_FILES.values() if files is not None for f in files}
+    assert want == {"CK.txt", "JAFFE.txt", "Oulu.txt", "RAF_train.txt", "RAF_test.txt"} | {
+        "FER2013_train.txt",
+        "FER2013_test.txt",
+    }
+    assert want | {"README.md"} <= names
+
+
+def test_check_protocol_lists_reports_the_known_flaws() -> None:
+    reports = {Path(r.list_file).name + " vs " + str(r.test_list and Path(r.test_list).name): r
+               for r in check_protocol_lists()}  # fmt: skip
+    assert sorted(reports) == sorted(
+        [
+            "CK.txt vs CK.txt",
+            "JAFFE.txt vs JAFFE.txt",
+            "Oulu.txt vs Oulu.txt",
+            "RAF_train.txt vs RAF_test.txt",
+            "RAF_test.txt vs None",
+            "FER2013_train.txt vs FER2013_test.txt",
+            "FER2013_test.txt vs None",
+        ]
+    )
+    raf = reports["RAF_train.txt vs RAF_test.txt"]
+    assert (raf.overlap, raf.test_images) == (3031, 3031)
+    for name, n in (("CK.txt", 1050), ("JAFFE.txt", 213), ("Oulu.txt", 1920)):
+        r = reports[f"{name} vs {name}"]
+        assert r.overlap == r.test_images == n  # one list for adaptation and test
+    oulu = reports["Oulu.txt vs Oulu.txt"]
+    assert (oulu.entries, oulu.duplicate_lines, oulu.duplicate_images) == (2988, 1068, 507)
+    for name in ("RAF_test.txt vs None", "FER2013_train.txt vs FER2013_test.txt"):
+        assert reports[name].problems == []
+
+
+def test_protocol_flag_runs_as_a_program() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "lacmfer.data.check", "--protocol"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 1  # the published protocol has flaws
+    assert out.stderr == ""
+    assert "contains 3031 of the 3031 images of the test list RAF_test.txt" in out.stdout
+    assert "1068 duplicate line(s) over 507 image(s)" in out.stdout
+    assert out.stdout.count("=> ") == 7
+
+
+def test_protocol_flag_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _run(capsys, "--protocol", "--json")
+    assert code == 1
+    assert [Path(r["list_file"]).name for r in json.loads(out)] == [
+        "CK.txt",
+        "JAFFE.txt",
+        "Oulu.txt",
+        "RAF_train.txt",
+        "RAF_test.txt",
+        "FER2013_train.txt",
+        "FER2013_test.txt",
+    ]
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        ((), "at least one LIST"),
+        (("--protocol", "a.txt"), "--protocol"),
+        (("--protocol", "--test", "t.txt"), "--protocol"),
+    ],
+)
+def test_protocol_flag_usage_errors(
+    argv: tuple[str, ...], match: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    assert info.value.code == 2
+    assert match in capsys.readouterr().err

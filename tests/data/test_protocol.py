@@ -142,3 +142,17 @@ def test_errors() -> None:
         leave_one_domain_out({"CK+": doms["CK+"]}, "CK+")
     with pytest.raises(ValueError, match="test_fraction"):
         leave_one_domain_out(doms, "CK+", test_fraction=1.0)
+
+
+def test_split_notes_say_whether_subjects_were_kept_apart(real: dict[str, DomainSplits]) -> None:
+    """CK+ paths name their subjects; the published JAFFE paths do not, so its split is per image."""
+    ck = leave_one_domain_out(real, "CK+")
+    assert any("with no shared subject or image" in n for n in ck.notes), ck.notes
+    assert all(subject_of(k) is not None for k in _keys(real["CK+"].test))
+    jaffe = leave_one_domain_out(real, "JAFFE")
+    assert all(subject_of(k) is None for k in _keys(real["JAFFE"].test))
+    note = next(n for n in jaffe.notes if "one list" in n)
+    assert "no subject id in the paths: the split is per image" in note, note
+    assert "no shared subject" not in note
+    # Disjoint by image all the same.
+    assert not set(_keys(jaffe.target_adapt)) & set(_keys(jaffe.target_test))

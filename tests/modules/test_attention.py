@@ -12,6 +12,8 @@ from torch import nn
 
 from lacmfer.modules import CBAM, AttentionBasicBlock, BasicBlock, PatchBatchNorm2d
 
+from .mechanics import check_pickle_and_deepcopy, compile_matches_eager
+
 
 def cbam_reference(
     x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, ws: torch.Tensor, bs: torch.Tensor
@@ -238,3 +240,23 @@ def test_blocks_take_norm_layer() -> None:
     bns = [m for m in block.modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(bns) == 3 and all(isinstance(m, PatchBatchNorm2d) for m in bns)
     assert copy.deepcopy(block)(torch.randn(4, 8, 4, 4)).shape == (4, 16, 2, 2)
+
+
+# ------------------------------------------------------------------------------ mechanics
+
+
+@pytest.mark.parametrize(
+    "factory,shape",
+    [
+        (lambda: CBAM(16, spatial_kernel_size=7), (2, 16, 5, 5)),
+        (lambda: PatchBatchNorm2d(4, 2), (4, 4, 3, 3)),
+    ],
+)
+def test_pickle_and_deepcopy(factory: Callable[[], nn.Module], shape: tuple[int, ...]) -> None:
+    check_pickle_and_deepcopy(factory, shape)
+
+
+@pytest.mark.slow
+def test_compile_cbam_inductor() -> None:
+    torch._dynamo.reset()
+    compile_matches_eager(CBAM(32), torch.randn(2, 32, 6, 6), "inductor")

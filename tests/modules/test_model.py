@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+from typing import Callable
+
 import pytest
 import torch
 from torch import nn
 
 from lacmfer.modules import LACMFER, LACMFEROutput, LocalPatchBranch
+
+from .mechanics import check_pickle_and_deepcopy, compare_outputs, compile_matches_eager, snapshot
 
 # Tiny configuration with CBAM's k = 7 keeps these tests fast; the default model is tested too.
 TINY = {"spatial_kernel_size": 7}
@@ -192,3 +197,94 @@ def test_repr_shows_settings() -> None:
     text = repr(LACMFER.tiny(**TINY))
     assert "num_classes=7, fusion='mean'" in text and "share='column'" in text
     assert isinstance(LACMFER.tiny(**TINY).local_branch, LocalPatchBranch)
+
+
+# ------------------------------------------------------------------------------ mechanics
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_channels_last_gives_the_same_output(
+    training: bool, randomise_bn: Callable[[nn.Module], None]
+) -> None:
+    model = LACMFER.tiny(**TINY).train(training)
+    randomise_bn(model)
+    x = torch.randn(3, 3, 64, 64)
+    state = snapshot(model)
+    with torch.no_grad():
+        expected = model(x)
+        expected_state = snapshot(model)
+        model.load_state_dict(state)
+        model = model.to(memory_format=torch.channels_last)
+        assert model.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+        out = model(x.to(memory_format=torch.channels_last))
+    compare_outputs(out, expected, rtol=1e-4, atol=1e-4)
+    # the running statistics moved the same way
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, expected_state[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_bf16_autocast_on_cpu(training: bool) -> None:
+    model = LACMFER.tiny(**TINY).train(training)
+    x = torch.randn(4, 3, 64, 64)
+    state = snapshot(model)
+    expected = model(x)
+    model.load_state_dict(state)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    for name, got, ref in zip(expected._fields, out, expected):
+        assert got.dtype == torch.bfloat16 and torch.isfinite(got).all(), name
+        rel = (got.float() - ref).abs().max() / ref.abs().max()
+        assert rel < 0.1, f"{name}: relative error {float(rel):.3g}"
+    (out.logits_g.float().sum() + out.logits_l.float().sum()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_state_dict_round_trip() -> None:
+    model = LACMFER.tiny(**TINY)
+    model.train()(torch.randn(4, 3, 64, 64))  # non-trivial running statistics
+    torch.manual_seed(123)
+    other = LACMFER.tiny(**TINY)
+    other.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    model.eval()
+    other.eval()
+    with torch.no_grad():
+        compare_outputs(other(x), model(x), rtol=0, atol=0)
+    assert list(other.state_dict()) == list(model.state_dict())
+    assert all(
+        torch.equal(a, b) for a, b in zip(other.state_dict().values(), model.state_dict().values())
+    )
+
+
+def test_pickle_and_deepcopy() -> None:
+    check_pickle_and_deepcopy(lambda: LACMFER.tiny(**TINY), (2, 3, 32, 32))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_compile_tiny_model_traces_fullgraph(training: bool) -> None:
+    """Dynamo + AOTAutograd (no C++ build): one graph, same outputs, buffers and gradients."""
+    torch._dynamo.reset()
+    model = LACMFER.tiny(**TINY).train(training)
+    compile_matches_eager(model, torch.randn(2, 3, 32, 32), "aot_eager")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("training", [True, False])
+def test_compile_tiny_model_inductor(training: bool) -> None:
+    torch._dynamo.reset()
+    model = LACMFER.tiny(**TINY).train(training)
+    compile_matches_eager(model, torch.randn(4, 3, 64, 64), "inductor")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu() -> None:
+    model = LACMFER.tiny(**TINY).train()
+    gpu = copy.deepcopy(model).cuda()
+    x = torch.randn(4, 3, 64, 64)
+    expected = model(x)
+    out = gpu(x.cuda())
+    compare_outputs(tuple(t.cpu() for t in out), expected, rtol=1e-3, atol=1e-3)
+    for k, v in gpu.state_dict().items():
+        torch.testing.assert_close(v.cpu(), model.state_dict()[k], rtol=1e-3, atol=1e-4, msg=k)

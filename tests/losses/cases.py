@@ -1,12 +1,25 @@
-"""Input cases shared by the loss tests: random batches and the edge cases of SPEC §7."""
+"""Inputs and checks shared by the loss tests (one file per operation in this folder).
+
+Random batches and the named edge cases of the alignment (one class, nothing masked in, batch of one,
+identical features, all-zero logits, ...), the two-view logits of the intra-domain losses, the
+hypothesis strategy of small matrices, and the mechanical checks every loss module gets (signature
+agreement with its function, pickling and ``state_dict`` round trips, input errors of the views).
+"""
 
 from __future__ import annotations
 
+import inspect
+import io
+import pickle
 from dataclasses import dataclass, replace
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
+import numpy as np
+import pytest
 import torch
-from torch import Tensor
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from torch import Tensor, nn
 
 
 @dataclass
@@ -60,7 +73,7 @@ def _confident(labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
 
 
 def edge_cases() -> dict[str, Callable[[], AlignmentCase]]:
-    """Named edge cases (SPEC §7 and issue 2): each a factory of a float64 case."""
+    """Named edge cases of the alignment: each a factory of a float64 case."""
 
     def one_class() -> AlignmentCase:
         c = random_case(1)
@@ -154,3 +167,110 @@ def all_cases() -> dict[str, Callable[[], AlignmentCase]]:
     cases["random_per_source"] = lambda: random_case(200, num_domains=2)
     cases.update(edge_cases())
     return cases
+
+
+# ------------------------------------------------------------------ two views
+
+
+def views(seed: int, b: int = 9, k: int = 4, scale: float = 3.0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    zg = scale * torch.randn(b, k, generator=g, dtype=torch.float64)
+    zl = scale * torch.randn(b, k, generator=g, dtype=torch.float64)
+    return zg, zl
+
+
+def view_cases() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Named two-view cases (float64) of the consistency and pseudo-label tests."""
+    zg, zl = views(0)
+    agree = views(1, scale=6.0)[0]
+    one = views(2, b=1)
+    zeros = torch.zeros(6, 7, dtype=torch.float64)
+    one_class = torch.zeros(5, 3, dtype=torch.float64)
+    one_class[:, 1] = 40.0
+    return {
+        "random": (zg, zl),
+        "views_agree": (agree, agree + 0.1),
+        "batch_of_one": one,
+        "all_zero_logits": (zeros, zeros),
+        "one_cluster": (one_class, one_class),
+        "k1": (torch.randn(4, 1, dtype=torch.float64), torch.randn(4, 1, dtype=torch.float64)),
+        "large_logits": (zg * 50, zl * 50),
+    }
+
+
+# ------------------------------------------------------------------ hypothesis
+
+FINITE64 = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False, width=64)
+
+ANY_FINITE32 = st.floats(allow_nan=False, allow_infinity=False, width=32)
+
+
+def matrix(
+    rows: st.SearchStrategy[int], cols: int, elements: st.SearchStrategy[float]
+) -> st.SearchStrategy[torch.Tensor]:
+    return rows.flatmap(
+        lambda n: arrays(np.float64, (n, cols), elements=elements).map(torch.from_numpy)
+    )
+
+
+# ------------------------------------------------------------------ shared checks
+
+
+def check_view_errors(fn: Callable[..., Any]) -> None:
+    """The input errors every function of the two views ``(logits_g, logits_l)`` raises."""
+    z = torch.randn(5, 3)
+    with pytest.raises(ValueError, match=r"`logits_g`.*2 dimensions.*\(5\)"):
+        fn(torch.randn(5), z)
+    with pytest.raises(
+        ValueError, match=r"Batch sizes.*`logits_g`.*\(5, 3\).*`logits_l`.*\(4, 3\)"
+    ):
+        fn(z, torch.randn(4, 3))
+    with pytest.raises(ValueError, match=r"classes.*`logits_g`.*\(5, 3\).*`logits_l`.*\(5, 2\)"):
+        fn(z, torch.randn(5, 2))
+    with pytest.raises(TypeError, match=r"`logits_l`.*floating"):
+        fn(z, torch.zeros(5, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"`logits_g`.*at least one"):
+        fn(torch.randn(0, 3), torch.randn(0, 3))
+
+
+def check_signatures_agree(cls: type, fn: Callable[..., Any]) -> None:
+    """Every setting of the function is a keyword-only setting of the module, same default."""
+    fn_params = inspect.signature(fn).parameters
+    mod_params = inspect.signature(cls.__init__).parameters
+    for name, p in fn_params.items():
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY or name in ("return_terms", "domains_s"):
+            continue
+        assert name in mod_params, f"{cls.__name__} lacks setting {name!r}"
+        assert mod_params[name].kind is inspect.Parameter.KEYWORD_ONLY
+        if name not in ("cluster_weight",):
+            assert mod_params[name].default == p.default, name
+    # Positional inputs of forward and function agree in name and order.
+    fwd = [
+        n
+        for n, p in inspect.signature(cls.forward).parameters.items()
+        if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and n != "self"
+    ]
+    pos = [n for n, p in fn_params.items() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    assert fwd[: len(pos)] == pos
+
+
+def check_pickle_and_state_dict_round_trip(module: nn.Module) -> nn.Module:
+    """Pickle and ``state_dict`` round trips of a loss module; returns the module re-loaded."""
+    cls = type(module)
+    clone = pickle.loads(pickle.dumps(module))
+    assert repr(clone) == repr(module)
+    for key, value in module.state_dict().items():
+        assert torch.equal(clone.state_dict()[key], value)
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = cls()
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    assert fresh.state_dict().keys() == module.state_dict().keys()
+    return fresh
+
+
+def check_keyword_only(cls: type) -> None:
+    """Settings are keyword-only: a positional setting is a ``TypeError``."""
+    with pytest.raises(TypeError):
+        cls(0.5)

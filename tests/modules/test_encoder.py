@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import pathlib
 import warnings
 
 import pytest
 import torch
 
-from lacmfer.modules import EncoderLoadReport, ResNet18Encoder
+from lacmfer.modules import LACMFER, EncoderLoadReport, ResNet18Encoder
 
 
 def _bn(prefix: str, c: int) -> dict[str, tuple[int, ...]]:
@@ -99,6 +100,30 @@ def test_load_from_file_reports_ignored_keys(tmp_path: pathlib.Path) -> None:
     # the same through the constructor, from a str path
     other = ResNet18Encoder(weights=str(path))
     assert torch.equal(other.layer2[0].downsample[0].weight, state["layer2.0.downsample.0.weight"])
+
+
+def test_load_report_is_kept_and_logged_through_the_model(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``LACMFER(encoder_weights=...)`` does not drop the report: it is kept and logged."""
+    state = fake_checkpoint()
+    path = tmp_path / "resnet18.pth"
+    torch.save(state, path)
+    assert ResNet18Encoder().load_report is None
+    with caplog.at_level(logging.INFO, logger="lacmfer.modules._encoder"):
+        model = LACMFER.tiny(spatial_kernel_size=3, encoder_weights=path)
+    report = model.encoder.load_report
+    assert isinstance(report, EncoderLoadReport)
+    assert len(report.ignored_keys) == 122 - 60 and len(report.loaded_keys) == 60
+    messages = [r.getMessage() for r in caplog.records if r.name == "lacmfer.modules._encoder"]
+    assert messages == [
+        "ResNet18Encoder loaded 60 checkpoint key(s) and ignored 62 (fc.*, layer3.*, layer4.*)"
+    ]
+    # A direct call updates the report too.
+    encoder = ResNet18Encoder()
+    partial = {k: v for k, v in state.items() if not k.startswith(("layer3.", "layer4.", "fc."))}
+    assert encoder.load_torchvision_state_dict(partial) is encoder.load_report
+    assert encoder.load_report.ignored_keys == ()
 
 
 def test_load_pre_041_checkpoint_without_num_batches_tracked() -> None:

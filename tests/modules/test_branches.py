@@ -11,6 +11,8 @@ from torch import nn
 
 from lacmfer.modules import AttentionBasicBlock, GlobalBranch, LocalPatchBranch, PatchBatchNorm2d
 
+from .mechanics import TINY, check_pickle_and_deepcopy, compile_matches_eager
+
 SMALL = {"blocks": 2, "reduction": 4, "spatial_kernel_size": 3}
 
 
@@ -178,3 +180,18 @@ def test_branch_errors() -> None:
         GlobalBranch(channels=256)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"C = in_channels = 128, got shape \(1, 64, 8, 8\)"):
         GlobalBranch(reduction=4, spatial_kernel_size=3)(torch.randn(1, 64, 8, 8))
+
+
+# ------------------------------------------------------------------------------ mechanics
+
+
+def test_pickle_and_deepcopy() -> None:
+    check_pickle_and_deepcopy(
+        lambda: LocalPatchBranch(16, 16, blocks=1, share="all", **TINY), (2, 16, 8, 8)
+    )
+
+
+def test_compile_local_branch_inductor() -> None:
+    torch._dynamo.reset()
+    branch = LocalPatchBranch(16, 16, blocks=1, **TINY).train()
+    compile_matches_eager(branch, torch.randn(2, 16, 8, 8), "inductor")
