@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """Why does an adaptation objective help or hurt? Gradient shares and mask statistics along a run.
 
-Trains exactly as ``examples/train_cmfer.py`` does with the same flags (same data, seed, model,
-optimiser and objective: the trajectory is the script's), and every ``--every`` steps, on that
+Trains exactly as ``examples/train_cmfer.py`` does with the same flags -- it calls that script's
+``build_run``, ``forward_loss`` and ``update``, so the data, seed, model, optimiser, autocast, scaler
+and objective are the script's and so is the trajectory -- and every ``--every`` steps, on that
 step's own batch and before the update, prints one row:
 
 * ``|∇CE|``, ``|∇SID|``, ``|∇CID|``, ``|∇MCC|``, ``|∇MVV|``: the norm of each weighted term's gradient
   with respect to the model's parameters (SID and CID summed over both branches, each with its
-  weight in the objective, warm-up factor included);
+  weight in the objective, warm-up factor included; from the terms :class:`lacmfer.losses.LACMFERLoss`
+  returns);
 * ``n_eff s/t``: the effective number of samples that carry the global branch's SID, 1/Σw², of the
   normalised source and target hardness weights (0 when every weight is 0);
 * ``conf t``: fraction of target samples whose global-branch confidence reaches the alignment
@@ -23,28 +25,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
+from cmfer import runtime
 from torch import Tensor
+from train_cmfer import build_run, config_from_args, forward_loss, update
 
-HERE = Path(__file__).resolve().parent
-
-
-def _script() -> Any:
-    """Import train_cmfer.py (examples/ is not a package)."""
-    if "train_cmfer" in sys.modules:
-        return sys.modules["train_cmfer"]
-    spec = importlib.util.spec_from_file_location("train_cmfer", HERE / "train_cmfer.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_cmfer"] = module
-    spec.loader.exec_module(module)
-    return module
+from lacmfer.functional import hardness_weights
 
 
 def grad_norm(value: Tensor, params: Sequence[Tensor]) -> float:
@@ -62,81 +50,56 @@ def effective_size(w: Tensor) -> float:
 
 
 def diagnose(argv: Optional[Sequence[str]] = None) -> list[dict[str, float]]:
-    """Run the diagnostics; ``argv`` holds ``--every`` and any train_cmfer flags."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=True)
+    """Run the diagnostics; ``argv`` holds ``--every`` and any train_cmfer flags (``--method
+    lacmfer``, the default, gives every column; a baseline gives the CE and mask columns)."""
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--every", type=int, default=20, help="steps between two rows")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     own, rest = p.parse_known_args(argv)
     if own.threads:
         torch.set_num_threads(own.threads)
-    script = _script()
-    from cmfer import runtime
-
-    from lacmfer.data import normalize
-    from lacmfer.functional import hardness_weights
-
-    cfg = script.config_from_args([*rest, "--no-progress", "--device", "cpu"])
-    run = script.build_run(cfg, runtime.DistInfo(), torch.device("cpu"), None)
-    objective = run.objective
+    cfg = config_from_args([*rest, "--no-progress", "--device", "cpu"])
+    run = build_run(cfg, runtime.DistInfo(), torch.device("cpu"), None)
     params = [q for q in run.model.parameters() if q.requires_grad]
     rows: list[dict[str, float]] = []
-    header = (
+    print(f"{cfg.method} → {run.data.target_name}, {cfg.steps} steps, seed {cfg.seed}")
+    print(
         f"{'step':>5} {'CE':>6} {'|∇CE|':>7} {'|∇SID|':>7} {'|∇CID|':>7} {'|∇MCC|':>7} "
         f"{'|∇MVV|':>7} {'n_eff s':>7} {'n_eff t':>7} {'conf t':>6} {'kept':>5} {'pl acc':>6}"
     )
-    print(f"{cfg.method} → {run.data.target_name}, {cfg.steps} steps, seed {cfg.seed}")
-    print(header)
     run.model.train()
     for step in range(cfg.steps + 1):
         batch = run.data.next_batch()
-        x_s, x_t = batch.x_s, batch.x_t
-        if run.augment is not None:
-            x_s = run.augment(x_s, generator=run.aug_gen)
-            x_t = run.augment(x_t, generator=run.aug_gen)
-        out_s, out_t = run.step_fn(normalize(x_s), normalize(x_t))
-        loss, _ = objective(out_s, batch.y_s, batch.d_s, out_t)
+        terms, out_s, out_t = forward_loss(run, batch)
         if step % own.every == 0 or step == cfg.steps:
-            ramp = float(objective.adaptation_ramp())
-            ce = F.cross_entropy(out_s.logits_g, batch.y_s, label_smoothing=cfg.label_smoothing)
-            ce = ce + F.cross_entropy(
-                out_s.logits_l, batch.y_s, label_smoothing=cfg.label_smoothing
+            w = terms.adaptation_weight
+            zero = terms.ce.new_zeros(())
+            sid, cid = getattr(terms, "sid", zero), getattr(terms, "cid", zero)
+            consistency, voting = (
+                getattr(terms, "consistency", zero),
+                getattr(terms, "voting", zero),
             )
-            sid = cid = mcc = mvv = loss.new_zeros(())
-            if objective.align is not None:
-                for name, o_s, o_t in (
-                    ("global", (out_s.feat_g, out_s.logits_g), (out_t.feat_g, out_t.logits_g)),
-                    ("local", (out_s.feat_l, out_s.logits_l), (out_t.feat_l, out_t.logits_l)),
-                ):
-                    terms = objective._alignment(name, *o_s, batch.y_s, *o_t, batch.d_s)
-                    sid = sid + terms["sid"]
-                    cid = cid + terms["loss"] - terms["sid"]
-            if objective.consistency is not None:
-                mcc = objective.consistency(out_t.logits_g, out_t.logits_l)
-            if objective.refiner is not None:
-                mvv = objective.refiner(out_t.logits_g, out_t.logits_l).loss
-            w_s, w_t = hardness_weights(
-                out_s.logits_g, batch.y_s, out_t.logits_g, threshold=cfg.align_threshold
-            )
-            prob_t = out_t.logits_g.detach().softmax(1)
+            prob_t = out_t.logits_g.detach().float().softmax(1)
             conf = prob_t.amax(1) >= cfg.align_threshold
             correct = (prob_t.argmax(1) == batch.y_t) & conf
-            a = cfg.align_weight * ramp
+            w_s, w_t = hardness_weights(
+                out_s.logits_g.float(), batch.y_s, out_t.logits_g.float(),
+                threshold=cfg.align_threshold,
+            )  # fmt: skip
             row = {
                 "step": float(step),
-                "ce": float(ce.detach()),
-                "grad_ce": grad_norm(ce, params),
-                "grad_sid": grad_norm(a * sid, params),
-                "grad_cid": grad_norm(a * cid, params),
-                "grad_mcc": grad_norm(cfg.consistency_weight * ramp * mcc, params),
-                "grad_mvv": grad_norm(cfg.voting_weight * ramp * mvv, params),
+                "ce": float(terms.ce.detach()),
+                "grad_ce": grad_norm(terms.ce, params),
+                "grad_sid": grad_norm(w * cfg.align_weight * sid, params),
+                "grad_cid": grad_norm(w * cfg.align_weight * cfg.cid_weight * cid, params),
+                "grad_mcc": grad_norm(w * cfg.consistency_weight * consistency, params),
+                "grad_mvv": grad_norm(w * cfg.voting_weight * voting, params),
                 "n_eff_s": effective_size(w_s),
                 "n_eff_t": effective_size(w_t),
                 "conf_t": float(conf.float().mean()),
-                "kept": 0.0,
+                "kept": float(getattr(terms, "kept_fraction", zero)),
                 "pl_acc": float(correct.sum()) / max(1, int(conf.sum())),
             }
-            if objective.refiner is not None:
-                row["kept"] = float(objective.refiner.kept_fraction)
             rows.append(row)
             print(
                 f"{step:>5} {row['ce']:>6.3f} {row['grad_ce']:>7.3f} {row['grad_sid']:>7.3f} "
@@ -147,11 +110,7 @@ def diagnose(argv: Optional[Sequence[str]] = None) -> list[dict[str, float]]:
             )
         if step == cfg.steps:
             break
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        run.optimizer.step()
-        run.scheduler.step()
-        objective.step()
+        update(run, terms.loss, batch.x_s.shape[0] + batch.x_t.shape[0])
     run.data.close()
     return rows
 

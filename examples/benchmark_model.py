@@ -6,11 +6,12 @@ Prints one markdown table with:
 2. :class:`~lacmfer.modules.LocalPatchBranch` forward + backward, patches folded into the batch
    (one call per shared sub-network, ``patch_norm="per_patch"`` and ``"joint"``) against one call
    per patch (the paper's code), with the ratio;
-3. the share of a training step spent in the losses: a full step of the SPEC §4 objective
-   (model on the source batch, model on the target batch, label-smoothed CE on both heads,
-   dual-level alignment on both branches, clustering consistency, multi-view voting, backward,
-   SGD step) against the same step with only the two CE terms. Dropping the adaptation terms also
-   drops the backward through the target forward, so a third step keeps that backward
+3. the share of a training step spent in the losses: a full step of the objective
+   (:class:`~lacmfer.losses.LACMFERLoss`: model on the source batch, model on the target batch,
+   label-smoothed CE on both heads, dual-level alignment on both branches, clustering consistency,
+   multi-view voting, backward, SGD step) against the same step with only the two CE terms.
+   Dropping the adaptation terms also drops the backward through the target forward, so a third
+   step keeps that backward
    (CE + 0·target outputs) and isolates the loss terms' own cost; a last row times the loss terms
    alone (forward + backward on fixed features and logits).
 
@@ -31,9 +32,9 @@ import time
 from typing import Any, Callable, Optional
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from lacmfer.losses import LACMFERLoss
 from lacmfer.modules import LACMFER, LACMFEROutput, LocalPatchBranch, PatchBatchNorm2d
 
 
@@ -109,45 +110,28 @@ def _backward(fn: Callable[[Tensor], Tensor], x: Tensor) -> Callable[[], None]:
     return step
 
 
-def _objective_terms(
-    out_s: LACMFEROutput, y_s: Tensor, out_t: LACMFEROutput, losses: dict[str, nn.Module]
-) -> Tensor:
-    """The SPEC §4 adaptation terms: 0.4·Σ_b (SID + 0.02·CID) + 0.5·MCC + 0.1·MVV."""
-    align = losses["align"]
-    inter = align(out_s.feat_g, out_s.logits_g, y_s, out_t.feat_g, out_t.logits_g) + align(
-        out_s.feat_l, out_s.logits_l, y_s, out_t.feat_l, out_t.logits_l
-    )
-    mcc = losses["mcc"](out_t.logits_g, out_t.logits_l)
-    mvv = losses["mvv"](out_t.logits_g, out_t.logits_l).loss
-    return 0.4 * inter + 0.5 * mcc + 0.1 * mvv
-
-
 def training_step(
     model: LACMFER,
     x_s: Tensor,
     y_s: Tensor,
     x_t: Tensor,
     optimizer: torch.optim.Optimizer,
-    losses: dict[str, nn.Module],
-    mode: str,
+    loss_fn: LACMFERLoss,
+    keep_target_graph: bool = False,
 ) -> Callable[[], None]:
-    """One SPEC §4 step (``mode="full"``) or the same step without the adaptation terms.
+    """One training step with ``loss_fn``: the full objective, or the source-only one.
 
-    ``mode="ce"``: only the two label-smoothed CE terms (the target forward is then not
-    backpropagated). ``mode="ce+target"``: CE plus ``0·Σ(z_G^t + z_L^t + f_G^t + f_L^t)``, so the
-    backward covers the target graph exactly as in the full step, without computing any loss term.
+    With ``keep_target_graph`` the loss gets ``0·Σ(z_G^t + z_L^t + f_G^t + f_L^t)``, so that a
+    source-only step backpropagates through the target forward exactly as the full step does,
+    without computing any adaptation term.
     """
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         out_s = model(x_s)  # separate forward calls: per-domain BatchNorm statistics
         out_t = model(x_t)
-        loss = F.cross_entropy(out_s.logits_g, y_s, label_smoothing=0.1) + F.cross_entropy(
-            out_s.logits_l, y_s, label_smoothing=0.1
-        )
-        if mode == "full":
-            loss = loss + _objective_terms(out_s, y_s, out_t, losses)
-        elif mode == "ce+target":
+        loss = loss_fn(out_s, y_s, out_t).loss
+        if keep_target_graph:
             loss = loss + 0.0 * sum(t.sum() for t in out_t[:4])
         loss.backward()
         optimizer.step()
@@ -156,7 +140,7 @@ def training_step(
 
 
 def losses_alone(
-    model: LACMFER, x_s: Tensor, y_s: Tensor, x_t: Tensor, losses: dict[str, nn.Module]
+    model: LACMFER, x_s: Tensor, y_s: Tensor, x_t: Tensor, loss_fn: LACMFERLoss
 ) -> Callable[[], None]:
     """Forward + backward of the adaptation terms on fixed (leaf) features and logits."""
     with torch.no_grad():
@@ -165,7 +149,8 @@ def losses_alone(
     leaves_t = LACMFEROutput(*(t.detach().requires_grad_(True) for t in out_t))
 
     def step() -> None:
-        _objective_terms(leaves_s, y_s, leaves_t, losses).backward()
+        terms = loss_fn(leaves_s, y_s, leaves_t)
+        (terms.loss - terms.ce).backward()
 
     return step
 
@@ -287,65 +272,58 @@ def main(argv: Optional[list[str]] = None) -> str:
         )
 
     if "step" not in args.skip:
-        try:
-            from lacmfer.losses import (
-                DualLevelInterDomainAlignment,
-                MultiViewClusteringConsistency,
-                PseudoLabelRefiner,
+        full = LACMFERLoss()
+        source_only = LACMFERLoss(sid=False, cid=False, consistency="none", voting=False)
+        setting = f"B_s=B_t={b}, {s}x{s}"
+        # each mode on its own copy of the model and optimiser, timed round-robin
+        fns: dict[str, Callable[[], object]] = {}
+        modes = {
+            "ce": (source_only, False),
+            "ce+target": (source_only, True),
+            "full": (full, False),
+        }
+        for mode, (loss_fn, keep_target_graph) in modes.items():
+            m = copy.deepcopy(model)
+            o = torch.optim.SGD(
+                m.parameter_groups(1e-2, weight_decay=1e-4),
+                lr=1e-2,
+                momentum=0.9,
+                nesterov=True,
             )
-        except ImportError as exc:  # the losses land separately
-            notes.append(f"training-step rows skipped: lacmfer.losses is not importable ({exc})")
-        else:
-            losses: dict[str, nn.Module] = {
-                "align": DualLevelInterDomainAlignment(),
-                "mcc": MultiViewClusteringConsistency(),
-                "mvv": PseudoLabelRefiner(),
-            }
-            setting = f"B_s=B_t={b}, {s}x{s}"
-            # each mode on its own copy of the model and optimiser, timed round-robin
-            fns: dict[str, Callable[[], object]] = {}
-            for mode in ("ce", "ce+target", "full"):
-                m = copy.deepcopy(model)
-                o = torch.optim.SGD(
-                    m.parameter_groups(1e-2, weight_decay=1e-4),
-                    lr=1e-2,
-                    momentum=0.9,
-                    nesterov=True,
-                )
-                fns[mode] = training_step(m, x_s, y_s, x_t, o, losses, mode)
-            fns["alone"] = losses_alone(model, x_s, y_s, x_t, losses)
-            times = time_many(fns, device, **timing)
-            t_alone = times["alone"]
-            t_full = times["full"]
-            rows.append(
-                (f"{name} train step, CE only", setting, f"{times['ce'] * 1e3:.1f}", "baseline")
+            fns[mode] = training_step(m, x_s, y_s, x_t, o, loss_fn, keep_target_graph)
+        fns["alone"] = losses_alone(model, x_s, y_s, x_t, full)
+        times = time_many(fns, device, **timing)
+        t_alone = times["alone"]
+        t_full = times["full"]
+        rows.append(
+            (f"{name} train step, CE only", setting, f"{times['ce'] * 1e3:.1f}", "baseline")
+        )
+        rows.append(
+            (
+                f"{name} train step, CE + 0·(target outputs)",
+                setting,
+                f"{times['ce+target'] * 1e3:.1f}",
+                "same backward graph as full, no loss terms",
             )
-            rows.append(
-                (
-                    f"{name} train step, CE + 0·(target outputs)",
-                    setting,
-                    f"{times['ce+target'] * 1e3:.1f}",
-                    "same backward graph as full, no loss terms",
-                )
+        )
+        rows.append(
+            (
+                f"{name} train step, full LACMFERLoss objective",
+                setting,
+                f"{t_full * 1e3:.1f}",
+                f"{2 * b / t_full:.1f} img/s; vs CE only: {100 * (t_full - times['ce']) / t_full:+.1f}%"
+                f" of the step (incl. target backward); vs CE + target: "
+                f"{100 * (t_full - times['ce+target']) / t_full:+.1f}%",
             )
-            rows.append(
-                (
-                    f"{name} train step, full SPEC §4 objective",
-                    setting,
-                    f"{t_full * 1e3:.1f}",
-                    f"{2 * b / t_full:.1f} img/s; vs CE only: {100 * (t_full - times['ce']) / t_full:+.1f}%"
-                    f" of the step (incl. target backward); vs CE + target: "
-                    f"{100 * (t_full - times['ce+target']) / t_full:+.1f}%",
-                )
+        )
+        rows.append(
+            (
+                "SID+CID (both branches) + MCC + MVV alone, fwd+bwd",
+                f"B_s=B_t={b}, D_G={model.feature_dims[0]}, D_L={model.feature_dims[1]}",
+                f"{t_alone * 1e3:.1f}",
+                f"{100 * t_alone / t_full:.1f}% of the full step",
             )
-            rows.append(
-                (
-                    "SID+CID (both branches) + MCC + MVV alone, fwd+bwd",
-                    f"B_s=B_t={b}, D_G={model.feature_dims[0]}, D_L={model.feature_dims[1]}",
-                    f"{t_alone * 1e3:.1f}",
-                    f"{100 * t_alone / t_full:.1f}% of the full step",
-                )
-            )
+        )
 
     threads = torch.get_num_threads()
     lines = [

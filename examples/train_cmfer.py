@@ -2,21 +2,14 @@
 r"""Train LA-CMFER for cross-multidomain facial expression recognition (CMFER), end to end.
 
 Labelled source domains, one unlabelled target domain, one model that must work on the target.
-The script composes the library -- the :class:`~lacmfer.modules.LACMFER` model, one
-:class:`~lacmfer.losses.DualLevelInterDomainAlignment` per branch,
-:class:`~lacmfer.losses.MultiViewClusteringConsistency` and :class:`~lacmfer.losses.PseudoLabelRefiner`
--- with the paper's objective and recipe (SPEC §4) as its defaults:
-
-.. math::
-
-    L = \mathrm{CE}_{ls}(z_G^s, y) + \mathrm{CE}_{ls}(z_L^s, y)
-        + 0.4 \sum_{b \in \{G, L\}} (L_{sid}^b + 0.02\, L_{cid}^b) + 0.5\, L_{mcc} + 0.1\, L_{mvv},
-
-SGD (Nesterov, momentum 0.9, weight decay 1e-4), lr 1e-3 for the encoder and 1e-2 for branches and
-heads, inverse decay ``lr·(1 + 10·min(1, t/T))^-0.75`` with ``T = steps // 2`` (the paper's
-T = 10 000 for 20 000 steps, scaled with ``--steps``), 128 source + 128 target images a step,
-224×224, augmentation on the batches. Source and target batches go through the model in separate
-calls, so BatchNorm normalises each domain with its own statistics.
+The script composes the library: the :class:`~lacmfer.modules.LACMFER` model and the whole
+objective :class:`~lacmfer.losses.LACMFERLoss` (``docs/method.rst``), with the paper's recipe as its
+defaults: SGD (Nesterov, momentum 0.9, weight decay 1e-4), lr 1e-3 for the encoder and 1e-2 for
+branches and heads, inverse decay ``lr·(1 + 10·min(1, t/T))^-0.75`` with ``T = steps // 2`` (the
+paper's T = 10 000 for 20 000 steps), 128 source + 128 target images a step, 224×224, augmentation
+on the batches. Source and target batches go through the model in separate calls, so BatchNorm
+normalises each domain with its own statistics. ``--method`` swaps the objective for a baseline
+(source-only, MMD, DANN, CORAL, M3SDA, MCC) with the same model, data and recipe.
 
 Usage::
 
@@ -24,26 +17,30 @@ Usage::
     python examples/train_cmfer.py --preset smoke     # seconds on a CPU
     python examples/train_cmfer.py --method source-only --target CK+ --out runs/src
     python examples/train_cmfer.py --preset paper --data-root /data/fer/datasets \
-        --lists shared/data/fer_lists --domains CK+,JAFFE,Oulu-CASIA,RAF-DB,FER-2013 \
+        --domains CK+,JAFFE,Oulu-CASIA,RAF-DB,FER-2013 \
         --encoder-weights resnet18-f37072fd.pth --target all --out runs/paper
     torchrun --nproc_per_node=4 examples/train_cmfer.py --preset paper ...   # DDP, same flags
 
 Presets (``examples/configs/<name>.yaml``; ``--config FILE`` and flags override them): ``cpu`` is
-the default on a CPU (LACMFER.tiny, 64×64, a few minutes on 2 cores), ``gpu`` the default with
-CUDA (full widths, 112×112, bf16), ``paper`` the recipe above, ``smoke`` seconds for tests,
-``benchmark`` one run of ``examples/run_synthetic_benchmark.py``. Without an ImageNet encoder
-(``--encoder-weights``) the cpu/gpu/benchmark presets train the encoder at the full lr.
+the default on a CPU (LACMFER.tiny on small images, a few minutes on 2 cores), ``gpu`` the default
+with CUDA, ``paper`` the recipe above, ``smoke`` seconds for tests, ``benchmark`` one run of
+``examples/run_synthetic_benchmark.py``. The cpu, gpu and benchmark presets start from the encoder
+that ``examples/pretrain_encoder.py`` pretrains offline on a proxy task (built on first use), as the
+paper starts from ImageNet weights.
 
 Under ``torchrun`` each rank takes ``--batch-size / world_size`` images of one global stream, the
 losses compute their batch statistics over the global batch (``sync_dist``), rank 0 writes the
-outputs, and ``--resume`` works the same way.
+outputs, and ``--resume`` works the same way (with the same number of ranks).
 
-Outputs in ``--out``: ``metrics.jsonl`` (training losses every ``--log-every`` steps, target
-evaluation every ``--eval-every`` steps), ``summary.json`` (config, final-step metrics = THE result,
-best-over-training = selection on the test set, wall time, images/s), ``checkpoints/`` (``last.pt``
-and periodic ones; ``--resume`` continues exactly), ``confusion.png`` and ``curves.png`` (with
-matplotlib), ``tb/`` (with TensorBoard). Target labels are used for evaluation and for logged
-diagnostics only (pseudo-label accuracy); they never reach a loss.
+Outputs in ``--out``: ``metrics.jsonl`` (training losses every ``--log-every`` steps; target
+evaluation and the unsupervised validators every ``--eval-every`` steps), ``summary.json`` (config;
+``final``: the last step's metrics, THE result; ``selected``: the checkpoint chosen by
+``--select-by`` without target labels; ``oracle``: best test accuracy over training, selection on
+the test set, not a valid result), ``checkpoints/`` (``last.pt``, periodic ones and
+``selected.pt``; ``--resume`` continues exactly, also with a larger ``--steps``), ``confusion.png``
+and ``curves.png`` (with matplotlib), ``tb/`` (with TensorBoard). Target labels are used for
+evaluation and for logged diagnostics only (pseudo-label accuracy); they never reach a loss, a
+validator or the selection.
 
 Run ``python examples/train_cmfer.py --help`` for every option.
 """
@@ -53,212 +50,182 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, cast
+from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
+from cmfer import runtime
+from cmfer.config import TrainConfig, config_from_args
+from cmfer.data import CMFERData, TrainBatch, build_data
+from cmfer.metrics import classification_metrics, confusion_matrix
+from cmfer.report import MetricsLog, Progress, json_safe, plot_confusion, plot_curves, read_jsonl
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the `cmfer` support package
-
-from cmfer import runtime
-from cmfer.config import TrainConfig, config_from_args
-from cmfer.data import TARGETS, CMFERData, TrainBatch, build_data  # noqa: F401 (TARGETS: public)
-from cmfer.metrics import classification_metrics, confusion_matrix
-from cmfer.report import (
-    MetricsLog,
-    Progress,
-    json_safe,
-    plot_confusion,
-    plot_curves,
-    read_jsonl,
-)
-
 from lacmfer.data import CLASSES, FERAugment, normalize
-from lacmfer.functional import mmd2, refine_pseudo_labels
+from lacmfer.functional import linear_warmup, mmd2, refine_pseudo_labels
 from lacmfer.losses import (
-    DualLevelInterDomainAlignment,
-    MultiViewClusteringConsistency,
-    PseudoLabelRefiner,
+    CORALLoss,
+    DomainAdversarialLoss,
+    LACMFERLoss,
+    MinimumClassConfusionLoss,
+    MomentMatchingLoss,
 )
 from lacmfer.modules import LACMFER, LACMFEROutput
+from lacmfer.validation import SourceAccuracy, ValidatorSuite
 
-BEST_LABEL = "selection on the test set (best over training; not a valid result)"
+ORACLE_LABEL = "selection on the test set (best over training; not a valid result)"
 
 
 # ------------------------------------------------------------------------------------------ model
-def build_model(cfg: TrainConfig, num_classes: int) -> LACMFER:
+def encoder_weights(cfg: TrainConfig, info: runtime.DistInfo) -> Optional[str]:
+    """The encoder file: the user's, or ``"synthetic"`` = the offline-pretrained one (rank 0
+    builds it on first use while the other ranks wait)."""
+    if cfg.encoder_weights != "synthetic":
+        return cfg.encoder_weights
+    from cmfer.pretrain import ensure_encoder
+
+    path = ensure_encoder(progress=info.is_main) if info.is_main else None
+    if info.enabled:
+        path = runtime.gather_objects(path, info)[0]
+    return str(path)
+
+
+def build_model(cfg: TrainConfig, num_classes: int, weights: Optional[str]) -> LACMFER:
     """The paper's model (``--width full``) or its narrow CPU preset (``--width tiny``)."""
-    kwargs: dict[str, Any] = {"share": cfg.share, "encoder_weights": cfg.encoder_weights}
+    kwargs: dict[str, Any] = {"share": cfg.share, "encoder_weights": weights}
     if cfg.width == "tiny":
         return LACMFER.tiny(num_classes, **kwargs)
     return LACMFER(num_classes, **kwargs)
 
 
-class DomainPair(nn.Module):
-    """Runs the model on the source batch and on the target batch in two separate calls.
-
-    Separate calls give each domain its own BatchNorm statistics (SPEC §1). Wrapping both calls in
-    one module gives DistributedDataParallel and ``torch.compile`` a single forward per step.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x_s: Tensor, x_t: Tensor) -> tuple[LACMFEROutput, LACMFEROutput]:
-        return self.model(x_s), self.model(x_t)
-
-
 # -------------------------------------------------------------------------------------- objective
-def view_discrepancy(logits_g: Tensor, logits_l: Tensor, kind: str, on_logits: bool) -> Tensor:
-    """Per-sample L1 / MSE / symmetric-KL discrepancy between the two views (the paper's ablation
-    alternatives to MCC), averaged over the batch. On probabilities unless ``on_logits``."""
-    a, b = (logits_g, logits_l) if on_logits else (logits_g.softmax(1), logits_l.softmax(1))
-    if kind == "l1":
-        return (a - b).abs().sum(1).mean()
-    if kind == "mse":
-        return (a - b).square().sum(1).mean()
-    log_a, log_b = logits_g.log_softmax(1), logits_l.log_softmax(1)
-    kl_ab = (log_a.exp() * (log_a - log_b)).sum(1)
-    kl_ba = (log_b.exp() * (log_b - log_a)).sum(1)
-    return ((kl_ab + kl_ba) / 2).mean()
+#: Default weights of the baselines' losses, from their papers: DANN 1.0 with its reversal schedule
+#: (Ganin et al., JMLR 2016), CORAL 1.0 (Sun & Saenko, ECCV-W 2016), M3SDA 0.5 (Peng et al., ICCV
+#: 2019), MCC 1.0 (Jin et al., ECCV 2020); MMD takes LA-CMFER's alignment weight 0.4.
+BASELINE_WEIGHTS = {"mmd": 0.4, "dann": 1.0, "coral": 1.0, "m3sda": 0.5, "mcc": 1.0}
 
 
-class Objective(nn.Module):
-    r"""The training loss of ``--method`` (SPEC §4), holding the loss modules and their state.
+class BaselineTerms(NamedTuple):
+    """What :class:`BaselineLoss` returns: the total, its parts, and the warm-up factor."""
 
-    ``forward(out_s, labels_s, domains_s, out_t)`` returns the total loss and a dict of its detached
-    parts. It receives no target labels: the target side is unlabelled by construction.
-    """
+    loss: Tensor
+    ce: Tensor
+    align: Tensor
+    adaptation_weight: Tensor
 
-    def __init__(self, cfg: TrainConfig, num_domains: int, *, sync_dist: bool) -> None:
+
+class BaselineLoss(nn.Module):
+    """Source-only, or a baseline: ``CE_ls(z_G^s) + CE_ls(z_L^s) + w·Σ_b L_b`` with the baseline's
+    loss :math:`L_b` on each branch (features, or the target logits for MCC), the same warm-up as
+    :class:`~lacmfer.losses.LACMFERLoss`, and the same call form."""
+
+    def __init__(
+        self, cfg: TrainConfig, *, feature_dims: tuple[int, int], num_domains: int, sync_dist: bool
+    ) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.num_domains = num_domains
-        self.align: Optional[nn.ModuleDict] = None
-        self.consistency: Optional[nn.Module] = None
-        self.refiner: Optional[PseudoLabelRefiner] = None
-        # Steps taken, for the warm-up of the adaptation terms (in state_dict: exact resume).
-        self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
-        if cfg.method == "lacmfer":
-            if cfg.sid or cfg.cid:
-                self.align = nn.ModuleDict(
-                    {
-                        branch: DualLevelInterDomainAlignment(
-                            threshold=cfg.align_threshold,
-                            kernel_num=cfg.kernel_num,
-                            kernel_mul=cfg.kernel_mul,
-                            cluster_weight=cfg.cid_weight,
-                            cluster_ramp=cfg.cluster_ramp,
-                            ramp_steps=cfg.steps,
-                            num_domains=num_domains if cfg.per_source else None,
-                            sync_dist=sync_dist,
-                        )
-                        for branch in ("global", "local")
-                    }
-                )
-            if cfg.consistency_enabled and cfg.consistency == "mcc":
-                self.consistency = MultiViewClusteringConsistency(
-                    from_logits=cfg.consistency_on_logits, sync_dist=sync_dist
-                )
-            if cfg.voting:
-                self.refiner = PseudoLabelRefiner(
-                    threshold=cfg.pseudo_threshold, sync_dist=sync_dist
-                )
-
-    def _alignment(
-        self,
-        branch: str,
-        feat_s: Tensor,
-        logits_s: Tensor,
-        labels_s: Tensor,
-        feat_t: Tensor,
-        logits_t: Tensor,
-        domains_s: Tensor,
-    ) -> dict[str, Tensor]:
-        assert self.align is not None
-        module = cast(DualLevelInterDomainAlignment, self.align[branch])
-        domains = domains_s if self.cfg.per_source else None
-        terms = module(
-            feat_s, logits_s, labels_s, feat_t, logits_t, domains_s=domains, return_terms=True
+        self.method, self.cfg = cfg.method, cfg
+        self.weight = (
+            cfg.baseline_weight
+            if cfg.baseline_weight is not None
+            else BASELINE_WEIGHTS.get(cfg.method, 0.0)
         )
-        sid = terms.sid if self.cfg.sid else terms.sid.new_zeros(())
-        cid = terms.cid if self.cfg.cid else terms.cid.new_zeros(())
-        return {"sid": sid, "cid": cid, "loss": sid + module.current_cluster_weight() * cid}
+        per_source = num_domains if cfg.per_source else None
+        self.per_source = per_source is not None
+        self.register_buffer("num_steps", torch.zeros((), dtype=torch.int64))
+        losses: list[nn.Module] = []
+        if cfg.method == "dann":
+            losses = [
+                DomainAdversarialLoss(
+                    d, num_domains=per_source, max_steps=cfg.schedule_steps, sync_dist=sync_dist
+                )
+                for d in feature_dims
+            ]
+        elif cfg.method == "coral":
+            losses = [CORALLoss(num_domains=per_source, sync_dist=sync_dist) for _ in feature_dims]
+        elif cfg.method == "m3sda":
+            losses = [MomentMatchingLoss(num_domains=num_domains, sync_dist=sync_dist)] * 2
+        elif cfg.method == "mcc":
+            losses = [MinimumClassConfusionLoss(sync_dist=sync_dist)] * 2
+        self.branch_losses = nn.ModuleList(losses)
+
+    def _branch(self, b: int, f_s: Tensor, f_t: Tensor, z_t: Tensor, d_s: Tensor) -> Tensor:
+        if self.method == "mmd":
+            return mmd2(f_s, f_t, kernel_num=self.cfg.kernel_num, kernel_mul=self.cfg.kernel_mul)
+        loss_fn = self.branch_losses[b]
+        if self.method == "m3sda":
+            return loss_fn(f_s, d_s, f_t)
+        if self.method == "mcc":
+            return loss_fn(z_t)
+        return loss_fn(f_s, f_t, d_s if self.per_source else None)
 
     def forward(
-        self, out_s: LACMFEROutput, labels_s: Tensor, domains_s: Tensor, out_t: LACMFEROutput
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        cfg = self.cfg
-        ce = F.cross_entropy(out_s.logits_g, labels_s, label_smoothing=cfg.label_smoothing)
-        ce = ce + F.cross_entropy(out_s.logits_l, labels_s, label_smoothing=cfg.label_smoothing)
-        zero = ce.new_zeros(())
-        parts: dict[str, Tensor] = {"ce": ce, "align": zero, "consistency": zero, "voting": zero}
-        branches = {
-            "global": (out_s.feat_g, out_s.logits_g, out_t.feat_g, out_t.logits_g),
-            "local": (out_s.feat_l, out_s.logits_l, out_t.feat_l, out_t.logits_l),
-        }
-        if cfg.method == "mmd":
-            parts["align"] = sum(
-                (
-                    mmd2(f_s, f_t, kernel_num=cfg.kernel_num, kernel_mul=cfg.kernel_mul)
-                    for f_s, _, f_t, _ in branches.values()
-                ),
-                zero,
-            )
-        elif self.align is not None:
-            sid, cid, align = zero, zero, zero
-            for name, (f_s, z_s, f_t, z_t) in branches.items():
-                terms = self._alignment(name, f_s, z_s, labels_s, f_t, z_t, domains_s)
-                sid, cid, align = sid + terms["sid"], cid + terms["cid"], align + terms["loss"]
-            parts.update(align=align, sid=sid, cid=cid)
-        if cfg.method == "lacmfer" and cfg.consistency_enabled:
-            if self.consistency is not None:
-                parts["consistency"] = self.consistency(out_t.logits_g, out_t.logits_l)
-            else:
-                parts["consistency"] = view_discrepancy(
-                    out_t.logits_g, out_t.logits_l, cfg.consistency, cfg.consistency_on_logits
-                )
-        if self.refiner is not None:
-            refined = self.refiner(out_t.logits_g, out_t.logits_l)
-            parts["voting"] = refined.loss
-        if cfg.adapt_after == 0 and cfg.adapt_warmup == 0:  # the paper: adaptation from step 0
-            loss = (
-                ce
-                + cfg.align_weight * parts["align"]
-                + cfg.consistency_weight * parts["consistency"]
-                + cfg.voting_weight * parts["voting"]
-            )
-        else:
-            adaptation = (
-                cfg.align_weight * parts["align"]
-                + cfg.consistency_weight * parts["consistency"]
-                + cfg.voting_weight * parts["voting"]
-            )
-            loss = ce + self.adaptation_ramp() * adaptation
-        parts["loss"] = loss
-        return loss, {k: v.detach() for k, v in parts.items()}
-
-    def adaptation_ramp(self) -> Tensor:
-        """Factor on all adaptation terms at step ``t``: 0 before ``adapt_after``, then rising
-        linearly to 1 over ``adapt_warmup`` steps (at once without warm-up)."""
-        since = cast(Tensor, self.num_steps).to(torch.float32) - self.cfg.adapt_after
-        if self.cfg.adapt_warmup == 0:
-            return (since >= 0).to(torch.float32)
-        return (since / self.cfg.adapt_warmup).clamp(0.0, 1.0)
+        self, out_s: LACMFEROutput, labels_s: Tensor, out_t: LACMFEROutput, domains_s: Tensor
+    ) -> BaselineTerms:
+        ls = self.cfg.label_smoothing
+        ce = F.cross_entropy(out_s.logits_g, labels_s, label_smoothing=ls)
+        ce = ce + F.cross_entropy(out_s.logits_l, labels_s, label_smoothing=ls)
+        align = ce.new_zeros(())
+        if self.method != "source-only":
+            branches = ((out_s.feat_g, out_t.feat_g, out_t.logits_g),
+                        (out_s.feat_l, out_t.feat_l, out_t.logits_l))  # fmt: skip
+            for b, (f_s, f_t, z_t) in enumerate(branches):
+                align = align + self._branch(b, f_s, f_t, z_t, domains_s)
+        factor = linear_warmup(
+            self.num_steps, delay=self.cfg.adapt_after, duration=self.cfg.adapt_warmup
+        ).to(ce.device)
+        return BaselineTerms(ce + factor * self.weight * align, ce, align, factor)
 
     def step(self) -> None:
-        """Advance the training progress (the warm-up and the loss modules' CID ramp)."""
-        cast(Tensor, self.num_steps).add_(1)
-        if self.align is not None:
-            for module in self.align.values():
-                cast(DualLevelInterDomainAlignment, module).step()
+        with torch.no_grad():
+            self.num_steps.add_(1)
+        for loss_fn in self.branch_losses:
+            if isinstance(loss_fn, DomainAdversarialLoss):
+                loss_fn.step()
+
+
+Objective = Union[LACMFERLoss, BaselineLoss]
+
+
+def build_objective(
+    cfg: TrainConfig, model: LACMFER, num_domains: int, sync_dist: bool
+) -> Objective:
+    """``LACMFERLoss`` with the config's settings, or the baseline of ``--method``."""
+    if cfg.method != "lacmfer":
+        return BaselineLoss(
+            cfg, feature_dims=model.feature_dims, num_domains=num_domains, sync_dist=sync_dist
+        )
+    return LACMFERLoss(
+        label_smoothing=cfg.label_smoothing, align_weight=cfg.align_weight,
+        cid_weight=cfg.cid_weight, consistency_weight=cfg.consistency_weight,
+        voting_weight=cfg.voting_weight, align_threshold=cfg.align_threshold,
+        pseudo_threshold=cfg.pseudo_threshold, kernel_num=cfg.kernel_num,
+        kernel_mul=cfg.kernel_mul, sid=cfg.sid, cid=cfg.cid, consistency=cfg.consistency,
+        consistency_from_logits=cfg.consistency_on_logits, voting=cfg.voting,
+        num_domains=num_domains if cfg.per_source else None, cluster_ramp=cfg.cluster_ramp,
+        ramp_steps=cfg.schedule_steps, adapt_after=cfg.adapt_after,
+        adapt_warmup=cfg.adapt_warmup, sync_dist=sync_dist,
+    )  # fmt: skip
+
+
+class TrainStep(nn.Module):
+    """Model and objective in one module: the source and the target batch in two separate model
+    calls (per-domain BatchNorm), then the loss. One forward per step is what
+    DistributedDataParallel (which also syncs a DANN discriminator's gradients) and
+    ``torch.compile`` want. No target label enters."""
+
+    def __init__(self, model: LACMFER, objective: Objective) -> None:
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(
+        self, x_s: Tensor, labels_s: Tensor, domains_s: Tensor, x_t: Tensor
+    ) -> tuple[Any, LACMFEROutput, LACMFEROutput]:
+        out_s, out_t = self.model(x_s), self.model(x_t)
+        return self.objective(out_s, labels_s, out_t, domains_s), out_s, out_t
 
 
 @torch.no_grad()
@@ -272,7 +239,7 @@ def pseudo_label_diagnostics(out_t: LACMFEROutput, labels_t: Tensor, threshold: 
 
 
 # --------------------------------------------------------------------------------- optimisation
-def inverse_decay(cfg: TrainConfig) -> Callable[[int], float]:
+def inverse_decay(cfg: TrainConfig) -> Any:
     """``t -> (1 + γ·min(1, t/T))^-p``, the paper's schedule with horizon ``T = cfg.lr_decay_steps``."""
     horizon, gamma, power = cfg.lr_decay_steps, cfg.decay_gamma, cfg.decay_power
 
@@ -283,24 +250,161 @@ def inverse_decay(cfg: TrainConfig) -> Callable[[int], float]:
 
 
 def build_optimizer(
-    cfg: TrainConfig, model: LACMFER
+    cfg: TrainConfig, model: LACMFER, objective: nn.Module
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """SGD over the model's groups (encoder at ``lr × encoder_lr_scale``) and, for DANN, the
+    discriminators at ``lr``; the inverse decay scales every group."""
     groups = model.parameter_groups(
         cfg.lr, encoder_lr_scale=cfg.encoder_lr_scale, weight_decay=cfg.weight_decay
     )
-    optimizer = torch.optim.SGD(
-        groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
-    )
+    extra = [p for p in objective.parameters() if p.requires_grad]
+    if extra:
+        groups.append({"params": extra, "lr": cfg.lr, "weight_decay": cfg.weight_decay})
+    nesterov = cfg.nesterov and cfg.momentum > 0
+    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_decay(cfg))
 
 
-# ----------------------------------------------------------------------------------- evaluation
+# ------------------------------------------------------------------------------------------- run
+@dataclass
+class Run:
+    """Everything one training run holds; :func:`checkpoint_state` saves all of it."""
+
+    cfg: TrainConfig
+    info: runtime.DistInfo
+    device: torch.device
+    data: CMFERData
+    model: LACMFER
+    objective: Objective
+    step_fn: nn.Module  # TrainStep, wrapped in DDP and/or torch.compile
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    augment: Optional[FERAugment]
+    aug_gen: torch.Generator
+    memory_format: torch.memory_format
+    log: MetricsLog
+    step: int = 0
+    oracle: Optional[dict[str, Any]] = None  # best test accuracy so far (test-set selection)
+    selected: Optional[dict[str, Any]] = None  # the evaluation --select-by prefers so far
+    train_time: float = 0.0  # seconds in training steps (evaluation and checkpoints excluded)
+    images: int = 0  # images trained on, all ranks
+
+
+RUN_COUNTERS = ("step", "oracle", "selected", "train_time", "images")
+
+
+def build_run(
+    cfg: TrainConfig, info: runtime.DistInfo, device: torch.device, data: Optional[CMFERData]
+) -> Run:
+    if cfg.batch_size % info.world_size or cfg.target_batch % info.world_size:
+        raise ValueError(
+            f"`batch_size` ({cfg.batch_size}) and the target batch ({cfg.target_batch}) must be "
+            f"divisible by the number of ranks ({info.world_size})"
+        )
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    weights = encoder_weights(cfg, info)
+    # The model gets the same seed on every rank (DDP also broadcasts rank 0's weights);
+    # augmentation and the global RNGs get per-rank seeds. The samplers are seeded by cfg.seed
+    # and give each rank its own part of one global stream.
+    runtime.seed_everything(cfg.seed)
+    if data is None:
+        data = build_data(cfg, device=device, rank=info.rank, world_size=info.world_size)
+    model = build_model(cfg, data.num_classes, weights).to(device, memory_format=memory_format)
+    objective = build_objective(cfg, model, data.num_domains, sync_dist=info.enabled).to(device)
+    optimizer, scheduler = build_optimizer(cfg, model, objective)
+    step_fn: nn.Module = TrainStep(model, objective)
+    if info.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        step_fn = DistributedDataParallel(step_fn, device_ids=ids)
+    if cfg.compile:
+        step_fn = torch.compile(step_fn)  # type: ignore[assignment]
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + info.rank + 1)
+    runtime.seed_everything(cfg.seed * 1000 + info.rank + 7)
+    return Run(
+        cfg=cfg,
+        info=info,
+        device=device,
+        data=data,
+        model=model,
+        objective=objective,
+        step_fn=step_fn,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16"),
+        augment=FERAugment() if cfg.augment else None,
+        aug_gen=aug_gen,
+        memory_format=memory_format,
+        log=MetricsLog(Path(cfg.out), enabled=info.is_main, tensorboard=cfg.tensorboard),
+    )
+
+
+# -------------------------------------------------------------------------------------- training
+def forward_loss(run: Run, batch: TrainBatch) -> tuple[Any, LACMFEROutput, LACMFEROutput]:
+    """Augment, normalise, and compute the objective's terms on one step's batches (no update);
+    returns the terms and the model's source and target outputs. The target labels ``batch.y_t``
+    are not passed on."""
+    x_s, x_t = batch.x_s, batch.x_t
+    if run.augment is not None:
+        x_s, x_t = run.augment(x_s, generator=run.aug_gen), run.augment(x_t, generator=run.aug_gen)
+    x_s = normalize(x_s).contiguous(memory_format=run.memory_format)
+    x_t = normalize(x_t).contiguous(memory_format=run.memory_format)
+    with runtime.autocast(run.device, run.cfg.amp):
+        return run.step_fn(x_s, batch.y_s, batch.d_s, x_t)
+
+
+def update(run: Run, loss: Tensor, images: int) -> None:
+    """One optimiser step on ``loss``, then advance the lr schedule and the objective's schedules."""
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    run.objective.step()
+    run.images += images * run.info.world_size
+
+
+def training_step(run: Run, batch: TrainBatch) -> tuple[Any, LACMFEROutput]:
+    """:func:`forward_loss` then :func:`update`; returns the step's terms and target outputs."""
+    terms, _, out_t = forward_loss(run, batch)
+    update(run, terms.loss, batch.x_s.shape[0] + batch.x_t.shape[0])
+    return terms, out_t
+
+
+def loggable(terms: Any) -> dict[str, Tensor]:
+    """The scalar fields of a terms tuple, detached; ``(2,)`` per-branch counts become two fields."""
+    out: dict[str, Tensor] = {}
+    for name, value in terms._asdict().items():
+        value = value.detach().float()
+        if value.numel() == 2:
+            out[f"{name}_g"], out[f"{name}_l"] = value[0], value[1]
+        else:
+            out[name] = value.reshape(())
+    return out
+
+
+def log_training(run: Run, terms: Any, out_t: LACMFEROutput, labels_t: Tensor) -> dict[str, Any]:
+    """Write the step's losses, the lr and the pseudo-label diagnostics (one host sync)."""
+    kept, pl_acc = pseudo_label_diagnostics(out_t, labels_t, run.cfg.pseudo_threshold)
+    parts = {**loggable(terms), "kept_fraction": kept, "pseudo_label_acc": pl_acc}
+    values = torch.stack(list(parts.values())).float().tolist()
+    record = {"kind": "train", "step": run.step, **dict(zip(parts, values))}
+    record["lr"] = run.optimizer.param_groups[-1]["lr"]
+    run.log.write(record)
+    return record
+
+
+# ------------------------------------------------------------------------------------ evaluation
 @torch.no_grad()
-def evaluate(
-    model: LACMFER, data: CMFERData, cfg: TrainConfig, info: runtime.DistInfo
-) -> dict[str, Any]:
-    """Global, local and fused accuracy, per-class accuracy, macro-F1 and confusion matrices on the
-    target test set. Each rank evaluates its shard; the confusion matrices are summed over ranks."""
+def evaluate(run: Run) -> dict[str, Any]:
+    """Target test metrics (global, local and fused accuracy, per-class accuracy, macro-F1,
+    confusion matrices) and every unsupervised validator: on the target *adaptation* set (images
+    only, no labels) and, with ``--source-val-fraction``, source accuracy on held-out sources.
+    Each rank evaluates its shard; statistics are combined over ranks."""
+    model, data, cfg, info = run.model, run.data, run.cfg, run.info
     was_training = model.training
     model.eval()
     k = data.num_classes
@@ -312,6 +416,18 @@ def evaluate(
             confusion[v] += confusion_matrix(logits.argmax(1), y, k)
     if info.enabled:
         torch.distributed.all_reduce(confusion)
+    validators = ValidatorSuite(sync_dist=info.enabled, max_samples=2048, seed=cfg.split_seed)
+    for x in data.adaptation_images(rank=info.rank, world_size=info.world_size):
+        with runtime.autocast(data.device, cfg.amp):
+            out = model(normalize(x))
+        validators.update(out.logits.float(), out.logits_g.float(), out.logits_l.float())
+    scores = {f"val_{name}": float(value) for name, value in validators.compute().items()}
+    if data.source_val_set is not None:
+        source_acc = SourceAccuracy(sync_dist=info.enabled)
+        for x, y in data.source_val_batches(rank=info.rank, world_size=info.world_size):
+            with runtime.autocast(data.device, cfg.amp):
+                source_acc.update(model(normalize(x)).logits.float(), y)
+        scores["val_source-acc"] = float(source_acc.compute())
     model.train(was_training)
     views = {
         v: classification_metrics(confusion[i]) for i, v in enumerate(("global", "local", "fused"))
@@ -327,127 +443,33 @@ def evaluate(
         "per_class_acc_fused": fused["per_class_accuracy"],
         "confusion_fused": fused["confusion"],
         "num_test": fused["num_samples"],
+        **scores,
     }
 
 
-# ------------------------------------------------------------------------------------- training
-@dataclass
-class Run:
-    """Everything one training run holds; :func:`checkpoint_state` saves all of it."""
-
-    cfg: TrainConfig
-    info: runtime.DistInfo
-    device: torch.device
-    data: CMFERData
-    model: LACMFER
-    step_fn: nn.Module  # DomainPair, wrapped in DDP and/or torch.compile
-    objective: Objective
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler
-    augment: Optional[FERAugment]
-    aug_gen: torch.Generator
-    memory_format: torch.memory_format
-    log: MetricsLog
-    step: int = 0
-    best: Optional[dict[str, Any]] = None
-    train_time: float = 0.0  # seconds in training steps (evaluation and checkpoints excluded)
-    images: int = 0  # images trained on, all ranks
-
-
-def build_run(
-    cfg: TrainConfig, info: runtime.DistInfo, device: torch.device, data: Optional[CMFERData]
-) -> Run:
-    if cfg.batch_size % info.world_size or cfg.target_batch % info.world_size:
-        raise ValueError(
-            f"`batch_size` ({cfg.batch_size}) and the target batch ({cfg.target_batch}) must be "
-            f"divisible by the number of ranks ({info.world_size})"
-        )
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    # The model gets the same seed on every rank (DDP also broadcasts rank 0's weights);
-    # augmentation and the global RNGs get per-rank seeds. The samplers are seeded by cfg.seed
-    # and give each rank its own part of one global stream.
-    runtime.seed_everything(cfg.seed)
-    if data is None:
-        data = build_data(cfg, device=device, rank=info.rank, world_size=info.world_size)
-    model = build_model(cfg, data.num_classes).to(device, memory_format=memory_format)
-    objective = Objective(cfg, data.num_domains, sync_dist=info.enabled).to(device)
-    optimizer, scheduler = build_optimizer(cfg, model)
-    step_fn: nn.Module = DomainPair(model)
-    if info.enabled:
-        ids = [device.index] if device.type == "cuda" else None
-        step_fn = DistributedDataParallel(step_fn, device_ids=ids)
-    if cfg.compile:
-        step_fn = torch.compile(step_fn)  # type: ignore[assignment]
-    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + info.rank + 1)
-    runtime.seed_everything(cfg.seed * 1000 + info.rank + 7)
-    return Run(
-        cfg=cfg,
-        info=info,
-        device=device,
-        data=data,
-        model=model,
-        step_fn=step_fn,
-        objective=objective,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        scaler=torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16"),
-        augment=FERAugment() if cfg.augment else None,
-        aug_gen=aug_gen,
-        memory_format=memory_format,
-        log=MetricsLog(Path(cfg.out), enabled=info.is_main, tensorboard=cfg.tensorboard),
-    )
-
-
-def training_step(run: Run, batch: TrainBatch) -> tuple[dict[str, Tensor], LACMFEROutput]:
-    """One optimiser step on a source and a target batch; returns the detached loss parts."""
-    x_s, x_t = batch.x_s, batch.x_t
-    if run.augment is not None:
-        x_s, x_t = run.augment(x_s, generator=run.aug_gen), run.augment(x_t, generator=run.aug_gen)
-    x_s = normalize(x_s).contiguous(memory_format=run.memory_format)
-    x_t = normalize(x_t).contiguous(memory_format=run.memory_format)
-    with runtime.autocast(run.device, run.cfg.amp):
-        out_s, out_t = run.step_fn(x_s, x_t)  # two model calls: per-domain BatchNorm
-        loss, parts = run.objective(out_s, batch.y_s, batch.d_s, out_t)  # no target labels
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    run.scheduler.step()
-    run.objective.step()
-    run.images += (x_s.shape[0] + x_t.shape[0]) * run.info.world_size
-    return parts, out_t
-
-
-def log_training(
-    run: Run, parts: dict[str, Tensor], out_t: LACMFEROutput, labels_t: Tensor
-) -> dict[str, Any]:
-    """Write the step's losses, the lr and the pseudo-label diagnostics (one host sync)."""
-    kept, pl_acc = pseudo_label_diagnostics(out_t, labels_t, run.cfg.pseudo_threshold)
-    parts = {**parts, "kept_fraction": kept, "pseudo_label_acc": pl_acc}
-    values = torch.stack(list(parts.values())).float().tolist()
-    record = {"kind": "train", "step": run.step, **dict(zip(parts, values))}
-    record["lr"] = run.optimizer.param_groups[-1]["lr"]
-    run.log.write(record)
-    return record
+SUMMARY_KEYS = ("step", "acc_fused", "acc_global", "acc_local", "macro_f1_fused")
 
 
 def evaluate_and_log(run: Run) -> dict[str, Any]:
+    """Evaluate, log, and update the oracle and the ``--select-by`` choice. The choice reads the
+    validator's score only (no target label); rank 0 saves its weights as ``selected.pt``."""
     runtime.broadcast_buffers(run.model, run.info)
-    record = {"kind": "eval", "step": run.step, **evaluate(run.model, run.data, run.cfg, run.info)}
+    record = {"kind": "eval", "step": run.step, **evaluate(run)}
     run.log.write(record)
-    if run.best is None or record["acc_fused"] > run.best["acc_fused"]:
-        keys = ("step", "acc_fused", "acc_global", "acc_local", "macro_f1_fused")
-        run.best = {k: record[k] for k in keys}
+    if run.oracle is None or record["acc_fused"] > run.oracle["acc_fused"]:
+        run.oracle = {k: record[k] for k in SUMMARY_KEYS}
+    validator = run.cfg.select_by
+    if validator != "final":
+        score = record[f"val_{validator}"]
+        if run.selected is None or score > run.selected["score"]:
+            run.selected = {**{k: record[k] for k in SUMMARY_KEYS}, "score": score}
+            if run.info.is_main:
+                folder = Path(run.cfg.out) / "checkpoints"
+                runtime.save_atomic({"model": run.model.state_dict()}, folder / "selected.pt")
     return record
 
 
-RUN_COUNTERS = ("step", "best", "train_time", "images")
-
-
+# ----------------------------------------------------------------------------------- checkpoints
 def checkpoint_state(run: Run) -> dict[str, Any]:
     """Everything a bit-exact resume needs. Per-rank parts (RNG, samplers) are gathered to rank 0."""
     runtime.broadcast_buffers(run.model, run.info)
@@ -483,27 +505,45 @@ def save_checkpoint(run: Run) -> None:
             old.unlink()
 
 
-# Settings that may change between an interrupted run and its resumption.
+# Settings that may change between a run and its resumption: they change neither the model, nor the
+# data, nor any step already taken.
 RESUME_MUTABLE = {
     "resume", "stop_at", "out", "device", "progress", "tensorboard", "plots", "num_workers",
     "eval_every", "log_every", "ckpt_every", "keep_checkpoints", "write_weight_hash", "preset",
-    "data_root", "lists", "compile",
+    "data_root", "lists", "compile", "steps",
 }  # fmt: skip
 
 
-def load_checkpoint(run: Run, path: Path) -> None:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    current = run.cfg.to_dict()
-    changed = sorted(
-        k for k in current if k not in RESUME_MUTABLE and ckpt["config"].get(k) != current[k]
-    )
+def reconcile_resume(cfg: TrainConfig, saved: dict[str, Any], step: int) -> TrainConfig:
+    """The config to resume with. A larger ``steps`` extends the run: the lr decay and ramp
+    horizons stay the ones the run was trained with, so the steps already taken stay valid. Any
+    other change that would alter what already happened raises, naming the settings."""
+    if cfg.steps < step:
+        raise ValueError(
+            f"--resume: the checkpoint is at step {step}; `steps` ({cfg.steps}) cannot go back"
+        )
+    if cfg.steps != saved["steps"]:
+        old = TrainConfig(**saved)
+        pinned = {}
+        if cfg.decay_steps is None:
+            pinned["decay_steps"] = old.lr_decay_steps
+        if cfg.ramp_steps is None:
+            pinned["ramp_steps"] = old.schedule_steps
+        cfg = cfg.replace(**pinned)
+        saved = {**saved, **{k: v for k, v in pinned.items() if saved[k] is None}}
+    current = cfg.to_dict()
+    changed = sorted(k for k in current if k not in RESUME_MUTABLE and saved.get(k) != current[k])
     if changed:
-        diff = ", ".join(f"{k}: {ckpt['config'].get(k)!r} -> {current[k]!r}" for k in changed)
+        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
         raise ValueError(f"--resume: the checkpoint was trained with other settings ({diff})")
+    return cfg
+
+
+def load_checkpoint(run: Run, ckpt: dict[str, Any]) -> None:
     if ckpt["world_size"] != run.info.world_size:
         raise ValueError(
-            f"--resume: the checkpoint has {ckpt['world_size']} ranks, this run "
-            f"{run.info.world_size}"
+            f"--resume: the checkpoint has {ckpt['world_size']} ranks, this run has "
+            f"{run.info.world_size}; resume with the same number of ranks"
         )
     run.model.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
@@ -519,7 +559,7 @@ def load_checkpoint(run: Run, path: Path) -> None:
     run.log.truncate_after(run.step)  # steps logged after the checkpoint are redone
 
 
-def resolve_resume(cfg: TrainConfig) -> Optional[Path]:
+def find_checkpoint(cfg: TrainConfig) -> Optional[Path]:
     if cfg.resume is None:
         return None
     if cfg.resume == "auto":
@@ -531,6 +571,7 @@ def resolve_resume(cfg: TrainConfig) -> Optional[Path]:
     return path
 
 
+# ------------------------------------------------------------------------------------------ train
 def train(
     cfg: TrainConfig,
     *,
@@ -545,18 +586,28 @@ def train(
     wall_start = time.perf_counter()
     if info is None or device is None:
         info, device = runtime.DistInfo(), runtime.resolve_device(cfg.device)
+    ckpt_path = find_checkpoint(cfg)
+    ckpt = None
+    if ckpt_path is not None:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        cfg = reconcile_resume(cfg, ckpt["config"], ckpt["step"])
     run = build_run(cfg, info, device, data)
-    resume_from = resolve_resume(cfg)
-    if resume_from is not None:
-        load_checkpoint(run, resume_from)
+    if ckpt is not None:
+        load_checkpoint(run, ckpt)
+        del ckpt
     if info.is_main:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
         (Path(cfg.out) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     stop = cfg.stop_at or cfg.steps
-    show = cfg.progress if info.is_main else False  # None: when stderr is a terminal
-    desc = f"{cfg.method} → {run.data.target_name}"
-    progress = Progress(stop, run.step, enabled=show, desc=desc)
+    progress = Progress(
+        stop,
+        run.step,
+        enabled=cfg.progress if info.is_main else False,  # None: when stderr is a terminal
+        desc=f"{cfg.method} → {run.data.target_name}",
+        images_per_step=cfg.batch_size + cfg.target_batch,
+        quiet=not info.is_main,
+    )
     last_eval: Optional[dict[str, Any]] = None
     record: Optional[dict[str, Any]] = None  # this rank's last logged losses
     run.model.train()
@@ -564,11 +615,13 @@ def train(
         while run.step < stop:
             tick = time.perf_counter()
             batch = run.data.next_batch()  # raw [0, 1] images on the device
-            parts, out_t = training_step(run, batch)
+            terms, out_t = training_step(run, batch)
             run.step += 1
             if run.step % cfg.log_every == 0 or run.step == stop:
-                record = log_training(run, parts, out_t, batch.y_t)
-                progress.update(0, {k: record[k] for k in ("loss", "ce", "align")})
+                record = log_training(run, terms, out_t, batch.y_t)
+                shown = ("loss", "ce", "align") if cfg.method != "lacmfer" else ("loss", "ce",
+                         "align", "consistency", "voting")  # fmt: skip
+                progress.log(run.step, {k: record[k] for k in shown})
             run.train_time += time.perf_counter() - tick
             progress.update(1)
             if run.step % cfg.eval_every == 0 or run.step == cfg.steps:
@@ -591,12 +644,23 @@ def train(
 
 
 def make_summary(run: Run, last_eval: Optional[dict[str, Any]], wall_time: float) -> dict[str, Any]:
+    """``final`` (the result), ``selected`` (by ``--select-by``, no target labels) and ``oracle``
+    (selection on the test set), each labelled."""
     cfg = run.cfg
     completed = run.step == cfg.steps
     final = None
     if completed and last_eval is not None:
         final = {k: v for k, v in last_eval.items() if k != "kind"}
-    best = None if run.best is None else {**run.best, "note": BEST_LABEL}
+    selected = None
+    if final is not None:
+        if cfg.select_by == "final":
+            selected = {k: final[k] for k in SUMMARY_KEYS}
+        elif run.selected is not None:
+            selected = dict(run.selected)
+    if selected is not None:
+        selected["validator"] = cfg.select_by
+        selected["note"] = "chosen without target labels"
+    oracle = None if run.oracle is None else {**run.oracle, "note": ORACLE_LABEL}
     return {
         "target": run.data.target_name,
         "sources": list(run.data.source_names),
@@ -604,7 +668,8 @@ def make_summary(run: Run, last_eval: Optional[dict[str, Any]], wall_time: float
         "completed": completed,
         "step": run.step,
         "final": final,
-        "best_over_training": best,
+        "selected": selected,
+        "oracle": oracle,
         "wall_time_s": wall_time,
         "train_time_s": run.train_time,
         "images_per_s": run.images / run.train_time if run.train_time > 0 else None,
@@ -627,29 +692,42 @@ def write_outputs(run: Run, summary: dict[str, Any]) -> None:
     (out / "summary.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")
 
 
-# ----------------------------------------------------------------------------------------- main
+# ------------------------------------------------------------------------------------------- main
 def format_result(summary: dict[str, Any]) -> str:
-    final, best = summary["final"], summary["best_over_training"]
+    final, selected, oracle = summary["final"], summary["selected"], summary["oracle"]
     if final is None:
         return f"{summary['target']}: stopped at step {summary['step']} (resume with --resume)"
-    return (
-        f"{summary['target']}: final-step acc fused {final['acc_fused']:.4f} "
-        f"(global {final['acc_global']:.4f}, local {final['acc_local']:.4f}, "
-        f"macro-F1 {final['macro_f1_fused']:.4f}); best over training {best['acc_fused']:.4f} "
-        f"at step {best['step']} [selection on the test set]; {summary['wall_time_s']:.0f} s, "
-        f"{summary['images_per_s']:.0f} images/s"
+    lines = [
+        f"{summary['target']} ({summary['method']}): final-step target accuracy "
+        f"{100 * final['acc_fused']:.1f}% fused (global {100 * final['acc_global']:.1f}%, local "
+        f"{100 * final['acc_local']:.1f}%, macro-F1 {final['macro_f1_fused']:.3f}) -- the result; "
+        f"{summary['wall_time_s']:.0f} s, {summary['images_per_s']:.0f} images/s",
+    ]
+    if selected is not None and selected["validator"] != "final":
+        lines.append(
+            f"  selected by {selected['validator']} (no target labels): step {selected['step']}, "
+            f"{100 * selected['acc_fused']:.1f}%"
+        )
+    lines.append(
+        f"  best over training {100 * oracle['acc_fused']:.1f}% at step {oracle['step']} "
+        "[selection on the test set: not a result]"
     )
+    if summary["method"] != "source-only":
+        lines.append(
+            "  compare with source-only on the same target: --method source-only with the same "
+            "flags, or examples/results/synthetic_benchmark.md for the benchmark preset"
+        )
+    return "\n".join(lines)
 
 
-def run(cfg: TrainConfig) -> list[dict[str, Any]]:
-    """Train ``cfg.target`` or, for ``--target all``, each of the six targets in turn."""
+def run_targets(cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Train ``cfg.target`` or, for ``--target all``, each target in turn (``<out>/<target>/``)."""
     info, device = runtime.setup_distributed(cfg.device)
     try:
         summaries = []
         for target in cfg.targets:
             if cfg.target == "all":
-                folder = Path(cfg.out) / target.replace("+", "plus")
-                sub = cfg.replace(target=target, out=str(folder))
+                sub = cfg.replace(target=target, out=str(Path(cfg.out) / target))
             else:
                 sub = cfg.replace(target=target)  # canonical name (aliases such as "raf")
             summary = train(sub, info=info, device=device)
@@ -673,22 +751,17 @@ def write_overall(out: Path, summaries: Sequence[dict[str, Any]]) -> None:
     for s in summaries:
         if s["final"] is not None:
             lines.append(
-                f"| {s['target']} | {s['final']['acc_fused']:.4f} | "
-                f"{s['best_over_training']['acc_fused']:.4f} |"
+                f"| {s['target']} | {s['final']['acc_fused']:.4f} | {s['oracle']['acc_fused']:.4f} |"
             )
     lines.append(f"| **mean** | **{mean:.4f}** | |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    (out / "summary_all.json").write_text(
-        json.dumps(
-            {"mean_final_acc_fused": mean, "targets": [s["target"] for s in summaries]}, indent=2
-        )
-        + "\n"
-    )
+    overall = {"mean_final_acc_fused": mean, "targets": [s["target"] for s in summaries]}
+    (out / "summary_all.json").write_text(json.dumps(overall, indent=2) + "\n")
     print("\n".join(lines), flush=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    run(config_from_args(argv))
+    run_targets(config_from_args(argv))
     return 0
 
 

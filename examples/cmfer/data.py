@@ -26,6 +26,7 @@ accuracy); the training loop never passes them to a loss.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 from collections.abc import Iterator
 from typing import Any, Callable, NamedTuple, Optional
@@ -41,6 +42,7 @@ from lacmfer.data import (
     MultiSourceSampler,
     fer_list_domains,
     leave_one_domain_out,
+    protocol_lists_dir,
     synthetic_domains,
 )
 
@@ -73,6 +75,11 @@ def _labels(ds: Any) -> Tensor:
     labels = getattr(ds, "labels", None)
     if isinstance(labels, Tensor):
         return labels
+    inner, indices = getattr(ds, "dataset", None), getattr(ds, "indices", None)
+    if inner is not None and isinstance(indices, Tensor):
+        return _labels(inner)[indices]
+    if isinstance(ds, ConcatDataset):
+        return torch.cat([_labels(d) for d in ds.datasets])
     return torch.tensor([int(ds[i][1]) for i in range(len(ds))])
 
 
@@ -85,6 +92,9 @@ def _images(ds: Any) -> Optional[Tensor]:
     if inner is not None and isinstance(indices, Tensor):
         base = _images(inner)
         return None if base is None else base[indices]
+    if isinstance(ds, ConcatDataset):
+        parts = [_images(d) for d in ds.datasets]
+        return None if any(p is None for p in parts) else torch.cat(parts)  # type: ignore[arg-type]
     return None
 
 
@@ -145,6 +155,7 @@ class CMFERData:
         seed: sampler seed (the same on every rank: ranks take disjoint parts of one stream).
         rank, world_size: DDP layout.
         num_workers: loader workers (file-backed datasets only).
+        source_val: held-out labelled source images (never trained on), or None.
     """
 
     def __init__(
@@ -160,6 +171,7 @@ class CMFERData:
         rank: int = 0,
         world_size: int = 1,
         num_workers: int = 0,
+        source_val: Optional[Any] = None,
     ) -> None:
         self.device = device
         self.target_name = task.target
@@ -182,6 +194,8 @@ class CMFERData:
             world_size=world_size,
         )
         self.test_set = task.target_test
+        self.adapt_set = task.target_adapt
+        self.source_val_set = source_val
         src_images = [_images(ds) for ds in sources]
         tgt_images = _images(task.target_adapt)
         self.tensors = tgt_images is not None and all(x is not None for x in src_images)
@@ -272,13 +286,9 @@ class CMFERData:
         self._src_iter = self._tgt_iter = None
 
     # -- evaluation ------------------------------------------------------------------------------
-    def test_batches(
-        self, *, rank: int = 0, world_size: int = 1
-    ) -> Iterator[tuple[Tensor, Tensor]]:
-        """``(images, labels)`` batches of this rank's shard (``rank::world_size``) of the test set."""
-        ds = self.test_set
-        n = len(ds)
-        shard = torch.arange(rank, n, world_size)
+    def _batches(self, ds: Any, rank: int, world_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """``(images, labels)`` batches of this rank's shard (``rank::world_size``) of ``ds``."""
+        shard = torch.arange(rank, len(ds), world_size)
         images = _images(ds)
         if images is not None:
             labels = _labels(ds)
@@ -297,19 +307,36 @@ class CMFERData:
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
+    def test_batches(
+        self, *, rank: int = 0, world_size: int = 1
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """``(images, labels)`` batches of this rank's shard of the target test set."""
+        yield from self._batches(self.test_set, rank, world_size)
+
+    def adaptation_images(self, *, rank: int = 0, world_size: int = 1) -> Iterator[Tensor]:
+        """Image batches of this rank's shard of the (unlabelled) target adaptation set, for the
+        unsupervised validators. Only images: the labels are dropped here, before anything
+        downstream could read them."""
+        for x, _ in self._batches(self.adapt_set, rank, world_size):
+            yield x
+
+    def source_val_batches(
+        self, *, rank: int = 0, world_size: int = 1
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """``(images, labels)`` of the held-out source images (``--source-val-fraction``)."""
+        if self.source_val_set is not None:
+            yield from self._batches(self.source_val_set, rank, world_size)
+
 
 def real_task(cfg: TrainConfig, target: str) -> LeaveOneDomainOutTask:
     """The paper's protocol on real image lists (:func:`lacmfer.data.fer_list_domains`).
 
-    ``--lists`` is the folder of the list files, ``--data-root`` the folder the list paths point
-    into once ``--strip-prefix`` (default ``../datasets``, as the published lists start) is
-    removed. AffectNet's lists are not distributed: give them with ``--affectnet-lists ADAPT,TEST``
-    or leave AffectNet out with ``--domains``.
+    ``--lists`` is the folder of the list files (default: the ones shipped with lacmfer,
+    :func:`lacmfer.data.protocol_lists_dir`), ``--data-root`` the folder the list paths point into
+    once ``--strip-prefix`` (default ``../datasets``, as the published lists start) is removed.
+    AffectNet's lists are not distributed: give them with ``--affectnet-lists ADAPT,TEST`` or leave
+    AffectNet out with ``--domains``.
     """
-    if cfg.lists is None:
-        raise ValueError(
-            "`lists` (the folder of the protocol's image lists) is needed with `data_root`"
-        )
     names = cfg.domain_names
     extra: dict[str, tuple[str, str]] = {}
     if cfg.affectnet_lists:
@@ -321,31 +348,57 @@ def real_task(cfg: TrainConfig, target: str) -> LeaveOneDomainOutTask:
             "`domains` without AffectNet (e.g. --domains CK+,JAFFE,Oulu-CASIA,RAF-DB,FER-2013)"
         )
     domains = fer_list_domains(
-        cfg.lists,
+        cfg.lists if cfg.lists is not None else protocol_lists_dir(),
         domains=names,
         lists=extra,
         root=cfg.data_root,
         strip_prefix=cfg.strip_prefix or None,
         image_size=cfg.image_size,
     )
-    return leave_one_domain_out(domains, target, leakage_free=cfg.leakage_free, seed=cfg.seed)
+    return leave_one_domain_out(domains, target, leakage_free=cfg.leakage_free, seed=cfg.split_seed)
+
+
+def hold_out_sources(
+    sources: list[Any], fraction: float, seed: int
+) -> tuple[list[Any], Optional[ConcatDataset[Any]]]:
+    """Split each source dataset into a training part and a held-out part of ``fraction`` of its
+    images (a fixed draw of ``seed``); the held-out parts are pooled. ``fraction = 0``: no split."""
+    if fraction == 0.0:
+        return sources, None
+    gen = torch.Generator().manual_seed(seed)
+    train, held_out = [], []
+    for ds in sources:
+        order = torch.randperm(len(ds), generator=gen)
+        n_val = max(1, round(fraction * len(ds)))
+        train.append(Subset(ds, order[n_val:]))  # type: ignore[arg-type]
+        held_out.append(Subset(ds, order[:n_val]))  # type: ignore[arg-type]
+    return train, ConcatDataset(held_out)
 
 
 def build_data(
     cfg: TrainConfig, *, device: torch.device, rank: int = 0, world_size: int = 1
 ) -> CMFERData:
-    """The :class:`CMFERData` of ``cfg.target``: synthetic without ``data_root``, else real."""
+    """The :class:`CMFERData` of ``cfg.target``: synthetic without ``data_root``, else real.
+
+    The data and the adaptation/test split depend on ``cfg.split_seed`` only, never on
+    ``cfg.seed``: runs with different seeds see the same images and are tested on the same set.
+    """
     if cfg.data_root is None:
         task = synthetic_task(
             cfg.target,
             train_size=cfg.synthetic_train_size,
             test_size=cfg.synthetic_test_size,
             image_size=cfg.image_size,
-            seed=cfg.seed,
+            seed=cfg.split_seed,
             domains=cfg.domain_names,
         )
     else:
         task = real_task(cfg, cfg.target)
+    sources, source_val = hold_out_sources(
+        list(task.source_sets), cfg.source_val_fraction, cfg.split_seed
+    )
+    if source_val is not None:
+        task = dataclasses.replace(task, source_sets=tuple(sources))
     return CMFERData(
         task,
         device=device,
@@ -357,4 +410,5 @@ def build_data(
         rank=rank,
         world_size=world_size,
         num_workers=cfg.num_workers,
+        source_val=source_val,
     )

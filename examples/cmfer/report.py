@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -79,29 +80,70 @@ class MetricsLog:
 
 
 class Progress:
-    """A tqdm bar with the running losses, or nothing (tqdm missing, ``enabled=False``)."""
+    """Progress of a run: a tqdm bar on stderr, or a line on stdout at every logged step.
 
-    def __init__(self, total: int, initial: int, *, enabled: Optional[bool], desc: str) -> None:
+    ``enabled=None`` shows the bar when stderr is a terminal; otherwise (a job's log file, ``nohup``,
+    ``--no-progress``, tqdm missing) each :meth:`log` call prints one flushed line with the step, the
+    losses, images/s and the estimated time left, so a redirected run is never silent.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        initial: int,
+        *,
+        enabled: Optional[bool],
+        desc: str,
+        images_per_step: int = 0,
+        quiet: bool = False,
+    ) -> None:
         self._bar: Any = None
+        self.total, self.desc = total, desc
+        self.images_per_step = images_per_step
+        self.quiet = quiet
+        self._start, self._start_step = time.perf_counter(), initial
         if enabled is None:
             enabled = sys.stderr.isatty()
-        if enabled:
+        if enabled and not quiet:
             try:
                 from tqdm.auto import tqdm
             except ImportError:
                 return
             self._bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
 
-    def update(self, n: int, postfix: Optional[dict[str, float]] = None) -> None:
-        if self._bar is None:
+    def update(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        """Show the losses of ``step``: in the bar's postfix, or as a line on stdout."""
+        if self._bar is not None:
+            self._bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
             return
-        if postfix:
-            self._bar.set_postfix({k: f"{v:.3g}" for k, v in postfix.items()}, refresh=False)
-        self._bar.update(n)
+        if self.quiet:
+            return
+        elapsed = time.perf_counter() - self._start
+        done = step - self._start_step
+        rate = done / elapsed if elapsed > 0 and done > 0 else 0.0
+        eta = (self.total - step) / rate if rate > 0 else math.nan
+        losses = " ".join(f"{k} {v:.4g}" for k, v in values.items())
+        speed = f"{rate * self.images_per_step:.0f} img/s" if rate > 0 else "- img/s"
+        print(
+            f"{self.desc} | step {step}/{self.total} | {losses} | {speed} | ETA {_duration(eta)}",
+            flush=True,
+        )
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "-"
+    minutes, sec = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{sec:02d}s"
 
 
 def _pyplot() -> Any:

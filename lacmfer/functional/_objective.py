@@ -16,8 +16,9 @@ from .._checks import (
     check_probability,
     check_real,
     check_size,
+    resolve_validate_args,
 )
-from ._alignment import dual_level_alignment, should_validate
+from ._alignment import dual_level_alignment
 from ._consistency import multi_view_clustering_consistency
 from ._kernel import compute_dtype, no_autocast
 from ._pseudo_label import pseudo_label_refinement, refine_pseudo_labels
@@ -252,7 +253,7 @@ def lacmfer_loss(
         )
     if num_domains is not None and domains_s is None:
         raise ValueError(f"`domains_s` is required with `num_domains` ({num_domains})")
-    if should_validate(validate_args, labels_s):
+    if resolve_validate_args(validate_args, labels_s):
         check_label_range(labels_s, "labels_s", logits_gs.shape[1])
 
     ce = F.cross_entropy(logits_gs, labels_s, label_smoothing=label_smoothing) + F.cross_entropy(

@@ -7,7 +7,13 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_positive_int, check_probability, check_real
+from .._checks import (
+    check_choice,
+    check_kernel_settings,
+    check_positive_int,
+    check_probability,
+    check_real,
+)
 from ..functional import (
     CONSISTENCY_KINDS,
     LACMFERTerms,
@@ -16,7 +22,6 @@ from ..functional import (
     linear_warmup,
     sigmoid_ramp,
 )
-from ..functional._kernel import check_kernel_settings
 from ._alignment import CLUSTER_RAMPS
 
 __all__ = ["LACMFERLoss"]
@@ -38,11 +43,13 @@ class LACMFERLoss(nn.Module):
     Save ``loss_fn.state_dict()`` with the model's when you checkpoint (the counter is not part of
     ``model.state_dict()``).
 
+    The settings ``label_smoothing``, ``align_weight``, ``cid_weight``, ``consistency_weight``,
+    ``voting_weight``, ``align_threshold``, ``pseudo_threshold``, ``kernel_num``, ``kernel_mul``,
+    ``sid``, ``cid``, ``consistency``, ``consistency_from_logits``, ``voting``, ``num_domains``,
+    ``sync_dist``, ``process_group`` and ``validate_args`` are those of
+    :func:`~lacmfer.functional.lacmfer_loss`, with the paper's values as defaults.
+
     Args:
-        label_smoothing, align_weight, cid_weight, consistency_weight, voting_weight,
-        align_threshold, pseudo_threshold, kernel_num, kernel_mul, sid, cid, consistency,
-        consistency_from_logits, voting, num_domains, sync_dist, process_group, validate_args: as
-            in :func:`~lacmfer.functional.lacmfer_loss` (the paper's values by default).
         cluster_ramp: ``"none"`` (constant ``cid_weight``, the authors' code) or
             ``"dann_sigmoid"``.
         ramp_steps: steps over which the cluster ramp reaches its end (int >= 1).

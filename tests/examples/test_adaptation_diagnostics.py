@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from .conftest import load_example
-
 ADAPTATION = ("grad_sid", "grad_cid", "grad_mcc", "grad_mvv")
 
 
 @pytest.fixture(scope="module")
 def diagnostics() -> ModuleType:
-    return load_example("adaptation_diagnostics")
+    return importlib.import_module("adaptation_diagnostics")
 
 
 def rows(diagnostics: ModuleType, out: Path, *args: str) -> list[dict[str, float]]:

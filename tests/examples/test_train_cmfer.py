@@ -7,7 +7,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,8 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from lacmfer.functional import (
+    coral,
     dual_level_alignment,
+    minimum_class_confusion,
     mmd2,
+    moment_matching,
     multi_view_clustering_consistency,
     multi_view_pseudo_label_loss,
 )
@@ -68,8 +71,27 @@ def test_help_documents_every_option(script: ModuleType) -> None:
         "--decay-steps",
     ):
         assert flag in text, flag
-    for choice in ("lacmfer", "source-only", "mmd", "mcc", "l1", "mse", "kl", "bf16", "fp16"):
+    for choice in ("lacmfer", "source-only", "mmd", "dann", "coral", "m3sda", "mcc", "l1", "mse",
+                   "kl", "bf16", "fp16", "entropy", "snd", "source-acc"):  # fmt: skip
         assert choice in text, choice
+
+
+def test_every_field_is_an_option_with_its_default(script: ModuleType) -> None:
+    """The command line is generated from the dataclass: every field has a flag whose help shows
+    the field's default, booleans show both spellings."""
+    from cmfer.config import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    for f in dataclasses.fields(script.TrainConfig):
+        if not f.metadata.get("cli", True):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in text, flag
+        if f.type in ("bool", bool):
+            assert f"--no-{f.name.replace('_', '-')}" in text, f.name
+    for shown in ("--no-augment", "--no-nesterov", "--no-plots", "(default: 20000)",
+                  "(default: 0.4)", "(default: lacmfer)"):  # fmt: skip
+        assert shown in text, shown
 
 
 def test_defaults_are_the_paper_recipe(script: ModuleType) -> None:
@@ -115,14 +137,6 @@ def test_precedence_preset_file_cli(script: ModuleType, tmp_path: Path, suffix: 
     assert only_file.image_size == 224  # a file without --preset starts from the defaults
 
 
-def test_flat_yaml_fallback_parses_the_presets(tmp_path: Path) -> None:
-    import yaml
-    from cmfer.config import CONFIG_DIR, _parse_flat_yaml
-
-    for preset in CONFIG_DIR.glob("*.yaml"):
-        assert _parse_flat_yaml(preset.read_text()) == yaml.safe_load(preset.read_text()), preset
-
-
 def test_bad_settings_raise(script: ModuleType, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="image_size"):
         script.config_from_args([*SMOKE, "--image-size", "40"])
@@ -135,7 +149,9 @@ def test_bad_settings_raise(script: ModuleType, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"unknown config key\(s\) \['stepz'\]"):
         script.config_from_args(["--config", str(bad)])
     with pytest.raises(SystemExit):
-        script.config_from_args(["--method", "dann"])
+        script.config_from_args(["--method", "bogus"])
+    with pytest.raises(ValueError, match="`select_by` 'source-acc' needs held-out source images"):
+        script.config_from_args([*SMOKE, "--select-by", "source-acc"])
     with pytest.raises(ValueError, match="divisible by the number of ranks"):
         cfg = make_config(script, tmp_path, "--batch-size", "3")
         script.train(cfg, info=script.runtime.DistInfo(0, 2), device=torch.device("cpu"))
@@ -154,8 +170,8 @@ def test_inverse_decay_schedule(script: ModuleType, steps: int) -> None:
 
 def test_optimizer_groups_and_lrs_follow_the_schedule(script: ModuleType) -> None:
     cfg = script.TrainConfig(steps=8, width="tiny")
-    model = script.build_model(cfg, 7)
-    optimizer, scheduler = script.build_optimizer(cfg, model)
+    model = script.build_model(cfg, 7, None)
+    optimizer, scheduler = script.build_optimizer(cfg, model, torch.nn.Module())
     assert isinstance(optimizer, torch.optim.SGD)
     assert all(
         g["nesterov"] and g["momentum"] == 0.9 and g["weight_decay"] == 1e-4
@@ -212,6 +228,11 @@ def fake_outputs(script: ModuleType, b: int, d: int, k: int, seed: int, scale: f
     return script.LACMFEROutput(fg, fl, zg, zl, (zg + zl) / 2)
 
 
+def objective_for(script: ModuleType, cfg: Any) -> Any:
+    model = SimpleNamespace(feature_dims=(6, 6))  # what build_objective reads of the model
+    return script.build_objective(cfg, model, num_domains=5, sync_dist=False)
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -226,21 +247,23 @@ def fake_outputs(script: ModuleType, b: int, d: int, k: int, seed: int, scale: f
         ["--consistency-on-logits"],
         ["--consistency", "l1", "--consistency-on-logits"],
         ["--method", "mmd"],
+        ["--method", "coral"],
+        ["--method", "coral", "--per-source"],
+        ["--method", "m3sda"],
+        ["--method", "mcc", "--baseline-weight", "0.3"],
         ["--method", "source-only"],
     ],
 )
-def test_objective_is_the_paper_formula(
-    script: ModuleType, args: list[str], tmp_path: Path
-) -> None:
+def test_objective_follows_the_flags(script: ModuleType, args: list[str], tmp_path: Path) -> None:
+    """The objective of the flags equals an independent composition from lacmfer.functional."""
     cfg = make_config(script, tmp_path, *args)
-    objective = script.Objective(cfg, num_domains=5, sync_dist=False)
+    objective = objective_for(script, cfg)
     out_s = fake_outputs(script, 12, 6, 7, 0, 4.0)
     out_t = fake_outputs(script, 10, 6, 7, 1, 4.0)
     y_s = torch.arange(12) % 7
     d_s = torch.arange(12) % 5
-    loss, parts = objective(out_s, y_s, d_s, out_t)
+    terms = objective(out_s, y_s, out_t, d_s)
 
-    # independent composition from lacmfer.functional
     ce = F.cross_entropy(out_s.logits_g, y_s, label_smoothing=0.1) + F.cross_entropy(
         out_s.logits_l, y_s, label_smoothing=0.1
     )
@@ -252,14 +275,21 @@ def test_objective_is_the_paper_formula(
     method = cfg.method
     if method == "mmd":
         ref = ref + 0.4 * sum(mmd2(a, c) for a, _, c, _ in views)
-    if method == "lacmfer":
+    elif method == "coral":
+        domains = {"domains_s": d_s, "num_domains": 5} if cfg.per_source else {}
+        ref = ref + 1.0 * sum(coral(a, c, **domains) for a, _, c, _ in views)
+    elif method == "m3sda":
+        ref = ref + 0.5 * sum(moment_matching(a, d_s, c, num_domains=5) for a, _, c, _ in views)
+    elif method == "mcc":
+        ref = ref + 0.3 * sum(minimum_class_confusion(z) for _, _, _, z in views)
+    elif method == "lacmfer":
         align = 0.0
         for f_s, z_s, f_t, z_t in views:
             t = dual_level_alignment(f_s, z_s, y_s, f_t, z_t, return_terms=True)
             align = align + (t.sid if cfg.sid else 0) + (0.02 * t.cid if cfg.cid else 0)
         ref = ref + 0.4 * align
         zg, zl = out_t.logits_g, out_t.logits_l
-        if cfg.consistency_enabled:
+        if cfg.consistency != "none":
             if cfg.consistency == "mcc":
                 cons = multi_view_clustering_consistency(
                     zg, zl, from_logits=cfg.consistency_on_logits
@@ -286,13 +316,28 @@ def test_objective_is_the_paper_formula(
             vote = multi_view_pseudo_label_loss(zg, zl, threshold=0.9)
             assert float(vote) > 0
             ref = ref + 0.1 * vote
-    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
-    assert parts["loss"] == loss.detach()
+    torch.testing.assert_close(terms.loss, ref, rtol=1e-6, atol=1e-6)
     if method == "source-only":
-        assert parts["align"] == 0 and parts["consistency"] == 0 and parts["voting"] == 0
+        assert float(terms.align) == 0 and torch.equal(terms.loss, terms.ce)
 
 
-@pytest.mark.parametrize("method", ["lacmfer", "mmd", "source-only"])
+def test_dann_objective_trains_a_discriminator_per_branch(
+    script: ModuleType, tmp_path: Path
+) -> None:
+    cfg = make_config(script, tmp_path, "--method", "dann", "--per-source")
+    objective = objective_for(script, cfg)
+    assert len(objective.branch_losses) == 2 and objective.per_source
+    params = list(objective.parameters())
+    assert params and all(p.requires_grad for p in params)
+    out_s = fake_outputs(script, 12, 6, 7, 0, 4.0)
+    out_t = fake_outputs(script, 10, 6, 7, 1, 4.0)
+    terms = objective(out_s, torch.arange(12) % 7, out_t, torch.arange(12) % 5)
+    assert math.isfinite(float(terms.loss.detach())) and float(terms.align.detach()) > 0
+    objective.step()
+    assert all(int(m.num_steps) == 1 for m in objective.branch_losses)
+
+
+@pytest.mark.parametrize("method", ["lacmfer", "mmd", "m3sda", "source-only"])
 @pytest.mark.parametrize(("after", "warmup"), [(0, 4), (3, 0), (2, 3)])
 def test_adaptation_schedule_scales_every_adaptation_term(
     script: ModuleType, method: str, after: int, warmup: int, tmp_path: Path
@@ -302,12 +347,12 @@ def test_adaptation_schedule_scales_every_adaptation_term(
     out_s = fake_outputs(script, 12, 6, 7, 0, 4.0)
     out_t = fake_outputs(script, 10, 6, 7, 1, 4.0)
     y_s, d_s = torch.arange(12) % 7, torch.arange(12) % 5
-    full = script.Objective(make_config(script, tmp_path, "--method", method), 5, sync_dist=False)
-    full_loss, parts = full(out_s, y_s, d_s, out_t)
-    adaptation = full_loss - parts["ce"]
+    full = objective_for(script, make_config(script, tmp_path, "--method", method))
+    terms = full(out_s, y_s, out_t, d_s)
+    adaptation = terms.loss - terms.ce
     assert (method == "source-only") == (float(adaptation) == 0.0)
     args = ["--method", method, "--adapt-after", str(after), "--adapt-warmup", str(warmup)]
-    scheduled = script.Objective(make_config(script, tmp_path, *args), 5, sync_dist=False)
+    scheduled = objective_for(script, make_config(script, tmp_path, *args))
     for t in range(9):
         if t < after:
             ramp = 0.0
@@ -315,10 +360,11 @@ def test_adaptation_schedule_scales_every_adaptation_term(
             ramp = 1.0
         else:
             ramp = min(1.0, (t - after) / warmup)
-        loss, step_parts = scheduled(out_s, y_s, d_s, out_t)
-        torch.testing.assert_close(loss, parts["ce"] + ramp * adaptation)
-        for name in ("ce", "align", "consistency", "voting"):  # the parts are logged unscaled
-            assert step_parts[name] == parts[name]
+        step_terms = scheduled(out_s, y_s, out_t, d_s)
+        torch.testing.assert_close(step_terms.loss, terms.ce + ramp * adaptation)
+        assert float(step_terms.adaptation_weight) == pytest.approx(ramp)
+        assert torch.equal(step_terms.ce, terms.ce)  # the parts are logged unscaled
+        assert torch.equal(step_terms.align, terms.align)
         scheduled.step()
     assert int(scheduled.state_dict()["num_steps"]) == 9  # resumed runs continue the schedule
 
@@ -362,9 +408,13 @@ def test_smoke_run_writes_every_output(script: ModuleType, tmp_path: Path) -> No
     cm = torch.tensor(final["confusion_fused"])
     assert cm.shape == (7, 7) and int(cm.sum()) == 64
     assert final["acc_fused"] == pytest.approx(int(cm.trace()) / 64)
-    best = summary["best_over_training"]
-    assert "selection on the test set" in best["note"]
-    assert best["acc_fused"] == max(r["acc_fused"] for r in evals)
+    oracle = summary["oracle"]
+    assert "selection on the test set" in oracle["note"]
+    assert oracle["acc_fused"] == max(r["acc_fused"] for r in evals)
+    assert summary["selected"]["validator"] == "final" and summary["selected"]["step"] == 4
+    for r in evals:  # every validator, at every evaluation
+        for name in ("agreement", "bnm", "entropy", "im", "snd"):
+            assert math.isfinite(r[f"val_{name}"]), name
     assert summary["wall_time_s"] > 0 and summary["images_per_s"] > 0
     assert summary["config"]["steps"] == 4
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
@@ -405,8 +455,30 @@ def test_resume_is_exact(script: ModuleType, tmp_path: Path, extra: list[str]) -
     assert _train_records(split) == _train_records(full)  # every logged value of every step
     assert records(split, "eval") == records(full, "eval")
     assert weights_hash(split) == weights_hash(full)
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match=r"other settings \(lr: 0.01 -> 0.5\)"):
         script.train(make_config(script, split, *common, "--resume", "--lr", "0.5"))
+    with pytest.raises(ValueError, match=r"other settings.*seed: 0 -> 3"):
+        script.train(make_config(script, split, *common, "--resume", "--seed", "3"))
+
+
+def test_resume_with_more_steps_extends_the_run(script: ModuleType, tmp_path: Path) -> None:
+    """A finished run resumed with a larger --steps reaches the new last step, keeping the lr
+    horizon it was trained with; its steps equal those of a run stopped at the same point."""
+    common = ["--log-every", "1", "--eval-every", "3", "--ckpt-every", "100"]
+    short = tmp_path / "short"
+    first = script.train(make_config(script, short, *common, "--steps", "3"))
+    assert first["completed"] and first["step"] == 3
+    extended = script.train(make_config(script, short, *common, "--steps", "6", "--resume"))
+    assert extended["completed"] and extended["step"] == 6 and extended["final"]["step"] == 6
+    assert [r["step"] for r in _train_records(short)] == [1, 2, 3, 4, 5, 6]
+    assert extended["config"]["decay_steps"] == 1  # the 3-step run's horizon: 3 // 2
+    # the same schedule from the start: a 6-step run with that horizon, steps identical
+    same = tmp_path / "same"
+    script.train(make_config(script, same, *common, "--steps", "6", "--decay-steps", "1",
+                             "--ramp-steps", "3"))  # fmt: skip
+    assert _train_records(short) == _train_records(same)
+    with pytest.raises(ValueError, match="cannot go back"):
+        script.train(make_config(script, short, *common, "--steps", "2", "--resume"))
 
 
 def _wrap_as_files(task: Any) -> Any:
@@ -459,24 +531,32 @@ def test_resume_is_exact_with_loader_workers(script: ModuleType, tmp_path: Path)
     assert records(split, "eval") == records(full, "eval")
 
 
-def test_target_labels_never_reach_a_loss(script: ModuleType, tmp_path: Path) -> None:
-    """Permuting, or replacing, the target adaptation labels leaves every loss and weight
-    bit-identical; only the pseudo-label-accuracy diagnostic may change. Changing *source* labels
-    does change them (the comparison can fail)."""
+@pytest.mark.parametrize("method", ["lacmfer", "dann"])
+def test_target_labels_never_reach_a_loss_a_validator_or_the_selection(
+    script: ModuleType, tmp_path: Path, method: str
+) -> None:
+    """Permuting, or replacing, the target adaptation labels leaves every loss, weight, validator
+    score and the selected checkpoint bit-identical; only the pseudo-label-accuracy diagnostic may
+    change. Changing *source* labels does change them (the comparison can fail)."""
     from cmfer.data import build_data
 
-    args = ["--steps", "4", "--log-every", "1", "--eval-every", "4", "--write-weight-hash"]
+    args = ["--steps", "4", "--log-every", "1", "--eval-every", "2", "--write-weight-hash",
+            "--method", method, "--select-by", "entropy"]  # fmt: skip
 
-    def run(name: str, edit: Any) -> tuple[list[dict[str, Any]], str]:
+    def run(name: str, edit: Any) -> tuple[Any, ...]:
         cfg = make_config(script, tmp_path / name, *args)
         data = build_data(cfg, device=torch.device("cpu"))
         edit(data)
-        script.train(cfg, data=data)
+        summary = script.train(cfg, data=data)
         out = tmp_path / name
         rows = [
             {k: v for k, v in r.items() if k != "pseudo_label_acc"} for r in records(out, "train")
         ]
-        return rows, weights_hash(out)
+        scores = [
+            {k: v for k, v in r.items() if k.startswith("val_")} for r in records(out, "eval")
+        ]
+        assert all(len(s) == 5 for s in scores)
+        return rows, weights_hash(out), scores, summary["selected"]
 
     base = run("base", lambda d: None)
     g = torch.Generator().manual_seed(1)
@@ -500,6 +580,12 @@ def test_target_labels_never_reach_a_loss(script: ModuleType, tmp_path: Path) ->
     [
         ["--method", "source-only"],
         ["--method", "mmd"],
+        ["--method", "dann"],
+        ["--method", "coral", "--per-source"],
+        ["--method", "m3sda"],
+        ["--method", "mcc"],
+        ["--method", "lacmfer", "--select-by", "snd"],
+        ["--method", "source-only", "--source-val-fraction", "0.25", "--select-by", "source-acc"],
         ["--no-sid", "--no-voting"],
         ["--consistency", "kl", "--per-source", "--cluster-ramp", "dann_sigmoid"],
         ["--source-mode", "balanced", "--no-augment", "--amp", "bf16"],
@@ -511,12 +597,20 @@ def test_methods_and_switches_train(script: ModuleType, tmp_path: Path, args: li
     assert all(math.isfinite(r["loss"]) for r in rows)
     assert summary["final"] is not None and 0 <= summary["final"]["acc_fused"] <= 1
     if "source-only" in args:
-        assert all(r["align"] == r["consistency"] == r["voting"] == 0 for r in rows)
-        assert all(r["loss"] == r["ce"] for r in rows)
+        assert all(r["align"] == 0 and r["loss"] == r["ce"] for r in rows)
+    if "--select-by" in args:
+        validator = args[args.index("--select-by") + 1]
+        assert summary["selected"]["validator"] == validator
+        evals = records(tmp_path, "eval")
+        best = max(evals, key=lambda r: r[f"val_{validator}"])
+        assert summary["selected"]["step"] == best["step"]
+        assert (tmp_path / "checkpoints" / "selected.pt").exists()
 
 
 def test_target_all_runs_each_target(script: ModuleType, tmp_path: Path) -> None:
-    summaries = script.run(
+    from cmfer.data import TARGETS
+
+    summaries = script.run_targets(
         make_config(
             script,
             tmp_path,
@@ -531,12 +625,12 @@ def test_target_all_runs_each_target(script: ModuleType, tmp_path: Path) -> None
             "--no-plots",
         )
     )
-    assert [s["target"] for s in summaries] == list(script.TARGETS)
+    assert [s["target"] for s in summaries] == list(TARGETS)
     for s in summaries:
         assert s["target"] not in s["sources"] and len(s["sources"]) == 5
-    assert (tmp_path / "CKplus" / "summary.json").exists()
+    assert all((tmp_path / t / "summary.json").exists() for t in TARGETS)  # <out>/<target>/
     table = (tmp_path / "results.md").read_text()
-    assert all(t in table for t in script.TARGETS) and "mean" in table
+    assert all(t in table for t in TARGETS) and "mean" in table
 
 
 @pytest.mark.slow
@@ -614,3 +708,20 @@ def test_real_image_lists_run_the_protocol(script: ModuleType, tmp_path: Path) -
     assert "leaks test images" in " ".join(published["protocol_notes"])
     with pytest.raises(ValueError, match="AffectNet's image lists are not distributed"):
         script.train(make_config(script, tmp_path, "--data-root", str(data), "--lists", str(lists)))
+
+
+def test_progress_lines_when_not_on_a_terminal(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Redirected (not a terminal, the default --progress): a flushed line per logged step with
+    the losses, images/s and the time left; the closing lines say what to compare."""
+    argv = ["--preset", "smoke", "--no-tensorboard", "--no-plots", "--out", str(tmp_path),
+            "--steps", "4", "--log-every", "2", "--eval-every", "4"]  # fmt: skip
+    assert script.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    lines = [line for line in out if "| step " in line]
+    assert [line.split("| step ")[1].split(" ")[0] for line in lines] == ["2/4", "4/4"]
+    for line in lines:
+        assert "loss " in line and "img/s" in line and "ETA " in line
+    assert any("final-step target accuracy" in line for line in out)
+    assert any("compare with source-only" in line for line in out)

@@ -29,7 +29,7 @@ def torchrun(out: Path, *args: str, nproc: int = 2) -> None:
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
         f"--master_port={free_port()}", str(SCRIPT), "--preset", "smoke", "--steps", "3",
         "--batch-size", "8", "--log-every", "1", "--eval-every", "3", "--no-progress",
-        "--write-weight-hash", "--out", str(out), *args,
+        "--write-weight-hash", "--select-by", "entropy", "--out", str(out), *args,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
@@ -58,6 +58,9 @@ def test_ranks_hold_identical_weights_and_resume(tmp_path: Path) -> None:
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 3]
     summary = json.loads((full / "summary.json").read_text())
     assert summary["final"]["num_test"] == 64  # the sharded evaluation covers the whole test set
+    # the validators see the whole (sharded) adaptation set; the choice is made without labels
+    assert summary["selected"]["validator"] == "entropy" and summary["selected"]["step"] == 3
+    assert (full / "checkpoints" / "selected.pt").exists()
 
     # stop after step 2, resume under DDP: the same weights as the uninterrupted run
     split = tmp_path / "split"
@@ -66,3 +69,14 @@ def test_ranks_hold_identical_weights_and_resume(tmp_path: Path) -> None:
     assert rank_check(split, 0)["weights"] == r0["weights"]
     assert rank_check(split, 1)["weights"] == r0["weights"]
     assert (split / "metrics.jsonl").read_text() == (full / "metrics.jsonl").read_text()
+
+
+def test_dann_discriminators_stay_in_sync(tmp_path: Path) -> None:
+    """The DANN discriminators are trained inside the DDP-wrapped step: both ranks end with the
+    same weights (model and discriminators), although each saw half of the batch."""
+    import torch
+
+    torchrun(tmp_path, "--method", "dann", "--per-source")
+    assert rank_check(tmp_path, 0)["weights"] == rank_check(tmp_path, 1)["weights"]
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    assert any("discriminator" in k for k in ckpt["objective"])
