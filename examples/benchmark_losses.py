@@ -11,6 +11,10 @@ domain-adaptation code: Python loops over samples, classes and class pairs with 
 and ``.item()``, and the classic multi-kernel MMD that materialises the ``(n, n, D)`` difference tensor.
 It computes the same values (checked at the start of every run).
 
+Extra rows time the baseline losses of :mod:`lacmfer.losses` (DANN with its discriminator, CORAL,
+M3SDA moment matching, Minimum Class Confusion) at ``B_s = B_t = 128`` (``--baseline-size``),
+forward + backward, lacmfer only: no loop transcription is run for them.
+
 Usage::
 
     python examples/benchmark_losses.py                 # B in {32, 128, 512} on CPU
@@ -34,10 +38,14 @@ import torch
 import torch.nn.functional as F
 
 from lacmfer.functional import (
+    coral,
     dual_level_alignment,
+    minimum_class_confusion,
+    moment_matching,
     multi_view_clustering_consistency,
     multi_view_pseudo_label_loss,
 )
+from lacmfer.losses import DomainAdversarialLoss
 
 K = 7
 D = 1024
@@ -142,6 +150,37 @@ def vectorised_losses(fs, zs, ys, ft, zt, zg_t, zl_t):  # type: ignore[no-untype
 
 
 # --------------------------------------------------------------------------------------------------
+# The baselines (lacmfer only), on the same inputs.
+
+SOURCES = 5  # leave-one-dataset-out: five labelled source datasets
+
+#: Row labels of the baselines, by the variant name of their measurement.
+BASELINES = {
+    "dann": "DANN (with its D-1024-1024-2 discriminator)",
+    "coral": "CORAL",
+    "m3sda": f"M3SDA ({SOURCES} sources, moments 2)",
+    "min-class-confusion": "Minimum Class Confusion (T = 2.5)",
+}
+
+
+def baseline_losses(name: str, device: str) -> Callable[..., torch.Tensor]:
+    """One baseline's loss on the benchmark's inputs ``(fs, zs, ys, ft, zt, zg_t, zl_t)``."""
+    if name == "dann":
+        dann = DomainAdversarialLoss(D).to(device)  # pooled, hidden 1024, training-mode BN
+        return lambda fs, zs, ys, ft, zt, zg_t, zl_t: dann(fs, ft)
+    if name == "coral":
+        return lambda fs, zs, ys, ft, zt, zg_t, zl_t: coral(fs, ft)
+    if name == "m3sda":
+
+        def m3sda(fs, zs, ys, ft, zt, zg_t, zl_t):  # type: ignore[no-untyped-def]
+            domains = torch.arange(fs.shape[0], device=fs.device) % SOURCES
+            return moment_matching(fs, domains, ft, num_domains=SOURCES)
+
+        return m3sda
+    return lambda fs, zs, ys, ft, zt, zg_t, zl_t: minimum_class_confusion(zg_t)
+
+
+# --------------------------------------------------------------------------------------------------
 # Measurement (in a child process).
 
 
@@ -171,7 +210,11 @@ def _peak_rss_bytes() -> int:
 def child(variant: str, b: int, device: str, repeats: int, clock: str) -> dict[str, float]:
     torch.manual_seed(0)
     now = time.process_time if clock == "cpu" else time.perf_counter
-    fn: Callable[..., torch.Tensor] = loop_losses if variant == "loop" else vectorised_losses
+    fn: Callable[..., torch.Tensor]
+    if variant in BASELINES:
+        fn = baseline_losses(variant, device)
+    else:
+        fn = loop_losses if variant == "loop" else vectorised_losses
     inputs = make_inputs(b, device)
     grads = [0, 3, 5, 6]  # feat_s, feat_t, both views' target logits
 
@@ -253,6 +296,12 @@ def main() -> None:
         help="intra-op threads of each measurement (0: torch's default). On a machine other "
         "processes load, use 1: multi-threaded small ops then wait for busy cores",
     )
+    parser.add_argument(
+        "--baseline-size",
+        type=int,
+        default=128,
+        help="B of the extra rows that time the baseline losses (lacmfer only); 0: none",
+    )
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads > 0:
@@ -270,6 +319,11 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, device {args.device}, {args.clock} clock"
         + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else "")
     )
+    if args.baseline_size > 0:
+        print(
+            f"# last {len(BASELINES)} rows: baseline losses at B_s = B_t = {args.baseline_size}, "
+            "forward+backward, lacmfer only"
+        )
     print(f"# loop and vectorised values agree to {rel:.1e} (relative)\n")
     header = ["B_s = B_t", "loop time", "lacmfer time", "speed-up", "loop peak MiB"]
     header += ["lacmfer peak MiB", "memory ratio"]
@@ -289,6 +343,16 @@ def main() -> None:
             f"| {b} | {_fmt_s(loop['time'])}{note} | {_fmt_s(vec['time'])} | "
             f"{'n/a' if speed != speed else f'{speed:.0f}x'} | {_fmt_mib(loop['peak'])} | "
             f"{_fmt_mib(vec['peak'])} | {'n/a' if mem != mem else f'1/{1 / mem:.0f}' if mem > 0 else '~0'} |",
+            flush=True,
+        )
+    # The baselines: lacmfer only (no loop transcription), one row each.
+    b = args.baseline_size
+    for name, label in BASELINES.items() if b > 0 else ():
+        res = run_child(name, b, args.device, args.repeats, args.timeout, args.clock)
+        note = f" ({res['note']})" if "note" in res else ""
+        print(
+            f"| {b}, {label} | — | {_fmt_s(res['time'])}{note} | — | — | "
+            f"{_fmt_mib(res['peak'])} | — |",
             flush=True,
         )
 

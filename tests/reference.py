@@ -1,4 +1,5 @@
-"""Naive loop transcriptions of SPEC §2–§3, the independent references of the loss tests.
+"""Naive loop transcriptions of the equations of ``docs/method.rst`` ("Dual-level inter-domain
+alignment" and "Multi-view intra-domain alignment"), the independent references of the loss tests.
 
 Written for clarity, not speed: explicit Python loops over samples, classes and pairs, sets built as
 lists, distances from explicit differences. Nothing here is imported from :mod:`lacmfer`, so a test
@@ -283,3 +284,148 @@ def mvv_reference(logits_g: Tensor, logits_l: Tensor, threshold: float = 0.9) ->
             part = part - torch.log_softmax(logits[i], dim=0)[labels[i]]
         loss = loss + part / len(kept)
     return loss
+
+
+# --------------------------------------------------------------------------------------------------
+# Baselines: DANN, CORAL, M3SDA moment matching, Minimum Class Confusion (Jin et al.).
+
+
+def _scalar_cross_entropy(z: Tensor, label: int) -> Tensor:
+    """-log softmax(z)[label] of one row, from explicit sums (shifted by the row maximum)."""
+    zmax = max(float(v) for v in z.detach())
+    total = z.new_zeros(())
+    for k in range(z.shape[0]):
+        total = total + torch.exp(z[k] - zmax)
+    return torch.log(total) + zmax - z[label]
+
+
+def dann_reference(
+    domain_logits_s: Tensor, domain_logits_t: Tensor, domains_s: Optional[Tensor] = None
+) -> Tensor:
+    """0.5 (mean source CE + mean target CE); sources labelled by domain (0 pooled), target last."""
+    target_label = domain_logits_t.shape[1] - 1
+    source = domain_logits_s.new_zeros(())
+    for i in range(domain_logits_s.shape[0]):
+        label = 0 if domains_s is None else int(domains_s[i])
+        source = source + _scalar_cross_entropy(domain_logits_s[i], label)
+    target = domain_logits_t.new_zeros(())
+    for j in range(domain_logits_t.shape[0]):
+        target = target + _scalar_cross_entropy(domain_logits_t[j], target_label)
+    return 0.5 * (source / domain_logits_s.shape[0] + target / domain_logits_t.shape[0])
+
+
+def covariance_reference(rows: list[Tensor]) -> list[list[Tensor]]:
+    """Unbiased covariance (divide by n - 1) of a list of feature vectors, entry by entry."""
+    n, d = len(rows), rows[0].shape[0]
+    mean = []
+    for a in range(d):
+        total = rows[0].new_zeros(())
+        for r in rows:
+            total = total + r[a]
+        mean.append(total / n)
+    cov = []
+    for a in range(d):
+        line = []
+        for b in range(d):
+            total = rows[0].new_zeros(())
+            for r in rows:
+                total = total + (r[a] - mean[a]) * (r[b] - mean[b])
+            line.append(total / (n - 1))
+        cov.append(line)
+    return cov
+
+
+def coral_reference(feat_s: Tensor, feat_t: Tensor, domains_s: Optional[Tensor] = None) -> Tensor:
+    """||C_s - C_t||_F^2 / (4 d^2); per source, the mean over domains with >= 2 samples (else 0)."""
+    d = feat_s.shape[1]
+    cov_t = covariance_reference([feat_t[j] for j in range(feat_t.shape[0])])
+    terms = []
+    for idx in _split_by_domain(domains_s, feat_s.shape[0]):
+        if len(idx) < 2:
+            continue
+        cov_s = covariance_reference([feat_s[i] for i in idx])
+        total = feat_s.new_zeros(())
+        for a in range(d):
+            for b in range(d):
+                total = total + (cov_s[a][b] - cov_t[a][b]) ** 2
+        terms.append(total / (4 * d * d))
+    if not terms:
+        return feat_s.sum() * 0.0
+    return sum(terms) / len(terms)
+
+
+def _moment(rows: list[Tensor], k: int) -> list[Tensor]:
+    d = rows[0].shape[0]
+    out = []
+    for a in range(d):
+        total = rows[0].new_zeros(())
+        for r in rows:
+            total = total + r[a] ** k
+        out.append(total / len(rows))
+    return out
+
+
+def _euclidean(u: list[Tensor], v: list[Tensor]) -> Tensor:
+    total = u[0].new_zeros(())
+    for a in range(len(u)):
+        total = total + (u[a] - v[a]) ** 2
+    return torch.sqrt(total)
+
+
+def moment_matching_reference(
+    feat_s: Tensor, domains_s: Tensor, feat_t: Tensor, moments: int = 2
+) -> Tensor:
+    """Peng et al. (ICCV 2019) eq. (1): means of Euclidean distances of raw moments, k = 1..moments.
+
+    Domains are the ids present in ``domains_s``; the pair term is absent with one present source.
+    """
+    groups = _split_by_domain(domains_s, feat_s.shape[0])
+    target = [feat_t[j] for j in range(feat_t.shape[0])]
+    loss = feat_s.new_zeros(())
+    for k in range(1, moments + 1):
+        means = [_moment([feat_s[i] for i in idx], k) for idx in groups]
+        mean_t = _moment(target, k)
+        to_target = [_euclidean(m, mean_t) for m in means]
+        loss = loss + sum(to_target) / len(to_target)
+        pairs = []
+        for i in range(len(means)):
+            for j in range(i + 1, len(means)):
+                pairs.append(_euclidean(means[i], means[j]))
+        if pairs:
+            loss = loss + sum(pairs) / len(pairs)
+    return loss
+
+
+def minimum_class_confusion_reference(
+    logits: Tensor, temperature: float = 2.5, weights: Optional[list[float]] = None
+) -> Tensor:
+    """Jin et al. (ECCV 2020): entropy-weighted class confusion, row-normalised, off-diagonal / K.
+
+    ``weights`` replaces the entropy weights (e.g. frozen at another input, for a gradient check).
+    """
+    b, k_num = logits.shape
+    probs = [torch.softmax(logits[i] / temperature, dim=0) for i in range(b)]
+    raw = []
+    for i in range(b):
+        entropy = 0.0
+        for k in range(k_num):
+            p = float(probs[i][k].detach())
+            if p > 0:
+                entropy -= p * math.log(p)
+        raw.append(1.0 + math.exp(-entropy))
+    if weights is None:
+        weights = [b * r / sum(raw) for r in raw]  # detached: plain floats
+    c = [[logits.new_zeros(()) for _ in range(k_num)] for _ in range(k_num)]
+    for i in range(b):
+        for k in range(k_num):
+            for kk in range(k_num):
+                c[k][kk] = c[k][kk] + weights[i] * probs[i][k] * probs[i][kk]
+    total = logits.new_zeros(())
+    for k in range(k_num):
+        row = sum(c[k][kk] for kk in range(k_num))
+        if float(row.detach()) == 0.0:
+            continue
+        for kk in range(k_num):
+            if kk != k:
+                total = total + c[k][kk] / row
+    return total / k_num
