@@ -1,19 +1,36 @@
 #!/usr/bin/env python
-"""Compare LA-CMFER with source-only and the baselines on the synthetic benchmark, over seeds.
+"""Does adaptation help? LA-CMFER against source-only and the baselines, on the synthetic benchmark.
 
-Every (seed, target, method) is one run of ``examples/train_cmfer.py`` with the same budget
-(``--preset benchmark`` plus any overrides given after ``--``). The result of a run is its
-**final-step** target test accuracy (fused view); best-over-training is reported separately and
-labelled as selection on the test set. Runs are spread over ``--jobs`` worker processes with
-``--threads`` torch threads each; finished runs are appended to ``<out>/runs.jsonl``, so an
-interrupted benchmark continues where it stopped when started again with the same arguments.
+Every (method, target, seed) is one run of ``examples/train_cmfer.py --preset benchmark`` with the
+same budget and recipe, started as its own process with pinned threads, so that its **command line
+alone reproduces it** from a fresh clone. Each finished run appends one JSON record to
+``--records`` (default ``examples/results/benchmark_runs.jsonl``):
+
+* ``target``, ``seed``, ``method``, ``variant`` (extra flags, for the ablations);
+* ``final_acc``: fused-view target test accuracy at the last step (%), THE result;
+* ``selected_acc`` and ``validator``: the checkpoint the preset's unsupervised validator prefers
+  (no target labels used);
+* ``oracle_acc``: best test accuracy over training -- selection on the test set, not a result;
+* ``evals``: every evaluation (step, test accuracy, every validator's score), for the validator
+  study; ``wall_s``; ``command``: the exact command of the run.
+
+The driver resumes: runs already in the records (same command) are not run again, so an
+interrupted benchmark continues where it stopped. The tables are generated from the records alone:
+
+* ``--results`` (``examples/results/synthetic_benchmark.md``): final-step accuracy mean ± std over
+  seeds per target and overall; the paired difference of each method to source-only over the
+  (target, seed) pairs with a 95 % t-interval; the ablations; selected and oracle, labelled;
+* ``--validators-results`` (``examples/results/validators.md``): for each validator, the Spearman
+  rank correlation of its score with the target accuracy over the evaluations of a run (mean ± std
+  over runs), and the mean accuracy of the evaluation it selects against final and oracle; with
+  matplotlib, a figure (``--figure``).
 
 Usage::
 
-    python examples/run_synthetic_benchmark.py                      # 3 seeds × 6 targets × 7 methods
-    python examples/run_synthetic_benchmark.py --seeds 0 --targets CK+ JAFFE -- --steps 50
-
-Writes the markdown table to ``--results`` (default ``examples/results/synthetic_benchmark.md``).
+    python examples/run_synthetic_benchmark.py                 # every method × 6 targets × 3 seeds
+    python examples/run_synthetic_benchmark.py --tables-only   # rewrite the tables from the records
+    python examples/run_synthetic_benchmark.py --methods source-only lacmfer --seeds 0 \\
+        --targets JAFFE --ablation-seeds -- --steps 50         # flags after -- go to every run
 """
 
 from __future__ import annotations
@@ -21,218 +38,394 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing as mp
 import os
 import platform
 import shlex
-import signal
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Optional
 
-import train_cmfer
+from cmfer.config import METHODS, SELECT_BY, config_from_args
 from cmfer.data import TARGETS
 
 HERE = Path(__file__).resolve().parent
-METHODS = ("source-only", "mmd", "dann", "coral", "m3sda", "mcc", "lacmfer")
+ROOT = HERE.parent
 LABELS = {"source-only": "source-only", "mmd": "MMD", "dann": "DANN", "coral": "CORAL",
           "m3sda": "M3SDA", "mcc": "MCC", "lacmfer": "LA-CMFER"}  # fmt: skip
+ORDER = ("source-only", "mmd", "dann", "coral", "m3sda", "mcc", "lacmfer")
+#: The ablations of the paper (LA-CMFER without one component), run on ``--ablation-seeds``.
+ABLATIONS = {
+    "w/o SID": ["--no-sid"],
+    "w/o CID": ["--no-cid"],
+    "w/o consistency": ["--consistency", "none"],
+    "w/o voting": ["--no-voting"],
+}
+VALIDATORS = tuple(v for v in SELECT_BY if v != "final")
 
 
-def run_one(job: dict[str, Any]) -> dict[str, Any]:
-    """Train one (seed, target, method) and return its numbers (runs in a worker process)."""
-    import torch
+# ------------------------------------------------------------------------------------------ runs
+def command_of(method: str, target: str, seed: int, variant: Sequence[str], preset: str,
+               extra: Sequence[str], out: Path) -> str:  # fmt: skip
+    """The shell command of one run, from the repository root of a fresh clone."""
+    args = ["python", "examples/train_cmfer.py", "--preset", preset, *extra, "--method", method,
+            *variant, "--target", target, "--seed", str(seed), "--threads", "1", "--device", "cpu",
+            "--no-progress", "--out", str(out)]  # fmt: skip
+    return "OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 " + shlex.join(args)
 
-    torch.set_num_threads(job["threads"])
-    script = train_cmfer
-    folder = Path(job["out"]) / f"seed{job['seed']}" / job["target"].replace("+", "plus")
-    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in job["method"])
-    method_args = job.get("variant_args") or ["--method", job["method"]]
-    args = [
-        "--preset", job["preset"], *job["extra"], *method_args,
-        "--target", job["target"], "--seed", str(job["seed"]), "--device", "cpu",
-        "--out", str(folder / name), "--no-progress",
-    ]  # fmt: skip
-    summary = script.train(script.config_from_args(args))
-    final, best = summary["final"], summary["oracle"]
+
+def run_folder(out: Path, method: str, variant: Sequence[str], target: str, seed: int) -> Path:
+    name = method + "".join(f"_{v.strip('-')}" for v in variant)
+    return out / f"seed{seed}" / target / name
+
+
+def execute(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one job's command and turn its outputs into a record."""
+    start = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    args = shlex.split(job["command"].split(" ", 2)[2])  # drop the two env assignments
+    args[0] = sys.executable  # "python" of the recorded command: this interpreter
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"run failed: {job['command']}\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+        )
+    folder = ROOT / job["folder"]
+    summary = json.loads((folder / "summary.json").read_text())
+    evals = []
+    for line in (folder / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r["kind"] == "eval":
+            entry = {"step": r["step"], "acc": 100 * r["acc_fused"]}
+            entry.update({k[4:]: r[k] for k in r if k.startswith("val_")})
+            evals.append(entry)
+    final, selected, oracle = summary["final"], summary["selected"], summary["oracle"]
     return {
-        "seed": job["seed"],
         "target": summary["target"],
+        "seed": job["seed"],
         "method": job["method"],
-        "variant_args": job.get("variant_args") or [],
-        "acc_fused": final["acc_fused"],
-        "acc_global": final["acc_global"],
-        "acc_local": final["acc_local"],
-        "macro_f1_fused": final["macro_f1_fused"],
-        "best_acc_fused": best["acc_fused"],
-        "wall_time_s": summary["wall_time_s"],
-        "train_time_s": summary["train_time_s"],
-        "steps": summary["config"]["steps"],
+        "variant": job["variant"],
+        "final_acc": 100 * final["acc_fused"],
+        "selected_acc": 100 * selected["acc_fused"],
+        "validator": selected["validator"],
+        "oracle_acc": 100 * oracle["acc_fused"],
+        "oracle_note": oracle["note"],
+        "steps": summary["step"],
+        "evals": evals,
+        "wall_s": round(time.perf_counter() - start, 1),
+        "command": job["command"],
     }
 
 
-def _mean_std(values: Sequence[float]) -> str:
+def read_records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------- tables
+def mean_std(values: Sequence[float]) -> str:
     if not values:
         return "–"
-    mean = 100 * statistics.fmean(values)
-    std = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.1f} ± {std:.1f}"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.1f} ± {std:.1f}"
 
 
-def make_table(rows: list[dict[str, Any]], methods: Sequence[str], targets: Sequence[str]) -> str:
-    """Markdown tables: final-step accuracy (THE result) and best-over-training (labelled)."""
+def t_quantile(p: float, df: int) -> float:
+    """Quantile of Student's t distribution (bisection on its CDF, Simpson integration)."""
 
-    def cell(target: Optional[str], method: str, key: str) -> str:
-        if target is None:  # average over targets, per seed, then mean ± std over seeds
-            seeds = sorted({r["seed"] for r in rows})
-            per_seed = []
-            for s in seeds:
-                vals = [r[key] for r in rows if r["seed"] == s and r["method"] == method]
-                if len(vals) == len(targets):
-                    per_seed.append(statistics.fmean(vals))
-            return _mean_std(per_seed)
-        return _mean_std([r[key] for r in rows if r["target"] == target and r["method"] == method])
+    def pdf(x: float) -> float:
+        c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+        return math.exp(c - (df + 1) / 2 * math.log1p(x * x / df))
 
-    out = []
-    for key, title in (
-        ("acc_fused", "Final-step target accuracy (%), fused view: THE result"),
-        ("best_acc_fused", "Best over training (%): selection on the test set, NOT a valid result"),
-    ):
-        out.append(f"### {title}\n")
-        out.append("| target | " + " | ".join(LABELS.get(m, m) for m in methods) + " |")
-        out.append("|---|" + "---|" * len(methods))
-        for t in targets:
-            out.append(f"| {t} | " + " | ".join(cell(t, m, key) for m in methods) + " |")
-        out.append(
-            "| **mean of the targets** | "
-            + " | ".join(f"**{cell(None, m, key)}**" for m in methods)
-            + " |"
-        )
-        out.append("")
-    return "\n".join(out)
+    def cdf(x: float, n: int = 2000) -> float:  # 0.5 + integral from 0 to x
+        h = x / n
+        s = pdf(0.0) + pdf(x) + sum((4 if i % 2 else 2) * pdf(i * h) for i in range(1, n))
+        return 0.5 + s * h / 3
+
+    lo, hi = 0.0, 100.0
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
 
 
+def paired_difference(rows: list[dict[str, Any]], method: str, base: str = "source-only") -> str:
+    """Mean of acc(method) − acc(base) over the (target, seed) pairs both have, ± the half-width
+    of a 95 % t-interval, and the number of pairs."""
+    by_key = {(r["target"], r["seed"]): r["final_acc"] for r in rows if r["method"] == base}
+    diffs = [r["final_acc"] - by_key[(r["target"], r["seed"])]
+             for r in rows if r["method"] == method and (r["target"], r["seed"]) in by_key]  # fmt: skip
+    if len(diffs) < 2:
+        return "–"
+    half = t_quantile(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    mean = statistics.fmean(diffs)
+    verdict = "better" if mean - half > 0 else "worse" if mean + half < 0 else "no clear difference"
+    return f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}] (n = {len(diffs)}, {verdict})"
+
+
+def method_table(rows: list[dict[str, Any]], key: str, methods: Sequence[str],
+                 targets: Sequence[str]) -> list[str]:  # fmt: skip
+    """Mean ± std over seeds per target; the mean row averages the targets per seed first."""
+    out = ["| target | " + " | ".join(LABELS.get(m, m) for m in methods) + " |",
+           "|---|" + "---:|" * len(methods)]  # fmt: skip
+    for t in targets:
+        cells = [mean_std([r[key] for r in rows if r["target"] == t and r["method"] == m])
+                 for m in methods]  # fmt: skip
+        out.append(f"| {t} | " + " | ".join(cells) + " |")
+    cells = []
+    for m in methods:
+        per_seed = []
+        for s in sorted({r["seed"] for r in rows}):
+            vals = [r[key] for r in rows if r["seed"] == s and r["method"] == m]
+            if len(vals) == len(targets):
+                per_seed.append(statistics.fmean(vals))
+        cells.append(f"**{mean_std(per_seed)}**")
+    out.append("| **mean of the targets** | " + " | ".join(cells) + " |")
+    return out
+
+
+def benchmark_tables(records: list[dict[str, Any]], targets: Sequence[str]) -> str:
+    main = [r for r in records if not r["variant"]]
+    methods = [m for m in ORDER if any(r["method"] == m for r in main)]
+    lines = ["### Final-step target accuracy (%), fused view: THE result", ""]
+    lines += method_table(main, "final_acc", methods, targets)
+    lines += ["", "### Paired difference to source-only (final step, percentage points)", "",
+              "Mean over the (target, seed) pairs, [95 % t-interval]; 'better'/'worse' only when "
+              "the interval excludes 0.", "", "| method | difference to source-only |",
+              "|---|---|"]  # fmt: skip
+    for m in methods:
+        if m != "source-only":
+            lines.append(f"| {LABELS[m]} | {paired_difference(main, m)} |")
+    validator = next((r["validator"] for r in main if r["validator"] != "final"), "final")
+    lines += ["", f"### Checkpoint selected by `{validator}` (no target labels) (%)", ""]
+    lines += method_table(main, "selected_acc", methods, targets)
+    lines += ["", "### Best over training (%): selection on the test set, NOT a valid result", ""]
+    lines += method_table(main, "oracle_acc", methods, targets)
+    ablations = [r for r in records if r["variant"] and r["method"] == "lacmfer"]
+    if ablations:
+        seeds = sorted({r["seed"] for r in ablations})
+        full = [r for r in main if r["method"] == "lacmfer" and r["seed"] in seeds]
+        names = ["LA-CMFER", *[n for n, flags in ABLATIONS.items()
+                               if any(r["variant"] == flags for r in ablations)]]  # fmt: skip
+        lines += ["", f"### Ablations of LA-CMFER (final step, %, seed(s) {seeds})", "",
+                  "| target | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]  # fmt: skip
+        for t in [*targets, "mean"]:
+            cells = []
+            for n in names:
+                sel = (
+                    full
+                    if n == "LA-CMFER"
+                    else [r for r in ablations if r["variant"] == ABLATIONS[n]]
+                )
+                vals = [r["final_acc"] for r in sel if t == "mean" or r["target"] == t]
+                cells.append(f"{statistics.fmean(vals):.1f}" if vals else "–")
+            lines.append(f"| {'**mean**' if t == 'mean' else t} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); nan when a side is constant."""
+
+    def ranks(v: Sequence[float]) -> list[float]:
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        out = [0.0] * len(v)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+
+    rx, ry = ranks(x), ranks(y)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else math.nan
+
+
+def validator_tables(records: list[dict[str, Any]]) -> str:
+    runs = [r for r in records if not r["variant"] and len(r["evals"]) >= 3]
+    lines = ["| validator | Spearman ρ(score, target acc) per run | selected acc (%) | "
+             "final acc (%) | oracle acc (%) | runs |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    final = statistics.fmean(r["final_acc"] for r in runs) if runs else math.nan
+    oracle = statistics.fmean(max(e["acc"] for e in r["evals"]) for r in runs) if runs else math.nan
+    for v in VALIDATORS:
+        rhos, picked = [], []
+        for r in runs:
+            if not all(v in e for e in r["evals"]):
+                continue
+            scores, accs = [e[v] for e in r["evals"]], [e["acc"] for e in r["evals"]]
+            rho = spearman(scores, accs)
+            if math.isfinite(rho):
+                rhos.append(rho)
+            picked.append(accs[max(range(len(scores)), key=lambda i: scores[i])])
+        if picked:
+            lines.append(f"| {v} | {mean_std(rhos).replace(' ± ', ' ± ')} | "
+                         f"{statistics.fmean(picked):.1f} | {final:.1f} | {oracle:.1f} | "
+                         f"{len(picked)} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def validator_figure(records: list[dict[str, Any]], path: Path) -> bool:
+    """Score vs target accuracy over the evaluations, one panel per validator (scores standardised
+    within each run, so runs share an axis)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    runs = [r for r in records if not r["variant"] and len(r["evals"]) >= 3]
+    present = [v for v in VALIDATORS if any(v in e for r in runs for e in r["evals"])]
+    if not present:
+        return False
+    fig, axes = plt.subplots(1, len(present), figsize=(3.2 * len(present), 3.2), sharey=True)
+    panels = list(getattr(axes, "flat", [axes]))
+    for ax, v in zip(panels, present):
+        for r in runs:
+            scores = [e[v] for e in r["evals"] if v in e]
+            if len(scores) < 3:
+                continue
+            mu, sd = statistics.fmean(scores), statistics.pstdev(scores) or 1.0
+            accs = [e["acc"] - r["final_acc"] for e in r["evals"] if v in e]
+            ax.scatter([(s - mu) / sd for s in scores], accs, s=6, alpha=0.4)
+        ax.set_title(v)
+        ax.set_xlabel("score (standardised per run)")
+    panels[0].set_ylabel("target acc − final acc (points)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ------------------------------------------------------------------------------------------ main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    argv_all = list(argv)
     extra: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1 :]
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--targets", nargs="+", default=None, help="default: the six domains")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    p.add_argument(
-        "--variant",
-        action="append",
-        default=[],
-        metavar="LABEL=ARGS",
-        help="an extra column: train_cmfer flags under a label, e.g. "
-        "'LA-CMFER w/o SID+CID=--method lacmfer --no-sid --no-cid' (repeatable)",
-    )
-    p.add_argument("--notes", default=None, help="markdown file appended to the results")
+    p.add_argument("--targets", nargs="+", default=list(TARGETS), help="default: the six domains")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(ORDER))
+    p.add_argument("--ablation-seeds", type=int, nargs="*", default=[0],
+                   help="seeds of the LA-CMFER ablations (none: skip them)")  # fmt: skip
     p.add_argument("--preset", default="benchmark", help="train_cmfer preset of every run")
-    p.add_argument("--jobs", type=int, default=2, help="worker processes")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
-    p.add_argument("--out", default="runs/synthetic_benchmark", help="run folders and runs.jsonl")
-    p.add_argument(
-        "--results",
-        default=str(HERE / "results" / "synthetic_benchmark.md"),
-        help="markdown file for the tables ('' to skip)",
-    )
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    p.add_argument("--out", default="runs/synthetic_benchmark", help="folder of the run outputs")
+    p.add_argument("--records", default=str(HERE / "results" / "benchmark_runs.jsonl"))
+    p.add_argument("--results", default=str(HERE / "results" / "synthetic_benchmark.md"))
+    p.add_argument("--validators-results", default=str(HERE / "results" / "validators.md"))
+    p.add_argument("--figure", default=str(ROOT / "docs" / "_static" / "validators.png"))
+    p.add_argument("--tables-only", action="store_true", help="no runs: rewrite the tables")
+    p.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
     args = p.parse_args(argv)
-    script = train_cmfer
-    targets = list(args.targets or TARGETS)
-    targets = [
-        script.config_from_args(["--target", t, "--device", "cpu"]).targets[0] for t in targets
-    ]
+    targets = [t if t in TARGETS else _canonical(t) for t in args.targets]
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    raw = out / "runs.jsonl"
-    key_args = {"preset": args.preset, "extra": extra}
-    done: list[dict[str, Any]] = []
-    if raw.exists():
-        for line in raw.read_text().splitlines():
-            r = json.loads(line)
-            if r.get("setup") == key_args:
-                done.append(r)
-    columns: dict[str, list[str]] = {m: [] for m in args.methods}
-    for spec in args.variant:
-        label, sep, flags = spec.partition("=")
-        if not sep or not label.strip():
-            raise SystemExit(f"--variant must be LABEL=ARGS, got {spec!r}")
-        columns[label.strip()] = shlex.split(flags)
-    done = [r for r in done if r["method"] in columns]
-    done = [r for r in done if r.get("variant_args", []) == columns[r["method"]]]
-    have = {(r["seed"], r["target"], r["method"]) for r in done}
-    jobs = [
-        {"seed": s, "target": t, "method": m, "variant_args": columns[m], "preset": args.preset,
-         "extra": extra, "threads": args.threads, "out": str(out)}
-        for s in args.seeds for t in targets for m in columns
-        if (s, t, m) not in have
-    ]  # fmt: skip
-    print(f"{len(done)} runs already done, {len(jobs)} to run on {args.jobs} worker(s)", flush=True)
+    records_path = Path(args.records)
+    records = read_records(records_path)
+    done = {r["command"] for r in records}
+
+    def job(method: str, target: str, seed: int, variant: Sequence[str]) -> dict[str, Any]:
+        folder = run_folder(out, method, variant, target, seed)
+        command = command_of(method, target, seed, variant, args.preset, extra, folder)
+        return {"method": method, "target": target, "seed": seed, "variant": list(variant),
+                "folder": str(folder), "command": command}  # fmt: skip
+
+    jobs = [job(m, t, s, []) for s in args.seeds for t in targets for m in args.methods]
+    if "lacmfer" in args.methods:
+        jobs += [job("lacmfer", t, s, flags) for s in args.ablation_seeds for t in targets
+                 for flags in ABLATIONS.values()]  # fmt: skip
+    todo = [] if args.tables_only else [j for j in jobs if j["command"] not in done]
+    if args.max_runs is not None:
+        todo = todo[: args.max_runs]
+    print(f"{len(jobs) - len(todo)} of {len(jobs)} runs in the records; {len(todo)} to run, "
+          f"{args.jobs} at a time", flush=True)  # fmt: skip
     start = time.perf_counter()
-    # SIGTERM -> SystemExit, so the pool below terminates its workers instead of orphaning them
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if jobs:
-        ctx = mp.get_context("spawn")  # fresh interpreters: no forked thread pools
-        with ctx.Pool(args.jobs, maxtasksperchild=None) as pool:
-            for r in pool.imap_unordered(run_one, jobs):
-                r["setup"] = key_args
-                done.append(r)
-                with raw.open("a") as f:
+    cfg = config_from_args(["--preset", args.preset, *extra, "--device", "cpu"])
+    if todo and cfg.encoder_weights == "synthetic":
+        # the pretrained encoder is built once (or found in the cache) before the runs share it
+        subprocess.run([sys.executable, "-c", "from cmfer.pretrain import ensure_encoder; "
+                        "ensure_encoder()"], cwd=HERE, check=True)  # fmt: skip
+    if todo:
+        records_path.parent.mkdir(parents=True, exist_ok=True)
+        with ThreadPoolExecutor(args.jobs) as pool:
+            futures = [pool.submit(execute, j) for j in todo]
+            for future in as_completed(futures):
+                r = future.result()
+                with records_path.open("a") as f:
                     f.write(json.dumps(r) + "\n")
-                print(
-                    f"seed {r['seed']} {r['target']:<10} {r['method']:<11} final acc "
-                    f"{100 * r['acc_fused']:5.1f}  ({r['wall_time_s']:.0f} s)",
-                    flush=True,
-                )
+                records.append(r)
+                label = LABELS[r["method"]] + (" " + " ".join(r["variant"]) if r["variant"] else "")
+                print(f"seed {r['seed']} {r['target']:<10} {label:<24} final {r['final_acc']:5.1f} "
+                      f"({r['wall_s']:.0f} s)", flush=True)  # fmt: skip
     elapsed = time.perf_counter() - start
-    rows = [r for r in done if r["seed"] in args.seeds and r["target"] in targets]
-    rows = [r for r in rows if r["method"] in columns]
-    table = make_table(rows, list(columns), targets)
-    cfg = script.config_from_args(["--preset", args.preset, *extra, "--device", "cpu"])
-    run_time = sum(r["wall_time_s"] for r in rows)
-    per_method = {
-        m: statistics.fmean([r["wall_time_s"] for r in rows if r["method"] == m] or [math.nan])
-        for m in columns
-    }
-    command = "python examples/run_synthetic_benchmark.py " + shlex.join(
-        [*(argv or []), *(["--", *extra] if extra else [])]
-    )
-    text = "\n".join(
-        [
-            "# Synthetic six-domain benchmark: LA-CMFER, source-only and the baselines\n",
-            f"Command: `{command.strip()}`  ",
-            f"Per run: `--preset {args.preset}` {shlex.join(extra)} -- {cfg.steps} steps, "
-            f"{cfg.batch_size}+{cfg.target_batch} images a step, {cfg.image_size}×{cfg.image_size}, "
-            f"width `{cfg.width}`, lr {cfg.lr} (encoder × {cfg.encoder_lr_scale}), "
-            f"{cfg.synthetic_train_size} training images per domain, {cfg.synthetic_test_size} "
-            "target test images (a separate draw). Same budget for every method.  ",
-            f"Seeds {args.seeds}; mean ± std over seeds (the mean row: mean over targets per "
-            "seed, then mean ± std over seeds).  ",
-            f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
-            f"(shared), {args.jobs} worker(s) × {args.threads} thread(s).  ",
-            f"Wall time of this invocation: {elapsed / 60:.1f} min for {len(jobs)} new run(s) "
-            f"({len(rows) - len(jobs)} reused from {raw}); summed run time of the "
-            f"{len(rows)} runs in the tables: {run_time / 60:.1f} min; mean per run: "
-            + ", ".join(f"{LABELS.get(m, m)} {per_method[m]:.0f} s" for m in columns)
-            + ".\n",
-            *(f"Column `{m}`: `{shlex.join(flags)}`.  " for m, flags in columns.items() if flags),
-            "",
-            table,
-            Path(args.notes).read_text() if args.notes else "",
-        ]
-    )
-    print(text)
+    commands = {j["command"] for j in jobs}
+    rows = [r for r in records if r["command"] in commands]
+    invocation = shlex.join(["python", "examples/run_synthetic_benchmark.py", *argv_all])
+    write_tables(rows, targets, args, extra, elapsed, len(todo), invocation)
+    return 0
+
+
+def _canonical(name: str) -> str:
+    from lacmfer.data import canonical_dataset
+
+    return canonical_dataset(name, TARGETS)
+
+
+def write_tables(rows: list[dict[str, Any]], targets: Sequence[str], args: argparse.Namespace,
+                 extra: Sequence[str], elapsed: float, new: int, invocation: str) -> None:  # fmt: skip
+    cfg = config_from_args(["--preset", args.preset, *extra, "--device", "cpu"])
+    wall = sum(r["wall_s"] for r in rows)
+    header = [
+        "# Synthetic six-domain benchmark: LA-CMFER, source-only and the baselines",
+        "",
+        f"Generated by `{invocation.strip()}` from the records in `{args.records}` (one line per "
+        "run, each with the exact command that reproduces it).  ",
+        f"Per run: `--preset {args.preset}` {shlex.join(extra)} -- {cfg.steps} steps, "
+        f"{cfg.batch_size}+{cfg.target_batch} images a step, {cfg.image_size}×{cfg.image_size}, "
+        f"width `{cfg.width}`, encoder `{cfg.encoder_weights}`, lr {cfg.lr} (encoder × "
+        f"{cfg.encoder_lr_scale}), {cfg.synthetic_train_size} images per domain, "
+        f"{cfg.synthetic_test_size} target test images (a separate draw); the paper's loss weights; "
+        "the same recipe and budget for every method.  ",
+        f"Runs: {len(rows)} in the tables; their summed wall time {wall / 60:.0f} min "
+        f"({new} new in this invocation, {elapsed / 60:.1f} min); machine: "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, one thread a run.",
+        "",
+    ]
+    text = "\n".join(header) + benchmark_tables(rows, targets)
     if args.results:
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         Path(args.results).write_text(text)
-    return 0
+    print(text)
+    vtext = "\n".join([
+        "# Unsupervised validators on the synthetic benchmark",
+        "",
+        f"Generated by `{invocation.strip()}` from `{args.records}`: every evaluation of every "
+        f"main run (every {cfg.eval_every} steps), scores computed on the unlabelled target "
+        "adaptation set. Spearman ρ between a validator's score and the target test accuracy over "
+        "the evaluations of one run, mean ± std over runs; 'selected' is the mean test accuracy "
+        "of the evaluation each validator scores highest, against the last evaluation (final, THE "
+        "result) and the best one (oracle: selection on the test set).",
+        "",
+    ]) + validator_tables(rows)  # fmt: skip
+    if args.validators_results:
+        Path(args.validators_results).write_text(vtext)
+        if args.figure and validator_figure(rows, Path(args.figure)):
+            print(f"figure: {args.figure}")
+    print(vtext)
 
 
 if __name__ == "__main__":

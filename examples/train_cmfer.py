@@ -510,7 +510,7 @@ def save_checkpoint(run: Run) -> None:
 RESUME_MUTABLE = {
     "resume", "stop_at", "out", "device", "progress", "tensorboard", "plots", "num_workers",
     "eval_every", "log_every", "ckpt_every", "keep_checkpoints", "write_weight_hash", "preset",
-    "data_root", "lists", "compile", "steps",
+    "data_root", "lists", "compile", "steps", "threads",
 }  # fmt: skip
 
 
@@ -722,6 +722,8 @@ def format_result(summary: dict[str, Any]) -> str:
 
 def run_targets(cfg: TrainConfig) -> list[dict[str, Any]]:
     """Train ``cfg.target`` or, for ``--target all``, each target in turn (``<out>/<target>/``)."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     info, device = runtime.setup_distributed(cfg.device)
     try:
         summaries = []

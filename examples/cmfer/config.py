@@ -260,6 +260,12 @@ class TrainConfig:
         None, "channels_last memory format (default: on for CUDA)", RUNTIME
     )
     seed: int = _opt(0, "seed of model init, sampling and augmentation", RUNTIME)
+    threads: Optional[int] = _opt(
+        None,
+        "torch CPU threads (torch.set_num_threads); pin it, with OMP_NUM_THREADS, for CPU "
+        "results that reproduce bit for bit; default: torch's choice",
+        RUNTIME,
+    )
     out: str = _opt(
         "runs/cmfer", "output folder (metrics.jsonl, summary.json, checkpoints, plots)", RUNTIME
     )
@@ -346,7 +352,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
-        for name in ("target_batch_size", "decay_steps", "ramp_steps"):
+        for name in ("target_batch_size", "decay_steps", "ramp_steps", "threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {value}")
