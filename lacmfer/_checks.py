@@ -99,6 +99,8 @@ def check_probability(
     """Check a threshold-like setting in ``(0, 1]`` (bounds configurable)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`{name}` must be a real number, got {type(value).__name__}")
+    if torch.compiler.is_compiling():  # a changing float becomes symbolic: checked when eager
+        return value
     value = float(value)
     lo_ok = value >= 0.0 if low_inclusive else value > 0.0
     hi_ok = value <= 1.0 if high_inclusive else value < 1.0
@@ -127,6 +129,8 @@ def check_real(
     """Check a finite real setting, optionally bounded below."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`{name}` must be a real number, got {type(value).__name__}")
+    if torch.compiler.is_compiling():  # a changing float becomes symbolic: checked when eager
+        return value
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"`{name}` must be finite, got {value}")

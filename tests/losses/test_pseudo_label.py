@@ -254,3 +254,15 @@ def test_autocast_cpu_matches_fp32(dtype: torch.dtype) -> None:
     assert got.dtype == torch.float32
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, want, rtol=5e-2, atol=5e-2)
+
+
+def test_compiled_with_changing_float_settings() -> None:
+    # Dynamo makes a float argument that changes between calls symbolic; the settings checks
+    # must not break the graph (fullgraph) and the values must still follow the setting.
+    compiled = torch.compile(pseudo_label_refinement, fullgraph=True)
+    z = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    for threshold in (0.6, 0.7, 0.8):
+        got = compiled(z, 2 * z, threshold=threshold)
+        want = pseudo_label_refinement(z, 2 * z, threshold=threshold)
+        torch.testing.assert_close(got.loss, want.loss)
+        assert torch.equal(got.mask, want.mask)
