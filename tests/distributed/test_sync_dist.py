@@ -9,15 +9,11 @@ directly with a DDP-wrapped model. Ranks hold different batch sizes.
 
 from __future__ import annotations
 
-import gc
-import os
-import tempfile
 from typing import Any
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from lacmfer.functional import (
@@ -30,6 +26,7 @@ from lacmfer.losses import (
     MultiViewClusteringConsistency,
     PseudoLabelRefiner,
 )
+from tests.distributed.harness import run_ranks, value_and_input_grads
 
 pytestmark = pytest.mark.distributed
 
@@ -92,28 +89,15 @@ def _local(b: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
     }
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        torch.set_num_threads(1)
-        local = _local(global_batch(), rank)
-        results: dict[str, Any] = {}
-        # 1) Value and input gradients of each loss.
-        for name in ("pooled", "per_source", "mcc", "mcc_logits", "mvv"):
-            x_s = local["x_s"].clone().requires_grad_()
-            x_t = local["x_t"].clone().requires_grad_()
-            batch = dict(local, x_s=x_s, x_t=x_t)
-            value = objective(model(), batch, sync=True)[name]
-            value.backward()
-            results[name] = (value.detach(), x_s.grad, x_t.grad)
-        results["kept"] = objective(model(), local, sync=True)["kept"]
-        results["ddp_grads"] = _ddp_grads(local)
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        # A DDP reducer that outlives its process group aborts the process at exit now and then
-        # ("terminate called without an active exception"); _ddp_grads has freed it by now.
-        gc.collect()
-        dist.destroy_process_group()
+def _rank_results(rank: int) -> dict[str, Any]:
+    """Everything one rank computes on its share of the global batch."""
+    local = _local(global_batch(), rank)
+    results: dict[str, Any] = {}
+    for name in ("pooled", "per_source", "mcc", "mcc_logits", "mvv"):
+        results[name] = value_and_input_grads(objective, model(), local, name, sync=True)
+    results["kept"] = objective(model(), local, sync=True)["kept"]
+    results["ddp_grads"] = _ddp_grads(local)
+    return results
 
 
 def _ddp_grads(local: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -128,25 +112,11 @@ def _ddp_grads(local: dict[str, torch.Tensor]) -> list[torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def rank_results() -> list[dict[str, Any]]:
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, "init")
-        mp.start_processes(
-            _worker, args=(init_file, tmp), nprocs=WORLD, join=True, start_method="spawn"
-        )
-        return [
-            torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)
-        ]
+    return run_ranks(_rank_results, WORLD)
 
 
 def _single_process(name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    b = global_batch()
-    x_s = b["x_s"].clone().requires_grad_()
-    x_t = b["x_t"].clone().requires_grad_()
-    value = objective(model(), dict(b, x_s=x_s, x_t=x_t), sync=False)[name]
-    value.backward()
-    assert x_t.grad is not None
-    grad_s = torch.zeros_like(x_s) if x_s.grad is None else x_s.grad  # the views see no source
-    return value.detach(), grad_s, x_t.grad
+    return value_and_input_grads(objective, model(), global_batch(), name, sync=False)
 
 
 @pytest.mark.parametrize("name", ["pooled", "per_source", "mcc", "mcc_logits", "mvv"])

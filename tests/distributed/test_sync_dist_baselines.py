@@ -9,15 +9,11 @@ DDP-wrapped model too. Ranks hold different batch sizes.
 
 from __future__ import annotations
 
-import gc
-import os
-import tempfile
 from typing import Any
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from lacmfer.functional import (
     coral,
@@ -26,6 +22,7 @@ from lacmfer.functional import (
     moment_matching,
 )
 from lacmfer.losses import CORALLoss, MinimumClassConfusionLoss, MomentMatchingLoss
+from tests.distributed.harness import run_ranks, value_and_input_grads
 
 pytestmark = pytest.mark.distributed
 
@@ -80,25 +77,14 @@ def _local(b: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
     return {k: (v[s0:s1] if k in ("x_s", "domains_s") else v[t0:t1]) for k, v in b.items()}
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        torch.set_num_threads(1)
-        local = _local(global_batch(), rank)
-        results: dict[str, Any] = {}
-        for name in (*NAMES, "functional_mm"):
-            x_s = local["x_s"].clone().requires_grad_()
-            x_t = local["x_t"].clone().requires_grad_()
-            value = objective(model(), dict(local, x_s=x_s, x_t=x_t), sync=True)[name]
-            value.backward()
-            results[name] = (value.detach(), x_s.grad, x_t.grad)
-        results["ddp_grads"] = _ddp_grads(local)
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        # A DDP reducer that outlives its process group aborts the process at exit now and then;
-        # _ddp_grads has freed it by now.
-        gc.collect()
-        dist.destroy_process_group()
+def _rank_results(rank: int) -> dict[str, Any]:
+    """Everything one rank computes on its share of the global batch."""
+    local = _local(global_batch(), rank)
+    results: dict[str, Any] = {}
+    for name in (*NAMES, "functional_mm"):
+        results[name] = value_and_input_grads(objective, model(), local, name, sync=True)
+    results["ddp_grads"] = _ddp_grads(local)
+    return results
 
 
 def _ddp_grads(local: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -113,25 +99,11 @@ def _ddp_grads(local: dict[str, torch.Tensor]) -> list[torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def rank_results() -> list[dict[str, Any]]:
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, "init")
-        mp.start_processes(
-            _worker, args=(init_file, tmp), nprocs=WORLD, join=True, start_method="spawn"
-        )
-        return [
-            torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)
-        ]
+    return run_ranks(_rank_results, WORLD)
 
 
 def _single_process(name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    b = global_batch()
-    x_s = b["x_s"].clone().requires_grad_()
-    x_t = b["x_t"].clone().requires_grad_()
-    value = objective(model(), dict(b, x_s=x_s, x_t=x_t), sync=False)[name]
-    value.backward()
-    grad_s = torch.zeros_like(x_s) if x_s.grad is None else x_s.grad  # MCC sees no source
-    assert x_t.grad is not None
-    return value.detach(), grad_s, x_t.grad
+    return value_and_input_grads(objective, model(), global_batch(), name, sync=False)
 
 
 @pytest.mark.parametrize("name", [*NAMES, "functional_mm"])

@@ -7,15 +7,10 @@ one gives the ranks different class counts (both ranks must raise).
 
 from __future__ import annotations
 
-import gc
-import os
-import tempfile
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from lacmfer.validation import (
     AgreementScore,
@@ -33,6 +28,7 @@ from lacmfer.validation import (
     snd_score,
     source_accuracy,
 )
+from tests.distributed.harness import run_ranks
 
 pytestmark = pytest.mark.distributed
 
@@ -78,49 +74,37 @@ def single_process() -> dict[str, Any]:
     }
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+def _rank_results(rank: int) -> dict[Any, Any]:
+    """Every validator on this rank's share, streamed in chunks, then the error cases."""
+    data = all_data()
+    results: dict[str, Any] = {}
+    for split_name, split in SPLITS.items():
+        start = sum(split[:rank])
+        local = {k: v[start : start + split[rank]] for k, v in data.items()}
+        for name, (metric, args) in validators().items():
+            for chunk in range(0, split[rank], 3):  # chunks of 3 (and a shorter last one)
+                metric.update(*(local[a][chunk : chunk + 3] for a in args))
+            results[(split_name, name)] = metric.compute()
+    # Ranks that disagree on K: every rank raises, none hangs.
+    metric = EntropyScore(sync_dist=True)
+    metric.update(torch.zeros(2, 3 + rank))
     try:
-        torch.set_num_threads(1)
-        data = all_data()
-        results: dict[str, Any] = {}
-        for split_name, split in SPLITS.items():
-            start = sum(split[:rank])
-            local = {k: v[start : start + split[rank]] for k, v in data.items()}
-            for name, (metric, args) in validators().items():
-                for chunk in range(0, split[rank], 3):  # chunks of 3 (and a shorter last one)
-                    metric.update(*(local[a][chunk : chunk + 3] for a in args))
-                results[(split_name, name)] = metric.compute()
-        # Ranks that disagree on K: every rank raises, none hangs.
-        metric = EntropyScore(sync_dist=True)
-        metric.update(torch.zeros(2, 3 + rank))
-        try:
-            metric.compute()
-            results["k_mismatch"] = None
-        except ValueError as exc:
-            results["k_mismatch"] = str(exc)
-        # No data on any rank.
-        try:
-            BNMScore(sync_dist=True).compute()
-            results["no_data"] = None
-        except RuntimeError as exc:
-            results["no_data"] = str(exc)
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        gc.collect()
-        dist.destroy_process_group()
+        metric.compute()
+        results["k_mismatch"] = None
+    except ValueError as exc:
+        results["k_mismatch"] = str(exc)
+    # No data on any rank.
+    try:
+        BNMScore(sync_dist=True).compute()
+        results["no_data"] = None
+    except RuntimeError as exc:
+        results["no_data"] = str(exc)
+    return results
 
 
 @pytest.fixture(scope="module")
 def rank_results() -> list[dict[Any, Any]]:
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, "init")
-        mp.start_processes(
-            _worker, args=(init_file, tmp), nprocs=WORLD, join=True, start_method="spawn"
-        )
-        return [
-            torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)
-        ]
+    return run_ranks(_rank_results, WORLD)
 
 
 @pytest.mark.parametrize("split", sorted(SPLITS))
