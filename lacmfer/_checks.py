@@ -554,3 +554,8 @@ def check_density_ratio_inputs(feat_s_train: Any, feat_t: Any, feat_s_val: Any) 
     check_same_device(
         [("feat_s_train", feat_s_train), ("feat_t", feat_t), ("feat_s_val", feat_s_val)]
     )
+
+
+def check_temperature(temperature: Any) -> float:
+    """A temperature that rescales logits, ``T > 0``."""
+    return check_real(temperature, "temperature", minimum=0.0, exclusive_minimum=True)

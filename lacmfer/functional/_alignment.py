@@ -26,15 +26,9 @@ from .._checks import (
     check_real,
     resolve_validate_args,
 )
-from ._distributed import gather_batch
-from ._kernel import (
-    bandwidth_from_sums,
-    compute_dtype,
-    kernel_coefficients,
-    kernel_sum,
-    no_autocast,
-    pairwise_sq_distances,
-)
+from .._distributed import gather_batch
+from .._precision import compute_dtype, no_autocast
+from ._kernel import bandwidth_from_sums, kernel_coefficients, kernel_sum, pairwise_sq_distances
 
 __all__ = [
     "AlignmentTerms",

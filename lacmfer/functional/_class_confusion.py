@@ -16,16 +16,11 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from .._checks import check_float, check_nonempty, check_real
-from ._distributed import all_reduce_sum
-from ._kernel import compute_dtype, no_autocast
+from .._checks import check_float, check_nonempty, check_temperature
+from .._distributed import all_reduce_sum
+from .._precision import compute_dtype, no_autocast
 
 __all__ = ["minimum_class_confusion"]
-
-
-def check_temperature(temperature: Any) -> float:
-    """The probability-rescaling temperature ``T > 0``."""
-    return check_real(temperature, "temperature", minimum=0.0, exclusive_minimum=True)
 
 
 def minimum_class_confusion(

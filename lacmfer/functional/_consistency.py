@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 
 from .._checks import check_views
-from ._distributed import all_reduce_max, all_reduce_sum
-from ._kernel import compute_dtype, no_autocast
+from .._distributed import all_reduce_max, all_reduce_sum
+from .._precision import compute_dtype, no_autocast
 
 __all__ = ["multi_view_clustering_consistency", "prediction_similarity_matrix"]
 

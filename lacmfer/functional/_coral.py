@@ -21,8 +21,8 @@ from .._checks import (
     check_size,
     resolve_validate_args,
 )
-from ._distributed import gather_batch
-from ._kernel import compute_dtype, no_autocast
+from .._distributed import gather_batch
+from .._precision import compute_dtype, no_autocast
 
 __all__ = ["coral"]
 

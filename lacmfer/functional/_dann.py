@@ -26,8 +26,8 @@ from .._checks import (
     check_size,
     resolve_validate_args,
 )
-from ._distributed import all_reduce_sum
-from ._kernel import compute_dtype, no_autocast
+from .._distributed import all_reduce_sum
+from .._precision import compute_dtype, no_autocast
 
 __all__ = ["domain_adversarial_loss", "gradient_reversal"]
 

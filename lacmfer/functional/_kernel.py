@@ -23,13 +23,13 @@ float32 or better, with autocast disabled.
 
 from __future__ import annotations
 
-import contextlib
 from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
 
 from .._checks import check_feature_pair, check_float, check_kernel_settings, check_real, check_size
+from .._precision import compute_dtype, no_autocast
 
 __all__ = ["gaussian_kernel", "mmd2"]
 
@@ -40,19 +40,6 @@ _TINY_SCALE = 1e-30
 # Kernel multipliers m**(q - Q//2) are kept inside [1/_COEF_MAX, _COEF_MAX] so that extreme
 # kernel_num / kernel_mul settings cannot produce inf * 0 = NaN.
 _COEF_MAX = 1e30
-
-
-def compute_dtype(*tensors: Tensor) -> torch.dtype:
-    """float32 for half/bfloat16 inputs, else the promoted floating dtype (e.g. float64)."""
-    dtype = torch.float32
-    for t in tensors:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
-
-
-def no_autocast(device: torch.device) -> contextlib.AbstractContextManager[None]:
-    """A context that disables autocast on ``device`` (kernel maths stays in full precision)."""
-    return torch.autocast(device_type=device.type, enabled=False)
 
 
 def kernel_coefficients(

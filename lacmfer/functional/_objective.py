@@ -18,9 +18,9 @@ from .._checks import (
     check_size,
     resolve_validate_args,
 )
+from .._precision import compute_dtype, no_autocast
 from ._alignment import dual_level_alignment
 from ._consistency import multi_view_clustering_consistency
-from ._kernel import compute_dtype, no_autocast
 from ._pseudo_label import pseudo_label_refinement, refine_pseudo_labels
 
 __all__ = ["CONSISTENCY_KINDS", "LACMFERTerms", "TwoViewOutput", "lacmfer_loss"]

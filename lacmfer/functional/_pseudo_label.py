@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import check_probability, check_views
-from ._distributed import all_reduce_sum
-from ._kernel import compute_dtype, no_autocast
+from .._distributed import all_reduce_sum
+from .._precision import compute_dtype, no_autocast
 
 __all__ = [
     "RefinedPseudoLabels",

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._checks import (
     check_choice,
@@ -14,7 +13,8 @@ from .._checks import (
     check_probability,
     check_real,
 )
-from ..functional import dual_level_alignment
+from ..functional import dual_level_alignment, sigmoid_ramp
+from ._schedule import ScheduledLoss
 
 __all__ = ["CLUSTER_RAMPS", "DualLevelInterDomainAlignment"]
 
@@ -23,7 +23,7 @@ __all__ = ["CLUSTER_RAMPS", "DualLevelInterDomainAlignment"]
 CLUSTER_RAMPS = ("none", "dann_sigmoid")
 
 
-class DualLevelInterDomainAlignment(nn.Module):
+class DualLevelInterDomainAlignment(ScheduledLoss):
     r"""Dual-level inter-domain alignment of one branch, :math:`L_{sid} + \lambda_{cid} L_{cid}`.
 
     The module form of :func:`lacmfer.functional.dual_level_alignment`; see it (and
@@ -62,6 +62,7 @@ class DualLevelInterDomainAlignment(nn.Module):
             message names the argument.
 
     Example:
+        >>> import torch
         >>> loss_fn = DualLevelInterDomainAlignment(cluster_ramp="dann_sigmoid", ramp_steps=100)
         >>> g = torch.Generator().manual_seed(0)
         >>> feat_s, feat_t = torch.randn(8, 4, generator=g), torch.randn(6, 4, generator=g)
@@ -103,24 +104,17 @@ class DualLevelInterDomainAlignment(nn.Module):
         self.sync_dist = bool(sync_dist)
         self.process_group = process_group
         self.validate_args = validate_args
-        self.register_buffer("num_steps", torch.zeros((), dtype=torch.int64))
 
     @property
     def progress(self) -> Tensor:
         """Training progress ``p = min(num_steps / ramp_steps, 1)``, a 0-dim float tensor."""
-        return (self.num_steps.to(torch.float32) / self.ramp_steps).clamp(max=1.0)
-
-    def step(self, n: int = 1) -> None:
-        """Advance the ramp by ``n`` training iterations (call once per optimiser step)."""
-        with torch.no_grad():
-            self.num_steps.add_(check_positive_int(n, "n", minimum=0))
+        return self._progress(self.ramp_steps)
 
     def current_cluster_weight(self) -> Union[float, Tensor]:
         r"""The cluster-level weight in force: constant, or ramped by the progress (a tensor)."""
         if self.cluster_ramp == "none":
             return self.cluster_weight
-        ramp = 2.0 / (1.0 + torch.exp(-10.0 * self.progress)) - 1.0
-        return self.cluster_weight * ramp
+        return self.cluster_weight * sigmoid_ramp(self.progress)
 
     def forward(
         self,

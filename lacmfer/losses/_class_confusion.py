@@ -6,7 +6,8 @@ from typing import Any, Optional
 
 from torch import Tensor, nn
 
-from ..functional._class_confusion import check_temperature, minimum_class_confusion
+from .._checks import check_temperature
+from ..functional import minimum_class_confusion
 
 __all__ = ["MinimumClassConfusionLoss"]
 

@@ -7,7 +7,7 @@ from typing import Any, Optional
 from torch import Tensor, nn
 
 from .._checks import check_optional_positive_int
-from ..functional._coral import coral
+from ..functional import coral
 
 __all__ = ["CORALLoss"]
 

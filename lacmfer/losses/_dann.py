@@ -17,8 +17,8 @@ from .._checks import (
     check_same_device,
     check_size,
 )
-from ..functional._dann import domain_adversarial_loss, gradient_reversal
-from ..functional._schedules import sigmoid_ramp
+from ..functional import domain_adversarial_loss, gradient_reversal, sigmoid_ramp
+from ._schedule import ScheduledLoss
 
 __all__ = ["DomainAdversarialLoss", "GradientReversal"]
 
@@ -27,7 +27,7 @@ __all__ = ["DomainAdversarialLoss", "GradientReversal"]
 _COEFF_RAMPS = ("none", "dann_sigmoid")
 
 
-class GradientReversal(nn.Module):
+class GradientReversal(ScheduledLoss):
     r"""Gradient reversal layer, optionally with DANN's schedule of the coefficient.
 
     The module form of :func:`lacmfer.functional.gradient_reversal`: the identity in the forward pass,
@@ -76,17 +76,11 @@ class GradientReversal(nn.Module):
         self.coeff = check_real(coeff, "coeff", minimum=0.0)
         self.coeff_ramp = check_choice(coeff_ramp, "coeff_ramp", _COEFF_RAMPS)
         self.max_steps = check_positive_int(max_steps, "max_steps")
-        self.register_buffer("num_steps", torch.zeros((), dtype=torch.int64))
 
     @property
     def progress(self) -> Tensor:
         """Training progress ``p = min(num_steps / max_steps, 1)``, a 0-dim float tensor."""
-        return (self.num_steps.to(torch.float32) / self.max_steps).clamp(max=1.0)
-
-    def step(self, n: int = 1) -> None:
-        """Advance the schedule by ``n`` training iterations (call once per optimiser step)."""
-        with torch.no_grad():
-            self.num_steps.add_(check_positive_int(n, "n", minimum=0))
+        return self._progress(self.max_steps)
 
     def current_coeff(self) -> Union[float, Tensor]:
         r"""The coefficient in force: constant, or :math:`\lambda_p` of the progress (a tensor)."""

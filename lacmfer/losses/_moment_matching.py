@@ -7,7 +7,7 @@ from typing import Any, Optional
 from torch import Tensor, nn
 
 from .._checks import check_positive_int
-from ..functional._moment_matching import moment_matching
+from ..functional import moment_matching
 
 __all__ = ["MomentMatchingLoss"]
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._checks import (
     check_choice,
@@ -23,11 +22,12 @@ from ..functional import (
     sigmoid_ramp,
 )
 from ._alignment import CLUSTER_RAMPS
+from ._schedule import ScheduledLoss
 
 __all__ = ["LACMFERLoss"]
 
 
-class LACMFERLoss(nn.Module):
+class LACMFERLoss(ScheduledLoss):
     r"""The LA-CMFER objective: source cross-entropy on both heads plus every adaptation term.
 
     The module form of :func:`lacmfer.functional.lacmfer_loss` (see it for the equation, the
@@ -63,6 +63,7 @@ class LACMFERLoss(nn.Module):
         - Output: :class:`~lacmfer.functional.LACMFERTerms`.
 
     Example:
+        >>> import torch
         >>> from lacmfer.modules import LACMFER
         >>> _ = torch.manual_seed(0)
         >>> model = LACMFER.tiny(num_classes=7)
@@ -142,19 +143,12 @@ class LACMFERLoss(nn.Module):
         self.sync_dist = bool(sync_dist)
         self.process_group = process_group
         self.validate_args = validate_args
-        self.register_buffer("num_steps", torch.zeros((), dtype=torch.int64))
-
-    def step(self, n: int = 1) -> None:
-        """Advance the schedules by ``n`` optimiser steps (call once per step)."""
-        with torch.no_grad():
-            self.num_steps.add_(check_positive_int(n, "n", minimum=0))
 
     def current_cid_weight(self) -> Union[float, Tensor]:
         """The cluster-level weight in force: constant, or ramped by the progress (a tensor)."""
         if self.cluster_ramp == "none":
             return self.cid_weight
-        progress = self.num_steps.to(torch.float32) / self.ramp_steps
-        return self.cid_weight * sigmoid_ramp(progress)
+        return self.cid_weight * sigmoid_ramp(self._progress(self.ramp_steps))
 
     def adaptation_weight(self) -> Union[float, Tensor]:
         """The factor on every adaptation term: 1.0 (a float) without a source-only phase or

@@ -28,7 +28,7 @@ from .._checks import (
     check_real,
     resolve_validate_args,
 )
-from ..functional._kernel import compute_dtype, no_autocast
+from .._precision import compute_dtype, no_autocast
 
 __all__ = ["density_ratio_weights", "dev_score"]
 

@@ -27,7 +27,7 @@ from .._checks import (
     check_views,
     resolve_validate_args,
 )
-from ..functional._kernel import compute_dtype, no_autocast
+from .._precision import compute_dtype, no_autocast
 
 __all__ = [
     "agreement_score",

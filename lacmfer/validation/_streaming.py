@@ -31,8 +31,8 @@ from .._checks import (
     check_views,
     resolve_validate_args,
 )
-from ..functional._distributed import all_reduce_max, all_reduce_sum, gather_batch, is_distributed
-from ..functional._kernel import compute_dtype, no_autocast
+from .._distributed import all_reduce_max, all_reduce_sum, gather_batch, is_distributed
+from .._precision import compute_dtype, no_autocast
 from ._scores import bnm_score, row_entropy, score_all, snd_score
 
 __all__ = [
