@@ -16,9 +16,14 @@ epoch)``; position ``p`` of a stream over ``n`` items is ``perm_{p // n}[p % n]`
   a new sampler given the same arguments and :meth:`~MultiSourceSampler.load_state_dict` continues
   with the very same batches.
 * **DDP sharding**: with ``world_size`` ranks each step consumes ``world_size`` batches' worth of
-  every stream and rank ``r`` takes the ``r``-th part. Ranks thus get disjoint parts of one global
-  stream, and the global stream (the positions consumed, in order) is the same for any
-  ``world_size``. A state saved with one world size can be loaded with another.
+  every stream and rank ``r`` takes the ``r``-th part, so the ranks get disjoint parts of one global
+  stream. ``batch_size`` is per rank; the global batch is ``world_size * batch_size``.
+* **Resume with the same world size**: the state holds the positions in the global streams (the same
+  on every rank, so rank 0's state serves all) and the per-rank ``batch_size``, which
+  :meth:`~MultiSourceSampler.load_state_dict` requires to match. Loading it on another number of
+  ranks with the same per-rank batch size continues the streams from the saved positions, but with
+  another global batch: not the saved run. To continue a run exactly, keep ``world_size`` and
+  ``batch_size``.
 * **Vectorised**: a batch is a few ``torch.randperm`` slices and index operations, no per-sample
   Python work.
 
@@ -319,7 +324,10 @@ class MultiSourceSampler:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue the stream saved by :meth:`state_dict` (``rank``/``world_size`` may differ).
+        """Continue the stream saved by :meth:`state_dict`.
+
+        ``rank`` may differ (every rank holds the same state); a state loaded with another
+        ``world_size`` continues the streams with another global batch (see the module docstring).
 
         Raises:
             ValueError: If the state was saved by a sampler with other sizes, batch size, mode,

@@ -57,7 +57,7 @@ def linear_warmup(step: Union[int, Tensor], *, delay: int = 0, duration: int = 0
     with :math:`t_0` = ``delay`` and :math:`T_w` = ``duration``. It is the source-only phase and
     warm-up of :class:`~lacmfer.losses.LACMFERLoss` (``adapt_after``, ``adapt_warmup``): a model
     trained from scratch first learns the sources, then the adaptation terms come in (see
-    ``docs/method.rst``, "Training from scratch").
+    ``docs/method.rst``, section "Sample level", on why SID needs confident samples).
 
     Args:
         step: the number of optimiser steps taken so far (an int or a 0-dim tensor).
