@@ -7,14 +7,15 @@
 * :mod:`~lacmfer.data.image` and :mod:`~lacmfer.data.transforms` -- decoding (Pillow, optional),
   resizing, the paper's batch augmentation and ImageNet normalisation in torch.
 * :mod:`~lacmfer.data.check` -- the list checker, ``python -m lacmfer.data.check``.
-* :mod:`~lacmfer.data.protocol` -- leave-one-domain-out tasks, leakage-free or as published.
+* :mod:`~lacmfer.data.protocol` -- leave-one-domain-out tasks, leakage-free or as published, and
+  the protocol's image lists shipped with the package (:func:`~lacmfer.data.protocol_lists_dir`).
 * :mod:`~lacmfer.data.samplers` -- infinite, resumable, rank-sharded multi-source sampling.
 * :mod:`~lacmfer.data.synthetic` -- a procedural six-domain synthetic FER benchmark.
 
 Pillow (``pip install lacmfer[images]``) is needed only to decode image files.
 """
 
-from ._check import ListReport, check_image_list, check_image_lists
+from ._check import ListReport, check_image_list, check_image_lists, check_protocol_lists
 from .datasets import (
     FER2013_USAGE,
     FER2013CSV,
@@ -53,6 +54,7 @@ from .protocol import (
     fer_list_domains,
     leave_one_domain_out,
     leave_one_domain_out_tasks,
+    protocol_lists_dir,
     subject_of,
     synthetic_domains,
 )
@@ -119,6 +121,7 @@ __all__ = [
     "canonical_domain",
     "check_image_list",
     "check_image_lists",
+    "check_protocol_lists",
     "class_histogram",
     "decode_image",
     "denormalize",
@@ -132,6 +135,7 @@ __all__ = [
     "normalize",
     "normalize_list_path",
     "parse_image_list",
+    "protocol_lists_dir",
     "read_image_list",
     "render_faces",
     "resize",
