@@ -329,6 +329,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--results", default=str(HERE / "results" / "synthetic_benchmark.md"))
     p.add_argument("--validators-results", default=str(HERE / "results" / "validators.md"))
     p.add_argument("--figure", default=str(ROOT / "docs" / "_static" / "validators.png"))
+    p.add_argument("--notes", default=None, help="a markdown file appended to --results (analysis)")
     p.add_argument("--tables-only", action="store_true", help="no runs: rewrite the tables")
     p.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
     args = p.parse_args(argv)
@@ -406,6 +407,8 @@ def write_tables(rows: list[dict[str, Any]], targets: Sequence[str], args: argpa
         "",
     ]
     text = "\n".join(header) + benchmark_tables(rows, targets)
+    if args.notes:
+        text += "\n" + Path(args.notes).read_text()
     if args.results:
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         Path(args.results).write_text(text)
