@@ -66,8 +66,10 @@ from .synthetic import (
     SyntheticFER,
     SyntheticStyle,
     canonical_domain,
+    random_style,
     render_faces,
     save_grid,
+    style_distance,
     synthetic_style,
 )
 from .transforms import (
@@ -136,6 +138,7 @@ __all__ = [
     "normalize_list_path",
     "parse_image_list",
     "protocol_lists_dir",
+    "random_style",
     "read_image_list",
     "render_faces",
     "resize",
@@ -143,6 +146,7 @@ __all__ = [
     "rgb_to_grayscale",
     "sample_augment_params",
     "save_grid",
+    "style_distance",
     "subject_of",
     "synthetic_domains",
     "synthetic_style",

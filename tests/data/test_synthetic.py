@@ -17,7 +17,9 @@ from lacmfer.data import (
     canonical_domain,
     class_histogram,
     parse_image_list,
+    random_style,
     render_faces,
+    style_distance,
     synthetic_style,
 )
 from lacmfer.data.synthetic import save_grid
@@ -107,7 +109,7 @@ def test_label_noise_rates_and_confusions() -> None:
         if rate == 0:
             assert not bool(flipped.any())
             continue
-        assert 0.1 <= rate <= 0.2
+        assert 0.05 <= rate <= 0.2
         sd = math.sqrt(rate * (1 - rate) / n)
         assert abs(float(flipped.float().mean()) - rate) < 5 * sd, domain
     clean = SyntheticFER("RAF-DB", 50, image_size=8, seed=1, label_noise=0.0)
@@ -138,7 +140,7 @@ def test_zero_intensity_is_neutral_and_cues_grow_with_intensity() -> None:
     faces = render(every, 1.0)
     assert torch.equal(faces[:, :, :4, :4], base[:, :, :4, :4])
     diff = (faces - base).abs().sum(1)  # (7, S, S)
-    centre = diff[:, 8:40, 8:40].sum((1, 2))
+    centre = diff[:, 4:44, 4:44].sum((1, 2))
     assert bool((centre > 0.9 * diff.sum((1, 2)))[:6].all())
 
 
@@ -164,7 +166,7 @@ def test_styles_differ_in_appearance() -> None:
         grey = x.mean(1)
         stats[d] = (float(grey.mean()), float(grey.std()))
     assert stats["Oulu-CASIA"][0] < stats["CK+"][0]  # darker lab lighting
-    assert synthetic_style("FER-2013").resolution < 0.5 < synthetic_style("RAF-DB").resolution
+    assert synthetic_style("FER-2013").resolution < synthetic_style("RAF-DB").resolution
     assert synthetic_style("JAFFE").identities == 10
 
 
@@ -240,3 +242,52 @@ def test_a_cross_domain_gap_exists() -> None:
         acc_a = float((a(x).argmax(1) == test.labels).float().mean())
         acc_b = float((b(x).argmax(1) == test.labels).float().mean())
     assert acc_a > acc_b + 0.2, (acc_a, acc_b)
+
+
+def test_random_styles_are_none_of_the_benchmark_styles() -> None:
+    gen = torch.Generator().manual_seed(0)
+    styles = [random_style(gen) for _ in range(50)]
+    for s in styles:
+        assert min(style_distance(s, synthetic_style(d)) for d in SYNTHETIC_DOMAINS) >= 0.25
+        assert s.label_noise == 0.0 and len(set(s.class_counts)) == 1 and s.identities is None
+        assert s.name == "random"
+    assert len(set(styles)) == 50  # all different
+    assert {s.grey for s in styles} == {True, False}
+    assert {s.background for s in styles} == {"plain", "clutter"}
+    again = [random_style(torch.Generator().manual_seed(0)) for _ in range(1)]
+    assert again[0] == styles[0]  # a function of the generator's state
+    pooled = random_style(torch.Generator().manual_seed(1), name="pool", identities=5)
+    assert pooled.name == "pool" and pooled.identities == 5
+    x = render_faces([0, 3], style=pooled, identity=[0, 4], image_size=16)
+    assert x.shape == (2, 3, 16, 16)
+    # with no rejection, some draws land closer to a benchmark style than the default allows
+    loose = [random_style(gen, min_distance=0.0) for _ in range(200)]
+    near = [min(style_distance(s, synthetic_style(d)) for d in SYNTHETIC_DOMAINS) for s in loose]
+    assert min(near) < 0.25
+    with pytest.raises(TypeError, match="generator"):
+        random_style(0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="min_distance"):
+        random_style(gen, min_distance=0.6)
+
+
+def test_style_distance() -> None:
+    ck, raf = synthetic_style("CK+"), synthetic_style("RAF-DB")
+    assert style_distance(ck, ck) == 0.0
+    assert style_distance(ck, raf) == style_distance(raf, ck) > 0.1
+    for a in SYNTHETIC_DOMAINS:
+        for b in SYNTHETIC_DOMAINS:
+            if a != b:
+                assert style_distance(synthetic_style(a), synthetic_style(b)) > 0.1, (a, b)
+    grey_only = dataclasses.replace(ck, grey=False)
+    assert 0.0 < style_distance(ck, grey_only) < 0.3
+
+
+def test_split_modules_export_the_same_names() -> None:
+    import lacmfer.data as data
+    from lacmfer.data import _synthetic_styles, synthetic
+
+    for name in _synthetic_styles.__all__:
+        assert getattr(synthetic, name) is getattr(_synthetic_styles, name)
+        assert getattr(data, name) is getattr(_synthetic_styles, name)
+    for name in synthetic.__all__:
+        assert getattr(data, name) is getattr(synthetic, name)
