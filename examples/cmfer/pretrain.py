@@ -74,6 +74,10 @@ __all__ = [
 POOL_NAME = "pretrain-identities"
 
 
+#: Threads :func:`ensure_encoder` pretrains with (the cached file was built with as many).
+PRETRAIN_THREADS = 2
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """Settings of the pretraining.
@@ -382,5 +386,13 @@ def ensure_encoder(
             file=sys.stderr,
             flush=True,
         )
-    pretrain_encoder(path, cfg, progress=progress, command=f"ensure_encoder(seed={cfg.seed})")
+    # The bytes depend on the thread count (the order of floating-point sums): pretrain with a
+    # fixed one, so that every run that builds the cache, however it pins its own threads, gets the
+    # same encoder.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(PRETRAIN_THREADS)
+    try:
+        pretrain_encoder(path, cfg, progress=progress, command=f"ensure_encoder(seed={cfg.seed})")
+    finally:
+        torch.set_num_threads(threads)
     return path
