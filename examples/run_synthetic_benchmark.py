@@ -345,10 +345,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return {"method": method, "target": target, "seed": seed, "variant": list(variant),
                 "folder": str(folder), "command": command}  # fmt: skip
 
-    jobs = [job(m, t, s, []) for s in args.seeds for t in targets for m in args.methods]
-    if "lacmfer" in args.methods:
-        jobs += [job("lacmfer", t, s, flags) for s in args.ablation_seeds for t in targets
-                 for flags in ABLATIONS.values()]  # fmt: skip
+    jobs = []  # seed by seed, each seed's ablations right after its main runs
+    for s in dict.fromkeys([*args.seeds, *args.ablation_seeds]):
+        if s in args.seeds:
+            jobs += [job(m, t, s, []) for t in targets for m in args.methods]
+        if s in args.ablation_seeds and "lacmfer" in args.methods:
+            jobs += [job("lacmfer", t, s, flags) for t in targets for flags in ABLATIONS.values()]
     todo = [] if args.tables_only else [j for j in jobs if j["command"] not in done]
     if args.max_runs is not None:
         todo = todo[: args.max_runs]
