@@ -6,7 +6,7 @@ same budget and recipe, started as its own process with pinned threads, so that 
 alone reproduces it** from a fresh clone. Each finished run appends one JSON record to
 ``--records`` (default ``examples/results/benchmark_runs.jsonl``):
 
-* ``target``, ``seed``, ``method``, ``variant`` (extra flags, for the ablations);
+* ``target``, ``seed``, ``method``, ``variant`` (extra flags: the ablations and the variants);
 * ``final_acc``: fused-view target test accuracy at the last step (%), THE result;
 * ``selected_acc`` and ``validator``: the checkpoint the preset's unsupervised validator prefers
   (no target labels used);
@@ -20,6 +20,8 @@ interrupted benchmark continues where it stopped. The tables are generated from 
 * ``--results`` (``examples/results/synthetic_benchmark.md``): final-step accuracy mean ± std over
   seeds per target and overall; the paired difference of each method to source-only over the
   (target, seed) pairs with a 95 % t-interval; the ablations; selected and oracle, labelled;
+* the variants beyond the paper's recipe (:data:`VARIANTS`, on ``--variant-seeds``), apart from
+  it: final accuracy and paired differences to source-only and to LA-CMFER;
 * ``--validators-results`` (``examples/results/validators.md``): for each validator, the Spearman
   rank correlation of its score with the target accuracy over the evaluations of a run (mean ± std
   over runs), and the mean accuracy of the evaluation it selects against final and oracle; with
@@ -27,10 +29,11 @@ interrupted benchmark continues where it stopped. The tables are generated from 
 
 Usage::
 
-    python examples/run_synthetic_benchmark.py                 # every method × 6 targets × 3 seeds
+    python examples/run_synthetic_benchmark.py                 # every method × 6 targets × 3 seeds,
+                                                               # the ablations and the variants
     python examples/run_synthetic_benchmark.py --tables-only   # rewrite the tables from the records
     python examples/run_synthetic_benchmark.py --methods source-only lacmfer --seeds 0 \\
-        --targets JAFFE --ablation-seeds -- --steps 50         # flags after -- go to every run
+        --targets JAFFE --ablation-seeds --variant-seeds -- --steps 50  # after --: to every run
 """
 
 from __future__ import annotations
@@ -64,6 +67,17 @@ ABLATIONS = {
     "w/o CID": ["--no-cid"],
     "w/o consistency": ["--consistency", "none"],
     "w/o voting": ["--no-voting"],
+}
+#: Variants beyond the paper's recipe, run on ``--variant-seeds`` and reported apart from it:
+#:
+#: * ``w/o SID``: the ablation that did best on the ablation seed, rerun on the other seeds so that
+#:   it is also judged on seeds that played no part in choosing it;
+#: * ``warm start``: 100 source-only steps (40 % of the budget), then every adaptation term ramps
+#:   in linearly over 50 steps -- a model that knows the sources before it aligns, as the paper's
+#:   ImageNet encoder and 20 000 steps give it; fixed before any run of it.
+VARIANTS = {
+    "w/o SID": ABLATIONS["w/o SID"],
+    "warm start": ["--adapt-after", "100", "--adapt-warmup", "50"],
 }
 VALIDATORS = tuple(v for v in SELECT_BY if v != "final")
 
@@ -189,7 +203,10 @@ def method_table(rows: list[dict[str, Any]], key: str, methods: Sequence[str],
     return out
 
 
-def benchmark_tables(records: list[dict[str, Any]], targets: Sequence[str]) -> str:
+def benchmark_tables(records: list[dict[str, Any]], targets: Sequence[str],
+                     ablation_seeds: Optional[Sequence[int]] = None) -> str:  # fmt: skip
+    """The tables of the paper's recipe and its ablations (on ``ablation_seeds``; default: every
+    seed with an ablation record)."""
     main = [r for r in records if not r["variant"]]
     methods = [m for m in ORDER if any(r["method"] == m for r in main)]
     lines = ["### Final-step target accuracy (%), fused view: THE result", ""]
@@ -206,7 +223,11 @@ def benchmark_tables(records: list[dict[str, Any]], targets: Sequence[str]) -> s
     lines += method_table(main, "selected_acc", methods, targets)
     lines += ["", "### Best over training (%): selection on the test set, NOT a valid result", ""]
     lines += method_table(main, "oracle_acc", methods, targets)
-    ablations = [r for r in records if r["variant"] and r["method"] == "lacmfer"]
+    ablations = [
+        r for r in records if r["method"] == "lacmfer" and r["variant"] in ABLATIONS.values()
+    ]
+    if ablation_seeds is not None:
+        ablations = [r for r in ablations if r["seed"] in ablation_seeds]
     if ablations:
         seeds = sorted({r["seed"] for r in ablations})
         full = [r for r in main if r["method"] == "lacmfer" and r["seed"] in seeds]
@@ -226,6 +247,41 @@ def benchmark_tables(records: list[dict[str, Any]], targets: Sequence[str]) -> s
                 cells.append(f"{statistics.fmean(vals):.1f}" if vals else "–")
             label = f"**mean of the {len(complete)} complete target(s)**" if t == "mean" else t
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def variant_tables(records: list[dict[str, Any]], targets: Sequence[str],
+                   ablation_seeds: Sequence[int] = ()) -> str:  # fmt: skip
+    """The variants of :data:`VARIANTS` beside source-only and the paper's recipe, on the seeds the
+    variants ran: final accuracy per target and the paired differences. A variant that is one of
+    the ablations was chosen after seeing ``ablation_seeds``, so its difference to source-only is
+    also given over the other seeds alone."""
+    named = {"source-only": [r for r in records if r["method"] == "source-only" and not r["variant"]],
+             "LA-CMFER": [r for r in records if r["method"] == "lacmfer" and not r["variant"]]}  # fmt: skip
+    for name, flags in VARIANTS.items():
+        runs = [r for r in records if r["method"] == "lacmfer" and r["variant"] == flags]
+        if runs:
+            named[name] = runs
+    variants = list(named)[2:]
+    if not variants:
+        return ""
+    seeds = sorted({r["seed"] for n in variants for r in named[n]})
+    rows = [{**r, "method": n} for n, runs in named.items() for r in runs if r["seed"] in seeds]
+    lines = ["", f"### Variants beyond the paper's recipe (final step, %, seeds {seeds})", "",
+             "Reported apart from the paper's recipe; what each changes is in the notes.", ""]  # fmt: skip
+    lines += method_table(rows, "final_acc", list(named), targets)
+    lines += [
+        "",
+        "| variant | difference to source-only | difference to LA-CMFER |",
+        "|---|---|---|",
+    ]
+    for n in variants:
+        cells = [paired_difference(rows, n, "source-only"), paired_difference(rows, n, "LA-CMFER")]
+        if VARIANTS[n] in ABLATIONS.values() and ablation_seeds:
+            fresh = [r for r in rows if r["seed"] not in ablation_seeds]
+            kept = sorted({r["seed"] for r in fresh if r["method"] == n})
+            cells[0] += f"; seeds {kept} alone: {paired_difference(fresh, n, 'source-only')}"
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -323,6 +379,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(ORDER))
     p.add_argument("--ablation-seeds", type=int, nargs="*", default=[0],
                    help="seeds of the LA-CMFER ablations (none: skip them)")  # fmt: skip
+    p.add_argument("--variant-seeds", type=int, nargs="*", default=None,
+                   help="seeds of the variants beyond the paper's recipe (default: --seeds; none: "
+                   "skip them)")  # fmt: skip
     p.add_argument("--preset", default="benchmark", help="train_cmfer preset of every run")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     p.add_argument("--out", default="runs/synthetic_benchmark", help="folder of the run outputs")
@@ -335,6 +394,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
     args = p.parse_args(argv)
     targets = [t if t in TARGETS else _canonical(t) for t in args.targets]
+    if args.variant_seeds is None:
+        args.variant_seeds = list(args.seeds)
     out = Path(args.out)
     records_path = Path(args.records)
     records = read_records(records_path)
@@ -352,6 +413,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             jobs += [job(m, t, s, []) for t in targets for m in args.methods]
         if s in args.ablation_seeds and "lacmfer" in args.methods:
             jobs += [job("lacmfer", t, s, flags) for t in targets for flags in ABLATIONS.values()]
+    if "lacmfer" in args.methods:  # the variants once the paper's recipe has run
+        for s in args.variant_seeds:
+            jobs += [job("lacmfer", t, s, flags) for t in targets for flags in VARIANTS.values()
+                     if not (s in args.ablation_seeds and flags in ABLATIONS.values())]  # fmt: skip
     todo = [] if args.tables_only else [j for j in jobs if j["command"] not in done]
     if args.max_runs is not None:
         todo = todo[: args.max_runs]
@@ -417,7 +482,8 @@ def write_tables(rows: list[dict[str, Any]], targets: Sequence[str], args: argpa
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, one thread a run.",
         "",
     ]
-    text = "\n".join(header) + benchmark_tables(rows, targets)
+    text = "\n".join(header) + benchmark_tables(rows, targets, args.ablation_seeds)
+    text += variant_tables(rows, targets, args.ablation_seeds)
     if args.notes:
         text += "\n" + Path(args.notes).read_text()
     if args.results:

@@ -67,6 +67,33 @@ def test_tables_are_generated_from_records(benchmark_driver: ModuleType) -> None
     assert "| entropy | 1.0 ± 0.0 |" in vtext
 
 
+def test_variants_are_reported_apart(benchmark_driver: ModuleType) -> None:
+    warm, no_sid = benchmark_driver.VARIANTS["warm start"], benchmark_driver.VARIANTS["w/o SID"]
+    accs = {("source-only", 0): 50.0, ("source-only", 1): 40.0, ("source-only", 2): 45.0,
+            ("lacmfer", 0): 44.0, ("lacmfer", 1): 41.0, ("lacmfer", 2): 42.0}  # fmt: skip
+    runs = [(m, s, [], a) for (m, s), a in accs.items()]
+    runs += [("lacmfer", s, warm, a) for s, a in ((0, 52.0), (1, 41.0), (2, 48.0))]
+    runs += [("lacmfer", s, no_sid, a) for s, a in ((0, 57.0), (1, 43.0), (2, 47.0))]
+    records = [{"method": m, "target": "A", "seed": s, "variant": v, "final_acc": a,
+                "selected_acc": a, "validator": "snd", "oracle_acc": a, "evals": []}
+               for m, s, v, a in runs]  # fmt: skip
+    text = benchmark_driver.variant_tables(records, ["A"], ablation_seeds=[0])
+    cells = [f"{statistics.fmean(v):.1f} ± {statistics.stdev(v):.1f}"
+             for v in ([50, 40, 45], [44, 41, 42], [57, 43, 47], [52, 41, 48])]  # fmt: skip
+    assert "| A | " + " | ".join(cells) + " |" in text  # source-only, LA-CMFER, w/o SID, warm
+    pd = benchmark_driver.paired_difference
+    renamed = [{**r, "method": "x"} for r in records if r["variant"] == warm] + records[:3]
+    assert f"| warm start | {pd(renamed, 'x')} |" in text
+    # w/o SID was chosen on seed 0: its difference is also given over seeds 1 and 2 alone
+    fresh = [r for r in records if r["seed"] != 0]
+    fresh = [{**r, "method": "y"} if r["variant"] == no_sid else r for r in fresh]
+    assert f"seeds [1, 2] alone: {pd(fresh, 'y')}" in text and "(n = 2," in text
+    # the ablation table of the paper's recipe keeps to the ablation seed
+    table = benchmark_driver.benchmark_tables(records, ["A"], ablation_seeds=[0])
+    assert "seed(s) [0]" in table and "| A | 44.0 | 57.0 |" in table
+    assert benchmark_driver.variant_tables(records[:6], ["A"]) == ""
+
+
 def test_tiny_benchmark_resumes_and_records_reproduce(
     benchmark_driver: ModuleType, tmp_path: Path
 ) -> None:
@@ -84,10 +111,11 @@ def test_tiny_benchmark_resumes_and_records_reproduce(
             "--synthetic-test-size", "16", "--no-plots", "--select-by", "entropy"]  # fmt: skip
     assert benchmark_driver.main(args) == 0
     rows = [json.loads(x) for x in records.read_text().splitlines()]
-    assert sorted((r["method"], tuple(r["variant"])) for r in rows) == [
+    assert sorted((r["method"], tuple(r["variant"])) for r in rows) == sorted([
         ("lacmfer", ()), ("lacmfer", ("--consistency", "none")), ("lacmfer", ("--no-cid",)),
-        ("lacmfer", ("--no-sid",)), ("lacmfer", ("--no-voting",)), ("source-only", ()),
-    ]  # fmt: skip
+        ("lacmfer", ("--no-sid",)), ("lacmfer", ("--no-voting",)),
+        ("lacmfer", tuple(benchmark_driver.VARIANTS["warm start"])), ("source-only", ()),
+    ])  # fmt: skip
     for r in rows:
         assert r["target"] == "JAFFE" and r["validator"] == "entropy" and r["steps"] == 3
         assert 0 <= r["final_acc"] <= r["oracle_acc"] <= 100
@@ -95,10 +123,11 @@ def test_tiny_benchmark_resumes_and_records_reproduce(
         assert r["command"].startswith("OMP_NUM_THREADS=1 ")
     text = md.read_text()
     assert "| JAFFE |" in text and "w/o SID" in text and "Paired difference" in text
+    assert "Variants beyond the paper's recipe" in text and "| warm start |" in text
     assert "| snd |" in vmd.read_text()
     # a second start finds every run in the records and runs nothing
     assert benchmark_driver.main(args) == 0
-    assert len(records.read_text().splitlines()) == 6
+    assert len(records.read_text().splitlines()) == 7
     # a record's command alone reproduces its final accuracy (same machine)
     record = next(r for r in rows if r["method"] == "lacmfer" and not r["variant"])
     command = record["command"].replace(str(out), str(tmp_path / "again"))
