@@ -482,7 +482,7 @@ def write_tables(rows: list[dict[str, Any]], targets: Sequence[str], args: argpa
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, one thread a run.",
         "",
     ]
-    text = "\n".join(header) + benchmark_tables(rows, targets, args.ablation_seeds)
+    text = "\n".join(header) + "\n" + benchmark_tables(rows, targets, args.ablation_seeds)
     text += variant_tables(rows, targets, args.ablation_seeds)
     if args.notes:
         text += "\n" + Path(args.notes).read_text()
@@ -500,7 +500,7 @@ def write_tables(rows: list[dict[str, Any]], targets: Sequence[str], args: argpa
         "of the evaluation each validator scores highest, against the last evaluation (final, THE "
         "result) and the best one (oracle: selection on the test set).",
         "",
-    ]) + validator_tables(rows)  # fmt: skip
+    ]) + "\n" + validator_tables(rows)  # fmt: skip
     if args.validators_results:
         Path(args.validators_results).write_text(vtext)
         if args.figure and validator_figure(rows, Path(args.figure)):
