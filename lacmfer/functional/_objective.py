@@ -19,7 +19,7 @@ from .._checks import (
     resolve_validate_args,
 )
 from .._precision import compute_dtype, no_autocast
-from ._alignment import dual_level_alignment
+from ._alignment import dual_level_alignment, hardness_weights
 from ._consistency import multi_view_clustering_consistency
 from ._pseudo_label import pseudo_label_refinement, refine_pseudo_labels
 
@@ -68,6 +68,12 @@ class LACMFERTerms(NamedTuple):
         masked_s: ``(2,)`` int64, source samples whose confidence reaches the alignment threshold,
             in the global and the local branch (this rank's batch), detached.
         masked_t: ``(2,)`` int64, the same for the target batch.
+        effective_s: ``(2,)``, effective number of source samples the sample-level alignment's
+            normalised hardness weights :math:`w_s` rest on, :math:`(\sum_i w_i)^2 / \sum_i w_i^2`
+            (0 when every weight is 0), in the global and the local branch (this rank's batch;
+            summed over the sources with ``num_domains``), detached.
+        effective_t: ``(2,)``, the same for the target weights :math:`w_t` (averaged over the
+            sources' rows with ``num_domains``).
     """
 
     loss: Tensor
@@ -81,6 +87,8 @@ class LACMFERTerms(NamedTuple):
     kept_fraction: Tensor
     masked_s: Tensor
     masked_t: Tensor
+    effective_s: Tensor
+    effective_t: Tensor
 
 
 def _views(out: Any, name: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -109,6 +117,13 @@ def _view_discrepancy(logits_g: Tensor, logits_l: Tensor, kind: str, from_logits
     if kind == "l1":
         return (a - b).abs().sum(1).mean()
     return (a - b).square().sum(1).mean()
+
+
+def _effective(weights: Tensor) -> Tensor:
+    """``(Σw)² / Σw²`` over the last axis (0 for an all-zero row): Kish's effective sample size."""
+    squares = weights.square().sum(-1)
+    total = weights.sum(-1)
+    return torch.where(squares > 0, total.square() / squares.clamp_min(1e-30), squares)
 
 
 def _confident(logits: Tensor, threshold: float) -> Tensor:
@@ -315,6 +330,21 @@ def lacmfer_loss(
     masked_t = torch.stack(
         [_confident(logits_gt, align_threshold), _confident(logits_lt, align_threshold)]
     )
+    with torch.no_grad():
+        effective = []
+        for z_s, z_t in ((logits_gs, logits_gt), (logits_ls, logits_lt)):
+            w_s, w_t = hardness_weights(
+                z_s.detach(), labels_s, z_t.detach(), threshold=align_threshold,
+                domains_s=None if num_domains is None else domains_s, num_domains=num_domains,
+                validate_args=False,
+            )  # fmt: skip
+            if num_domains is not None:  # per-source: w_s sums to 1 within each source
+                one_hot = F.one_hot(domains_s, num_domains).to(w_s.dtype)  # type: ignore[arg-type]
+                eff_s = _effective((w_s[:, None] * one_hot).T).sum()
+            else:
+                eff_s = _effective(w_s)
+            effective.append(torch.stack([eff_s, _effective(w_t).mean()]))
+        effective_st = torch.stack(effective).T.to(ce.dtype)
     return LACMFERTerms(
         loss=loss,
         ce=ce,
@@ -327,4 +357,6 @@ def lacmfer_loss(
         kept_fraction=kept_fraction.detach(),
         masked_s=masked_s,
         masked_t=masked_t,
+        effective_s=effective_st[0],
+        effective_t=effective_st[1],
     )

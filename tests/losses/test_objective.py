@@ -26,7 +26,9 @@ from lacmfer.functional import (
 from lacmfer.losses import LACMFERLoss
 from lacmfer.modules import LACMFER, LACMFEROutput
 from tests.reference import (
+    _split_by_domain,
     cid_reference,
+    hardness_reference,
     mcc_reference,
     mvv_reference,
     refine_reference,
@@ -148,8 +150,37 @@ def test_terms_and_diagnostics() -> None:
         for v, logits in enumerate((out.logits_g, out.logits_l)):
             count = sum(max(softmax_row(logits[i])) >= 0.4 for i in range(logits.shape[0]))
             assert int(masked[v]) == count
-    for diagnostic in (got.kept_fraction, got.masked_s, got.masked_t, got.adaptation_weight):
+    diagnostics = (got.kept_fraction, got.masked_s, got.masked_t, got.adaptation_weight,
+                   got.effective_s, got.effective_t)  # fmt: skip
+    for diagnostic in diagnostics:
         assert not diagnostic.requires_grad
+
+
+def effective_reference(weights: list[float]) -> float:
+    """Kish's effective sample size of a list of weights, written out (0 for all zeros)."""
+    squares = sum(w * w for w in weights)
+    return sum(weights) ** 2 / squares if squares > 0 else 0.0
+
+
+@pytest.mark.parametrize("per_source", [False, True])
+@pytest.mark.parametrize("scale", [0.5, 3.0, 8.0])
+def test_effective_sample_counts_match_the_hardness_weights(per_source: bool, scale: float) -> None:
+    b = make_batch(7, b_s=12, b_t=11, scale=scale)
+    out_s, y, out_t = b["out_s"], b["labels_s"], b["out_t"]
+    domains = b["domains_s"] if per_source else None
+    got = lacmfer_loss(out_s, y, out_t, domains, num_domains=3 if per_source else None)
+    for v, (z_s, z_t) in enumerate(((out_s.logits_g, out_t.logits_g),
+                                    (out_s.logits_l, out_t.logits_l))):  # fmt: skip
+        eff_s, eff_t = 0.0, []
+        for idx in _split_by_domain(domains, z_s.shape[0]):
+            w_s, w_t = hardness_reference(z_s[idx], [int(y[i]) for i in idx], z_t, 0.4)
+            eff_s += effective_reference(w_s)
+            eff_t.append(effective_reference(w_t))
+        assert math.isclose(float(got.effective_s[v]), eff_s, rel_tol=1e-10, abs_tol=1e-12)
+        want_t = sum(eff_t) / len(eff_t)
+        assert math.isclose(float(got.effective_t[v]), want_t, rel_tol=1e-10, abs_tol=1e-12)
+    # an effective count never exceeds the samples that pass the confidence mask
+    assert bool((got.effective_s <= got.masked_s.to(got.effective_s.dtype) + 1e-9).all())
     for term in (got.loss, got.ce, got.sid, got.cid, got.consistency, got.voting):
         assert term.requires_grad is False  # inputs carry no graph here
 
