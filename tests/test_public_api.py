@@ -16,6 +16,7 @@ PACKAGES = [
     "lacmfer.modules",
     "lacmfer.data",
     "lacmfer.validation",
+    "lacmfer.analysis",
 ]
 
 
