@@ -9,10 +9,10 @@ Build (warnings are errors, as in CI)::
 The build needs no network: intersphinx is loaded but given no inventories to fetch.
 
 At build time this file also checks that every public name (every entry of ``__all__`` of
-:mod:`lacmfer.functional`, :mod:`lacmfer.losses`, :mod:`lacmfer.modules`, :mod:`lacmfer.data` and
-:mod:`lacmfer.validation`) appears in an ``auto*`` directive of a page under ``docs/api/``; a missing
-one is a Sphinx warning, so ``-W`` fails the build on an undocumented public name. Packages that do
-not import (yet) or that have no ``__all__`` are skipped.
+:mod:`lacmfer.functional`, :mod:`lacmfer.losses`, :mod:`lacmfer.modules`, :mod:`lacmfer.data`,
+:mod:`lacmfer.data.synthetic` and :mod:`lacmfer.validation`) appears in an ``auto*`` directive of a
+page under ``docs/api/``; a missing one is a Sphinx warning, so ``-W`` fails the build on an
+undocumented public name. Packages that do not import (yet) or that have no ``__all__`` are skipped.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ napoleon_use_ivar = True
 # "Shape:" is not a built-in napoleon section; render it as a generic one (a rubric + its body).
 napoleon_custom_sections = ["Shape", "Shapes"]
 
-# -- intersphinx: no inventories, so nothing is downloaded (no network here or in CI) -----------
+# -- intersphinx: no inventories, so the build downloads nothing (it must work without a network) -
 
 intersphinx_mapping: dict[str, tuple[str, Any]] = {}
 intersphinx_disabled_reftypes = ["*"]
@@ -121,6 +121,7 @@ API_PACKAGES = (
     "lacmfer.losses",
     "lacmfer.modules",
     "lacmfer.data",
+    "lacmfer.data.synthetic",
     "lacmfer.validation",
 )
 _AUTODOC_RE = re.compile(

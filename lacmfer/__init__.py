@@ -9,7 +9,8 @@ Subpackages:
     :mod:`lacmfer.functional` -- the maths, as functions.
     :mod:`lacmfer.losses` -- the same maths as :class:`torch.nn.Module` losses with settings and state.
     :mod:`lacmfer.modules` -- encoder, CBAM attention blocks, global and local branches, the model.
-    :mod:`lacmfer.data` -- FER image lists, the six-dataset protocol, samplers, synthetic FER data.
+    :mod:`lacmfer.data` -- FER image lists, the six-dataset protocol, samplers.
+    :mod:`lacmfer.data.synthetic` -- synthetic FER data in the six datasets' styles.
     :mod:`lacmfer.validation` -- unsupervised model selection (scores without target labels).
 
 Conventions shared by the whole package: tensors follow the inputs' device; argument errors are

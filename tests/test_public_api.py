@@ -15,6 +15,7 @@ PACKAGES = [
     "lacmfer.losses",
     "lacmfer.modules",
     "lacmfer.data",
+    "lacmfer.data.synthetic",
     "lacmfer.validation",
     "lacmfer.analysis",
 ]

@@ -1,8 +1,8 @@
 """Draw the figures of the lacmfer documentation that are not produced by a training run.
 
-Run from the repository root (needs matplotlib, nothing else; no lacmfer import)::
+Run from the repository root (needs matplotlib and lacmfer)::
 
-    python docs/figures/make_figures.py            # writes docs/_static/architecture.png
+    python docs/figures/make_figures.py    # writes docs/_static/architecture.png, synthetic_grid.png
 
 The PNG is committed; rerun this script after changing the drawing.
 """
@@ -302,6 +302,41 @@ def draw_architecture(path: Path) -> None:
     plt.close(fig)
 
 
+def draw_synthetic_grid(path: Path, *, image_size: int = 96, seed: int = 0) -> None:
+    """The synthetic faces of ``lacmfer.data.synthetic``: a row per domain, a column per class."""
+    import torch
+
+    from lacmfer.data import CLASSES
+    from lacmfer.data.synthetic import SYNTHETIC_DOMAINS, render_faces
+
+    pad = 2
+    rows, cols = len(SYNTHETIC_DOMAINS), len(CLASSES)
+    grid = torch.ones(3, rows * (image_size + pad) + pad, cols * (image_size + pad) + pad)
+    for i, domain in enumerate(SYNTHETIC_DOMAINS):
+        faces = render_faces(
+            torch.arange(cols), intensity=1.0, style=domain, image_size=image_size,
+            generator=torch.Generator().manual_seed(seed * 100 + i),
+        )  # fmt: skip
+        for j in range(cols):
+            y0, x0 = pad + i * (image_size + pad), pad + j * (image_size + pad)
+            grid[:, y0 : y0 + image_size, x0 : x0 + image_size] = faces[j]
+    height, width = grid.shape[1:]
+    dpi = 100
+    fig = plt.figure(figsize=((width + 90) / dpi, (height + 20) / dpi), dpi=dpi)
+    ax = fig.add_axes((90 / (width + 90), 0.0, width / (width + 90), height / (height + 20)))
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set_axis_off()
+    for j, name in enumerate(CLASSES):
+        ax.text(pad + j * (image_size + pad) + image_size / 2, -4, name, ha="center", va="bottom",
+                fontsize=8)  # fmt: skip
+    for i, name in enumerate(SYNTHETIC_DOMAINS):
+        ax.text(-6, pad + i * (image_size + pad) + image_size / 2, name, ha="right", va="center",
+                fontsize=8)  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, facecolor="white")
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=STATIC, help="output folder")
@@ -309,6 +344,8 @@ def main() -> None:
     plt.switch_backend("Agg")
     draw_architecture(args.out / "architecture.png")
     print(f"wrote {args.out / 'architecture.png'}")
+    draw_synthetic_grid(args.out / "synthetic_grid.png")
+    print(f"wrote {args.out / 'synthetic_grid.png'}")
 
 
 if __name__ == "__main__":

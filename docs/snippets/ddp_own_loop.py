@@ -7,7 +7,7 @@ process::
     torchrun --standalone --nproc_per_node=4 docs/snippets/ddp_own_loop.py --steps 200  # 4 GPUs
 
 On CPU the processes talk through gloo, with CUDA through NCCL (one GPU per process). The data are
-the built-in synthetic domains (:class:`lacmfer.data.SyntheticFER`), target JAFFE, so the script
+the built-in synthetic domains (:class:`lacmfer.data.synthetic.SyntheticFER`), target JAFFE, so the script
 runs anywhere; the model is ``LACMFER.tiny`` on 32×32 images. ``--out DIR`` writes a checkpoint
 that ``--resume DIR/checkpoint.pt`` continues, with the same number of processes.
 """
@@ -26,13 +26,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from lacmfer.data import (
-    InfiniteSampler,
-    MultiSourceSampler,
-    leave_one_domain_out,
-    normalize,
-    synthetic_domains,
-)
+from lacmfer.data import InfiniteSampler, MultiSourceSampler, leave_one_domain_out, normalize
+from lacmfer.data.synthetic import synthetic_domains
 from lacmfer.functional import LACMFERTerms
 from lacmfer.losses import LACMFERLoss
 from lacmfer.modules import LACMFER

@@ -1,4 +1,4 @@
-"""FER data: labels in RAF order, image lists, datasets, augmentation, protocol, samplers, synthetic.
+"""FER data: labels in RAF order, image lists, datasets, augmentation, protocol, samplers.
 
 * :mod:`~lacmfer.data.labels` -- the 7 classes in RAF-DB order and maps from each dataset's
   native labels and folder names.
@@ -10,7 +10,9 @@
 * :mod:`~lacmfer.data.protocol` -- leave-one-domain-out tasks, leakage-free or as published, and
   the protocol's image lists shipped with the package (:func:`~lacmfer.data.protocol_lists_dir`).
 * :mod:`~lacmfer.data.samplers` -- infinite, resumable, rank-sharded multi-source sampling.
-* :mod:`~lacmfer.data.synthetic` -- a procedural six-domain synthetic FER benchmark.
+
+Synthetic FER data in the six datasets' styles (procedural faces, no download) lives apart, in
+:mod:`lacmfer.data.synthetic`, which this package does not import.
 
 Pillow (``pip install lacmfer[images]``) is needed only to decode image files.
 """
@@ -56,22 +58,8 @@ from .protocol import (
     leave_one_domain_out_tasks,
     protocol_lists_dir,
     subject_of,
-    synthetic_domains,
 )
 from .samplers import InfiniteSampler, MultiSourceSampler, SourceBatch
-from .synthetic import (
-    EXPRESSION_CUES,
-    LIST_CLASS_COUNTS,
-    SYNTHETIC_DOMAINS,
-    SyntheticFER,
-    SyntheticStyle,
-    canonical_domain,
-    random_style,
-    render_faces,
-    save_grid,
-    style_distance,
-    synthetic_style,
-)
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -88,7 +76,6 @@ from .transforms import (
 __all__ = [
     "CLASSES",
     "DATASET_LABELS",
-    "EXPRESSION_CUES",
     "FER2013CSV",
     "FER2013_USAGE",
     "FER_LIST_FILES",
@@ -96,10 +83,8 @@ __all__ = [
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
     "LAB_DOMAINS",
-    "LIST_CLASS_COUNTS",
     "NUM_CLASSES",
     "SIX_DOMAINS",
-    "SYNTHETIC_DOMAINS",
     "UNMAPPED",
     "AugmentParams",
     "DomainSplits",
@@ -116,11 +101,8 @@ __all__ = [
     "MultiSourceSampler",
     "NativeLabels",
     "SourceBatch",
-    "SyntheticFER",
-    "SyntheticStyle",
     "apply_augment",
     "canonical_dataset",
-    "canonical_domain",
     "check_image_list",
     "check_image_lists",
     "check_protocol_lists",
@@ -138,17 +120,11 @@ __all__ = [
     "normalize_list_path",
     "parse_image_list",
     "protocol_lists_dir",
-    "random_style",
     "read_image_list",
-    "render_faces",
     "resize",
     "resolve_list_path",
     "rgb_to_grayscale",
     "sample_augment_params",
-    "save_grid",
-    "style_distance",
     "subject_of",
-    "synthetic_domains",
-    "synthetic_style",
     "to_rgb",
 ]

@@ -1,4 +1,4 @@
-r"""The leave-one-domain-out protocol of cross-multidomain FER, on real lists or synthetic data.
+r"""The leave-one-domain-out protocol of cross-multidomain FER.
 
 Each domain supplies an *adaptation* set (labelled when the domain is a source, unlabelled when it
 is the target) and a *test* set. A task takes one domain as the target and the others as sources:
@@ -32,8 +32,8 @@ ones; the task's ``notes`` say what was done.
 
 The domains are given as a mapping ``name -> DomainSplits(adapt, test)`` of datasets that have
 ``labels`` (an int64 tensor) and ``keys`` (sample identities): :func:`fer_list_domains` builds it
-from the protocol's list files (:data:`FER_LIST_FILES`), :func:`synthetic_domains` from
-:class:`~lacmfer.data.SyntheticFER`.
+from the protocol's list files (:data:`FER_LIST_FILES`), and
+:func:`lacmfer.data.synthetic.synthetic_domains` from synthetic faces.
 """
 
 from __future__ import annotations
@@ -67,7 +67,6 @@ __all__ = [
     "leave_one_domain_out_tasks",
     "protocol_lists_dir",
     "subject_of",
-    "synthetic_domains",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -105,7 +104,7 @@ class LabelledSubset(Dataset[Any]):
         indices: Positions to keep.
 
     Example:
-        >>> from lacmfer.data import SyntheticFER
+        >>> from lacmfer.data.synthetic import SyntheticFER
         >>> sub = LabelledSubset(SyntheticFER("ck", 6, image_size=16), [0, 2])
         >>> len(sub), sub.keys
         (2, ['synthetic:CK+:0:0', 'synthetic:CK+:0:2'])
@@ -288,6 +287,7 @@ def leave_one_domain_out(
             or ``test_fraction`` is outside ``(0, 1)``.
 
     Example:
+        >>> from lacmfer.data.synthetic import synthetic_domains
         >>> doms = synthetic_domains(20, 10, domains=("CK+", "JAFFE", "RAF-DB"), image_size=16)
         >>> task = leave_one_domain_out(doms, "raf")
         >>> task.sources, task.source_sizes, len(task.target_test)
@@ -432,36 +432,4 @@ def fer_list_domains(
         adapt_ds = build(adapt_path)
         same = os.path.abspath(adapt_path) == os.path.abspath(test_path)
         out[name] = DomainSplits(adapt_ds, adapt_ds if same else build(test_path))
-    return out
-
-
-def synthetic_domains(
-    size: int = 2000,
-    test_size: int = 1000,
-    *,
-    domains: Sequence[str] = SIX_DOMAINS,
-    image_size: int = 112,
-    seed: int = 0,
-) -> dict[str, DomainSplits]:
-    """The six synthetic domains as disjoint adaptation / test :class:`~lacmfer.data.SyntheticFER`.
-
-    Args:
-        size: Adaptation images per domain.
-        test_size: Test images per domain.
-        domains: Domain names, in order.
-        image_size: Side of the images.
-        seed: Adaptation sets use ``seed``, test sets ``seed + 1``.
-
-    Returns:
-        ``name -> DomainSplits(adapt, test)``.
-    """
-    from .synthetic import SyntheticFER, canonical_domain
-
-    out: dict[str, DomainSplits] = {}
-    for raw in domains:
-        name = canonical_domain(raw)
-        out[name] = DomainSplits(
-            SyntheticFER(name, size, image_size=image_size, seed=seed),
-            SyntheticFER(name, test_size, image_size=image_size, seed=seed + 1),
-        )
     return out

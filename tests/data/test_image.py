@@ -72,7 +72,8 @@ def test_package_imports_without_pillow() -> None:
     code = (
         "import sys; sys.modules['PIL'] = None\n"
         "import lacmfer.data as d\n"
-        "ds = d.SyntheticFER('ck', 2, image_size=16)\n"
+        "import lacmfer.data.synthetic as s\n"
+        "ds = s.SyntheticFER('ck', 2, image_size=16)\n"
         "try:\n"
         "    d.load_image('x.png')\n"
         "except ImportError as err:\n"

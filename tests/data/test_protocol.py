@@ -14,8 +14,8 @@ from lacmfer.data import (
     leave_one_domain_out,
     leave_one_domain_out_tasks,
     subject_of,
-    synthetic_domains,
 )
+from lacmfer.data.synthetic import synthetic_domains
 
 FIVE = ("CK+", "JAFFE", "Oulu-CASIA", "RAF-DB", "FER-2013")
 

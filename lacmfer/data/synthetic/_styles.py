@@ -1,9 +1,10 @@
-"""The six styles of the synthetic FER benchmark, and random styles that are none of them.
+"""The six styles of the synthetic FER data, and random styles that are none of them.
 
-Data only (plus name lookup): the class priors of the protocol's lists, the expression cues of each
+Data (plus name lookup): the class priors of the protocol's lists, the expression cues of each
 class, the label-noise confusions, the :class:`SyntheticStyle` dataclass and the six dataset styles.
-The renderer and the dataset live in :mod:`lacmfer.data.synthetic`, which re-exports every public
-name defined here.
+``random_style`` and ``style_distance`` serve the encoder pretraining of
+:func:`~lacmfer.data.synthetic.pretrained_encoder` (faces in styles that are none of the six); they
+are not part of the public API.
 """
 
 from __future__ import annotations
@@ -14,16 +15,13 @@ from typing import Optional, Union
 
 import torch
 
-from .labels import CLASSES, NUM_CLASSES, canonical_dataset
+from ..labels import CLASSES, NUM_CLASSES, canonical_dataset
 
 __all__ = [
     "EXPRESSION_CUES",
-    "LIST_CLASS_COUNTS",
     "SYNTHETIC_DOMAINS",
     "SyntheticStyle",
     "canonical_domain",
-    "random_style",
-    "style_distance",
     "synthetic_style",
 ]
 
@@ -38,9 +36,11 @@ SYNTHETIC_DOMAINS: tuple[str, ...] = (
 )
 """The six domains of the protocol, lab-controlled first."""
 
-LIST_CLASS_COUNTS: dict[str, tuple[int, ...]] = {
+# The class priors of the six styles: per-domain class counts in RAF order.
+_LIST_CLASS_COUNTS: dict[str, tuple[int, ...]] = {
     # Class histograms (RAF order) of the protocol's lists, counted line by line from
-    # lacmfer/data/protocol_lists, shipped with the package (tests/data/test_synthetic.py recomputes them).
+    # lacmfer/data/protocol_lists, shipped with the package (tests/data/test_synthetic.py recomputes
+    # them).
     "CK+": (249, 75, 177, 207, 84, 135, 123),  # CK.txt
     "JAFFE": (30, 32, 29, 31, 31, 30, 30),  # JAFFE.txt
     "Oulu-CASIA": (417, 417, 417, 417, 417, 423, 480),  # Oulu.txt (duplicate lines counted)
@@ -50,7 +50,6 @@ LIST_CLASS_COUNTS: dict[str, tuple[int, ...]] = {
     # annotated training set (Mollahosseini et al., 2017, Table 4), in RAF order.
     "AffectNet": (14090, 6378, 3803, 134415, 25459, 24882, 74874),
 }
-"""Per-domain class counts in RAF order used as the synthetic class priors."""
 
 # Expression cues, one row per class in RAF order. Columns:
 _CUE_NAMES = (
@@ -193,7 +192,7 @@ _STYLES: dict[str, SyntheticStyle] = {
         noise=0.01,
         occlusion=0.0,
         label_noise=0.0,
-        class_counts=LIST_CLASS_COUNTS["CK+"],
+        class_counts=_LIST_CLASS_COUNTS["CK+"],
         display_shift=0.02,
         skin=(0.78, 0.62, 0.52),
         skin_spread=0.12,
@@ -219,7 +218,7 @@ _STYLES: dict[str, SyntheticStyle] = {
         noise=0.012,
         occlusion=0.0,
         label_noise=0.0,
-        class_counts=LIST_CLASS_COUNTS["JAFFE"],
+        class_counts=_LIST_CLASS_COUNTS["JAFFE"],
         display_shift=0.03,
         skin=(0.85, 0.70, 0.58),
         skin_spread=0.04,
@@ -245,7 +244,7 @@ _STYLES: dict[str, SyntheticStyle] = {
         noise=0.02,
         occlusion=0.0,
         label_noise=0.0,
-        class_counts=LIST_CLASS_COUNTS["Oulu-CASIA"],
+        class_counts=_LIST_CLASS_COUNTS["Oulu-CASIA"],
         display_shift=0.02,
         skin=(0.8, 0.64, 0.54),
         skin_spread=0.1,
@@ -271,7 +270,7 @@ _STYLES: dict[str, SyntheticStyle] = {
         noise=0.02,
         occlusion=0.1,
         label_noise=0.12,
-        class_counts=LIST_CLASS_COUNTS["AffectNet"],
+        class_counts=_LIST_CLASS_COUNTS["AffectNet"],
         display_shift=0.08,
         skin=(0.72, 0.55, 0.45),
         skin_spread=0.3,
@@ -297,7 +296,7 @@ _STYLES: dict[str, SyntheticStyle] = {
         noise=0.015,
         occlusion=0.15,
         label_noise=0.08,
-        class_counts=LIST_CLASS_COUNTS["RAF-DB"],
+        class_counts=_LIST_CLASS_COUNTS["RAF-DB"],
         display_shift=0.03,
         skin=(0.75, 0.58, 0.48),
         skin_spread=0.25,
@@ -323,7 +322,7 @@ _STYLES: dict[str, SyntheticStyle] = {
         noise=0.02,
         occlusion=0.1,
         label_noise=0.10,
-        class_counts=LIST_CLASS_COUNTS["FER-2013"],
+        class_counts=_LIST_CLASS_COUNTS["FER-2013"],
         display_shift=0.03,
         skin=(0.74, 0.58, 0.48),
         skin_spread=0.25,
