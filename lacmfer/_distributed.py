@@ -1,4 +1,4 @@
-"""Differentiable collectives for the ``sync_dist`` option of the losses.
+"""Differentiable collectives for the ``sync_dist`` option, and the base of the modules that have it.
 
 Conventions (shared by every loss in :mod:`lacmfer`):
 
@@ -22,7 +22,9 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
+
+from ._checks import check_bool
 
 __all__: list[str] = []
 
@@ -126,3 +128,26 @@ def all_reduce_max(x: Tensor, process_group: Optional[Any] = None) -> Tensor:
     out = x.detach().contiguous().clone()
     dist.all_reduce(out, op=dist.ReduceOp.MAX, group=process_group)
     return out
+
+
+class SyncDistModule(nn.Module):
+    """Base of the modules with a ``sync_dist`` setting: the loss modules and the validators.
+
+    Stores ``sync_dist`` (a bool: compute over the global batch of all ranks) and ``process_group``
+    (the group of those ranks; ``None``: the world). Pickling (and so :func:`copy.deepcopy`) drops
+    the process group, which cannot be pickled: the copy uses the world group.
+    """
+
+    def __init__(self, *, sync_dist: bool = False, process_group: Optional[Any] = None) -> None:
+        super().__init__()
+        self.sync_dist = check_bool(sync_dist, "sync_dist")
+        self.process_group = process_group
+
+    def _settings_repr(self, *parts: str) -> str:
+        """``extra_repr`` of the settings ``parts``, with ``sync_dist=True`` when set."""
+        return ", ".join([*parts, "sync_dist=True"] if self.sync_dist else parts)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["process_group"] = None  # process groups cannot be pickled
+        return state

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._checks import (
     check_bool,
@@ -31,7 +31,13 @@ from .._checks import (
     check_views,
     resolve_validate_args,
 )
-from .._distributed import all_reduce_max, all_reduce_sum, gather_batch, is_distributed
+from .._distributed import (
+    SyncDistModule,
+    all_reduce_max,
+    all_reduce_sum,
+    gather_batch,
+    is_distributed,
+)
 from .._precision import compute_dtype, no_autocast
 from ._scores import bnm_score, row_entropy, score_all, snd_score
 
@@ -54,15 +60,13 @@ TARGET_VALIDATORS = ("agreement", "bnm", "entropy", "im", "snd")
 _NO_CLASSES = -(1 << 62)
 
 
-class _StreamingValidator(nn.Module):
+class _StreamingValidator(SyncDistModule):
     """update / compute / reset, the class count and dtype seen so far, and ``sync_dist``."""
 
     _anchor: Tensor
 
     def __init__(self, *, sync_dist: bool = False, process_group: Optional[Any] = None) -> None:
-        super().__init__()
-        self.sync_dist = check_bool(sync_dist, "sync_dist")
-        self.process_group = process_group
+        super().__init__(sync_dist=sync_dist, process_group=process_group)
         # Follows .to(device): where a rank that saw no data creates its (zero) state.
         self.register_buffer("_anchor", torch.zeros(0), persistent=False)
         self._num_classes: Optional[int] = None
@@ -141,12 +145,7 @@ class _StreamingValidator(nn.Module):
         return k_max, torch.float64 if any64 else torch.float32
 
     def extra_repr(self) -> str:
-        return "sync_dist=True" if self.sync_dist else ""
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["process_group"] = None
-        return state
+        return self._settings_repr()
 
 
 class _SumValidator(_StreamingValidator):
@@ -374,7 +373,7 @@ class SourceAccuracy(_SumValidator):
 
     def extra_repr(self) -> str:
         parts = [] if self.validate_args is None else [f"validate_args={self.validate_args}"]
-        return ", ".join([*parts, super().extra_repr()]).strip(", ")
+        return self._settings_repr(*parts)
 
 
 class _LogitValidator(_StreamingValidator):
@@ -465,7 +464,7 @@ class SNDScore(_LogitValidator):
         parts = [f"temperature={self.temperature}", f"max_samples={self.max_samples}"]
         if self.seed != 0:
             parts.append(f"seed={self.seed}")
-        return ", ".join([*parts, super().extra_repr()]).strip(", ")
+        return self._settings_repr(*parts)
 
 
 class BNMScore(_LogitValidator):
@@ -621,4 +620,4 @@ class ValidatorSuite(_LogitValidator):
         ]
         if self.seed != 0:
             parts.append(f"seed={self.seed}")
-        return ", ".join([*parts, super().extra_repr()]).strip(", ")
+        return self._settings_repr(*parts)
