@@ -247,61 +247,13 @@ def check_domains(domains_s: Any, num_domains: Any, batch: Tensor, batch_name: s
     return check_positive_int(num_domains, "num_domains")
 
 
-def check_alignment_logits(logits_s: Any, labels_s: Any, logits_t: Any) -> None:
-    """Source logits ``(B_s, K)`` with labels ``(B_s,)`` and target logits ``(B_t, K)``."""
-    check_float(logits_s, "logits_s", ndim=2, axes="(B_s, K)")
-    check_labels(labels_s, "labels_s", axes="(B_s,)")
-    check_float(logits_t, "logits_t", ndim=2, axes="(B_t, K)")
-    check_size(logits_s, "logits_s", 0, labels_s, "labels_s", 0, "Batch sizes (dim 0)")
-    check_size(logits_s, "logits_s", 1, logits_t, "logits_t", 1, "Numbers of classes K (dim 1)")
-    check_nonempty(logits_s, "logits_s")
-    check_nonempty(logits_t, "logits_t")
-    check_nonempty(logits_s, "logits_s", dim=1, what="class")
-
-
-def check_alignment_inputs(
-    feat_s: Any,
-    logits_s: Any,
-    labels_s: Any,
-    feat_t: Any,
-    logits_t: Any,
-    domains_s: Any,
-    num_domains: Any,
-    validate_args: Optional[bool],
-) -> int:
-    """The inputs of the inter-domain alignment; returns the number of source groups ``G``.
-
-    Static checks always; label and domain ranges as :func:`resolve_validate_args` decides.
-    """
-    check_float(feat_s, "feat_s", ndim=2, axes="(B_s, D)")
-    check_float(logits_s, "logits_s", ndim=2, axes="(B_s, K)")
-    check_labels(labels_s, "labels_s", axes="(B_s,)")
-    check_float(feat_t, "feat_t", ndim=2, axes="(B_t, D)")
-    check_float(logits_t, "logits_t", ndim=2, axes="(B_t, K)")
-    check_size(feat_s, "feat_s", 0, logits_s, "logits_s", 0, "Batch sizes (dim 0)")
-    check_size(feat_s, "feat_s", 0, labels_s, "labels_s", 0, "Batch sizes (dim 0)")
-    check_size(feat_t, "feat_t", 0, logits_t, "logits_t", 0, "Batch sizes (dim 0)")
-    check_size(feat_s, "feat_s", 1, feat_t, "feat_t", 1, "Feature sizes D (dim 1)")
-    check_size(logits_s, "logits_s", 1, logits_t, "logits_t", 1, "Numbers of classes K (dim 1)")
-    check_nonempty(feat_s, "feat_s")
-    check_nonempty(feat_t, "feat_t")
-    check_nonempty(feat_s, "feat_s", dim=1, what="feature")
-    check_nonempty(logits_s, "logits_s", dim=1, what="class")
-    check_same_device(
-        [
-            ("feat_s", feat_s),
-            ("logits_s", logits_s),
-            ("labels_s", labels_s),
-            ("feat_t", feat_t),
-            ("logits_t", logits_t),
-        ]
-    )
-    groups = check_domains(domains_s, num_domains, feat_s, "feat_s")
-    if resolve_validate_args(validate_args, labels_s):
-        check_label_range(labels_s, "labels_s", logits_s.shape[1])
-        if domains_s is not None:
-            check_label_range(domains_s, "domains_s", groups)
-    return groups
+def require_domains(domains_s: Any, num_domains: Any) -> None:
+    """Raise ``ValueError`` if ``num_domains`` asks for the per-source mode without ``domains_s``."""
+    if num_domains is not None and domains_s is None:
+        raise ValueError(
+            f"`domains_s` is required with `num_domains` (num_domains={num_domains}): the "
+            "per-source mode needs each source sample's domain id"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -430,31 +382,6 @@ def check_rank(rank: Any, world_size: Any) -> None:
 # settings that may be tensors, batch sizes, index ranges
 
 
-def check_real_or_scalar_tensor(
-    value: Any, name: str, *, minimum: Optional[float] = None
-) -> Union[float, Tensor]:
-    """A finite real setting (bounded below by ``minimum``), or a 0-dim floating-point tensor.
-
-    A tensor (e.g. a scheduled weight) is only checked statically: its value is not read, so the
-    check costs no host sync and traces under ``torch.compile``. A number is checked in eager mode
-    only: a compiled caller that passes a new value each call gets a symbolic float, which cannot be
-    compared in Python.
-    """
-    if torch.compiler.is_compiling() and not isinstance(value, Tensor):
-        return value
-    if isinstance(value, Tensor):
-        if not value.is_floating_point():
-            raise TypeError(
-                f"`{name}` must be a real number or a floating-point tensor, got dtype {value.dtype}"
-            )
-        if value.ndim != 0:
-            raise ValueError(
-                f"`{name}` must be a 0-dim tensor when given as a tensor, got shape {_shape(value)}"
-            )
-        return value
-    return check_real(value, name, minimum=minimum)
-
-
 def check_min_size(
     x: Tensor, name: str, minimum: int, *, dim: int = 0, what: str = "samples", reason: str = ""
 ) -> None:
@@ -554,8 +481,3 @@ def check_density_ratio_inputs(feat_s_train: Any, feat_t: Any, feat_s_val: Any) 
     check_same_device(
         [("feat_s_train", feat_s_train), ("feat_t", feat_t), ("feat_s_val", feat_s_val)]
     )
-
-
-def check_temperature(temperature: Any) -> float:
-    """A temperature that rescales logits, ``T > 0``."""
-    return check_real(temperature, "temperature", minimum=0.0, exclusive_minimum=True)

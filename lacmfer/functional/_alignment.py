@@ -17,13 +17,16 @@ import torch
 from torch import Tensor
 
 from .._checks import (
-    check_alignment_inputs,
-    check_alignment_logits,
     check_domains,
+    check_float,
     check_kernel_settings,
     check_label_range,
+    check_labels,
+    check_nonempty,
     check_probability,
     check_real,
+    check_same_device,
+    check_size,
     resolve_validate_args,
 )
 from .._distributed import gather_batch
@@ -213,6 +216,78 @@ def _cid(p: _Prepared, dist: Any, coef: Tensor) -> Tensor:
     return _group_mean(per_group, p.groups_s)
 
 
+def _check_logits(logits_s: Any, labels_s: Any, logits_t: Any) -> None:
+    """Source logits ``(B_s, K)`` with labels ``(B_s,)`` and target logits ``(B_t, K)``."""
+    check_float(logits_s, "logits_s", ndim=2, axes="(B_s, K)")
+    check_labels(labels_s, "labels_s", axes="(B_s,)")
+    check_float(logits_t, "logits_t", ndim=2, axes="(B_t, K)")
+    check_size(logits_s, "logits_s", 0, labels_s, "labels_s", 0, "Batch sizes (dim 0)")
+    check_size(logits_s, "logits_s", 1, logits_t, "logits_t", 1, "Numbers of classes K (dim 1)")
+    check_nonempty(logits_s, "logits_s")
+    check_nonempty(logits_t, "logits_t")
+    check_nonempty(logits_s, "logits_s", dim=1, what="class")
+
+
+def _check_inputs(
+    feat_s: Any,
+    logits_s: Any,
+    labels_s: Any,
+    feat_t: Any,
+    logits_t: Any,
+    domains_s: Any,
+    num_domains: Any,
+    validate_args: Optional[bool],
+) -> int:
+    """The inputs of the inter-domain alignment; returns the number of source groups ``G``.
+
+    Static checks always; label and domain ranges as :func:`resolve_validate_args` decides.
+    """
+    check_float(feat_s, "feat_s", ndim=2, axes="(B_s, D)")
+    check_float(logits_s, "logits_s", ndim=2, axes="(B_s, K)")
+    check_labels(labels_s, "labels_s", axes="(B_s,)")
+    check_float(feat_t, "feat_t", ndim=2, axes="(B_t, D)")
+    check_float(logits_t, "logits_t", ndim=2, axes="(B_t, K)")
+    check_size(feat_s, "feat_s", 0, logits_s, "logits_s", 0, "Batch sizes (dim 0)")
+    check_size(feat_s, "feat_s", 0, labels_s, "labels_s", 0, "Batch sizes (dim 0)")
+    check_size(feat_t, "feat_t", 0, logits_t, "logits_t", 0, "Batch sizes (dim 0)")
+    check_size(feat_s, "feat_s", 1, feat_t, "feat_t", 1, "Feature sizes D (dim 1)")
+    check_size(logits_s, "logits_s", 1, logits_t, "logits_t", 1, "Numbers of classes K (dim 1)")
+    check_nonempty(feat_s, "feat_s")
+    check_nonempty(feat_t, "feat_t")
+    check_nonempty(feat_s, "feat_s", dim=1, what="feature")
+    check_nonempty(logits_s, "logits_s", dim=1, what="class")
+    check_same_device(
+        [
+            ("feat_s", feat_s),
+            ("logits_s", logits_s),
+            ("labels_s", labels_s),
+            ("feat_t", feat_t),
+            ("logits_t", logits_t),
+        ]
+    )
+    groups = check_domains(domains_s, num_domains, feat_s, "feat_s")
+    if resolve_validate_args(validate_args, labels_s):
+        check_label_range(labels_s, "labels_s", logits_s.shape[1])
+        if domains_s is not None:
+            check_label_range(domains_s, "domains_s", groups)
+    return groups
+
+
+def check_settings(
+    threshold: Any, kernel_num: Any, kernel_mul: Any, cluster_weight: Any = 0.0
+) -> tuple[float, int, float, Union[float, Tensor]]:
+    """The alignment's settings, checked by its functions at every call and by
+    :class:`~lacmfer.losses.DualLevelInterDomainAlignment` at construction.
+
+    ``cluster_weight`` may be a 0-dim tensor (a ramped weight), which is not read.
+    """
+    threshold = check_probability(threshold, "threshold")
+    kernel_num, kernel_mul = check_kernel_settings(kernel_num, kernel_mul)
+    if not isinstance(cluster_weight, Tensor):
+        cluster_weight = check_real(cluster_weight, "cluster_weight", minimum=0.0)
+    return threshold, kernel_num, kernel_mul, cluster_weight
+
+
 def _run(
     feat_s: Tensor,
     logits_s: Tensor,
@@ -230,10 +305,10 @@ def _run(
     validate_args: Optional[bool],
     want_sid: bool,
     want_cid: bool,
+    cluster_weight: Union[float, Tensor] = 0.0,
 ) -> tuple[Tensor, Tensor]:
-    check_probability(threshold, "threshold")
-    check_kernel_settings(kernel_num, kernel_mul)
-    groups = check_alignment_inputs(
+    check_settings(threshold, kernel_num, kernel_mul, cluster_weight)
+    groups = _check_inputs(
         feat_s, logits_s, labels_s, feat_t, logits_t, domains_s, num_domains, validate_args
     )
     if sync_dist:
@@ -318,7 +393,7 @@ def hardness_weights(
         tensor([0.8000, 0.2000])
     """
     check_probability(threshold, "threshold")
-    check_alignment_logits(logits_s, labels_s, logits_t)
+    _check_logits(logits_s, labels_s, logits_t)
     groups = check_domains(domains_s, num_domains, logits_s, "logits_s")
     if resolve_validate_args(validate_args, labels_s):
         check_label_range(labels_s, "labels_s", logits_s.shape[1])
@@ -571,13 +646,11 @@ def dual_level_alignment(
         >>> bool(torch.isclose(terms.loss, terms.sid + 0.02 * terms.cid))
         True
     """
-    if not isinstance(cluster_weight, Tensor):
-        cluster_weight = check_real(cluster_weight, "cluster_weight", minimum=0.0)
     sid, cid = _run(
         feat_s, logits_s, labels_s, feat_t, logits_t,
         threshold=threshold, kernel_num=kernel_num, kernel_mul=kernel_mul, domains_s=domains_s,
         num_domains=num_domains, sync_dist=sync_dist, process_group=process_group,
-        validate_args=validate_args, want_sid=True, want_cid=True,
+        validate_args=validate_args, want_sid=True, want_cid=True, cluster_weight=cluster_weight,
     )  # fmt: skip
     loss = sid + cluster_weight * cid
     if return_terms:

@@ -16,11 +16,17 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from .._checks import check_float, check_nonempty, check_temperature
+from .._checks import check_float, check_nonempty, check_real
 from .._distributed import all_reduce_sum
 from .._precision import compute_dtype, no_autocast
 
 __all__ = ["minimum_class_confusion"]
+
+
+def check_temperature(temperature: Any) -> float:
+    """The temperature ``T > 0`` that rescales the logits, checked by :func:`minimum_class_confusion`
+    at every call and by :class:`~lacmfer.losses.MinimumClassConfusionLoss` at construction."""
+    return check_real(temperature, "temperature", minimum=0.0, exclusive_minimum=True)
 
 
 def minimum_class_confusion(

@@ -7,7 +7,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from .._checks import check_views
+from .._checks import check_bool, check_views
 from .._distributed import all_reduce_max, all_reduce_sum
 from .._precision import compute_dtype, no_autocast
 
@@ -84,6 +84,7 @@ def prediction_similarity_matrix(
                 [0., 1.]])
     """
     check_views(logits_g, logits_l)
+    check_bool(from_logits, "from_logits")
     with no_autocast(logits_g.device):
         return _similarity(logits_g, logits_l, from_logits, sync_dist, process_group, False)
 
@@ -153,6 +154,7 @@ def multi_view_clustering_consistency(
         softmax saturates (extreme logits, small batches), in every dtype.
     """
     check_views(logits_g, logits_l)
+    check_bool(from_logits, "from_logits")
     num_classes = logits_g.shape[1]
     with no_autocast(logits_g.device):
         if from_logits:

@@ -17,13 +17,15 @@ import torch
 from torch import Tensor
 
 from .._checks import (
+    _shape,
     check_domains,
     check_float,
     check_index_range,
     check_nonempty,
-    check_real_or_scalar_tensor,
+    check_real,
     check_same_device,
     check_size,
+    require_domains,
     resolve_validate_args,
 )
 from .._distributed import all_reduce_sum
@@ -54,6 +56,31 @@ class _GradientReversalFunction(torch.autograd.Function):
             (coeff,) = ctx.saved_tensors
             return grad * (-coeff).to(grad.dtype), None
         return grad * (-ctx.constant), None
+
+
+def check_coeff(coeff: Any) -> Union[float, Tensor]:
+    r"""The reversal coefficient :math:`\lambda \ge 0`: a finite real number, or a 0-dim
+    floating-point tensor; checked by :func:`gradient_reversal` at every call and by
+    :class:`~lacmfer.losses.GradientReversal` at construction.
+
+    A tensor (e.g. a scheduled weight) is only checked statically: its value is not read, so the
+    check costs no host sync and traces under ``torch.compile``. A number is checked in eager mode
+    only: a compiled caller that passes a new value each call gets a symbolic float, which cannot be
+    compared in Python.
+    """
+    if torch.compiler.is_compiling() and not isinstance(coeff, Tensor):
+        return coeff
+    if isinstance(coeff, Tensor):
+        if not coeff.is_floating_point():
+            raise TypeError(
+                f"`coeff` must be a real number or a floating-point tensor, got dtype {coeff.dtype}"
+            )
+        if coeff.ndim != 0:
+            raise ValueError(
+                f"`coeff` must be a 0-dim tensor when given as a tensor, got shape {_shape(coeff)}"
+            )
+        return coeff
+    return check_real(coeff, "coeff", minimum=0.0)
 
 
 def gradient_reversal(x: Tensor, *, coeff: Union[float, Tensor] = 1.0) -> Tensor:
@@ -98,7 +125,7 @@ def gradient_reversal(x: Tensor, *, coeff: Union[float, Tensor] = 1.0) -> Tensor
         tensor([-0.5000, -0.5000])
     """
     check_float(x, "x")
-    coeff = check_real_or_scalar_tensor(coeff, "coeff", minimum=0.0)
+    coeff = check_coeff(coeff)
     if isinstance(coeff, Tensor):
         coeff = coeff.detach()
     return _GradientReversalFunction.apply(x, coeff)
@@ -118,11 +145,7 @@ def _check_domain_logits(
     check_nonempty(domain_logits_t, "domain_logits_t")
     check_same_device([("domain_logits_s", domain_logits_s), ("domain_logits_t", domain_logits_t)])
     groups = check_domains(domains_s, num_domains, domain_logits_s, "domain_logits_s")
-    if domains_s is None and num_domains is not None:
-        raise ValueError(
-            f"`domains_s` is required with `num_domains` (= {num_domains}): the per-source "
-            "discriminator needs each source sample's domain id"
-        )
+    require_domains(domains_s, num_domains)
     outputs = groups + 1
     if domain_logits_s.shape[1] != outputs:
         mode = (

@@ -9,13 +9,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import (
+    check_bool,
     check_choice,
     check_float,
+    check_kernel_settings,
     check_label_range,
     check_labels,
+    check_optional_positive_int,
     check_probability,
     check_real,
     check_size,
+    require_domains,
     resolve_validate_args,
 )
 from .._precision import compute_dtype, no_autocast
@@ -132,6 +136,72 @@ def _confident(logits: Tensor, threshold: float) -> Tensor:
         return (prob.amax(dim=1) >= threshold).sum()
 
 
+def check_settings(
+    *,
+    label_smoothing: Any,
+    align_weight: Any,
+    cid_weight: Any,
+    consistency_weight: Any,
+    voting_weight: Any,
+    align_threshold: Any,
+    pseudo_threshold: Any,
+    kernel_num: Any,
+    kernel_mul: Any,
+    sid: Any,
+    cid: Any,
+    consistency: Any,
+    consistency_from_logits: Any,
+    voting: Any,
+    num_domains: Any,
+    adaptation_weight: Any = 1.0,
+) -> dict[str, Any]:
+    """The objective's settings, checked by :func:`lacmfer_loss` at every call and by
+    :class:`~lacmfer.losses.LACMFERLoss` at construction; returns them checked (numbers as floats).
+
+    ``cid_weight`` and ``adaptation_weight`` may be 0-dim tensors (schedules), which are not read.
+    """
+    label_smoothing = check_real(label_smoothing, "label_smoothing", minimum=0.0)
+    if label_smoothing > 1.0:
+        raise ValueError(f"`label_smoothing` must lie in [0, 1], got {label_smoothing}")
+    weights = {
+        name: value if isinstance(value, Tensor) else check_real(value, name, minimum=0.0)
+        for name, value in (
+            ("align_weight", align_weight),
+            ("cid_weight", cid_weight),
+            ("consistency_weight", consistency_weight),
+            ("voting_weight", voting_weight),
+            ("adaptation_weight", adaptation_weight),
+        )
+    }
+    kernel_num, kernel_mul = check_kernel_settings(kernel_num, kernel_mul)
+    flags = {
+        name: check_bool(value, name)
+        for name, value in (
+            ("sid", sid),
+            ("cid", cid),
+            ("consistency_from_logits", consistency_from_logits),
+            ("voting", voting),
+        )
+    }
+    check_choice(consistency, "consistency", CONSISTENCY_KINDS)
+    if consistency == "kl" and consistency_from_logits:
+        raise ValueError(
+            "`consistency_from_logits` applies to 'mcc', 'l1' and 'mse'; 'kl' compares probability "
+            "distributions"
+        )
+    return {
+        "label_smoothing": label_smoothing,
+        **weights,
+        "align_threshold": check_probability(align_threshold, "align_threshold"),
+        "pseudo_threshold": check_probability(pseudo_threshold, "pseudo_threshold"),
+        "kernel_num": kernel_num,
+        "kernel_mul": kernel_mul,
+        **flags,
+        "consistency": consistency,
+        "num_domains": check_optional_positive_int(num_domains, "num_domains"),
+    }
+
+
 def lacmfer_loss(
     out_s: TwoViewOutput,
     labels_s: Tensor,
@@ -245,29 +315,18 @@ def lacmfer_loss(
     feat_gt, logits_gt, feat_lt, logits_lt = _views(out_t, "out_t")
     check_labels(labels_s, "labels_s", axes="(B_s,)")
     check_size(labels_s, "labels_s", 0, logits_gs, "out_s.logits_g", 0, "Batch sizes (dim 0)")
-    label_smoothing = check_real(label_smoothing, "label_smoothing", minimum=0.0)
-    if label_smoothing > 1.0:
-        raise ValueError(f"`label_smoothing` must lie in [0, 1], got {label_smoothing}")
-    for name, value in (
-        ("align_weight", align_weight),
-        ("consistency_weight", consistency_weight),
-        ("voting_weight", voting_weight),
-    ):
-        check_real(value, name, minimum=0.0)
-    if not isinstance(cid_weight, Tensor):
-        check_real(cid_weight, "cid_weight", minimum=0.0)
-    if not isinstance(adaptation_weight, Tensor):
-        check_real(adaptation_weight, "adaptation_weight", minimum=0.0)
-    align_threshold = check_probability(align_threshold, "align_threshold")
-    pseudo_threshold = check_probability(pseudo_threshold, "pseudo_threshold")
-    check_choice(consistency, "consistency", CONSISTENCY_KINDS)
-    if consistency == "kl" and consistency_from_logits:
-        raise ValueError(
-            "`consistency_from_logits` applies to 'mcc', 'l1' and 'mse'; 'kl' compares probability "
-            "distributions"
-        )
-    if num_domains is not None and domains_s is None:
-        raise ValueError(f"`domains_s` is required with `num_domains` ({num_domains})")
+    settings = check_settings(
+        label_smoothing=label_smoothing, align_weight=align_weight, cid_weight=cid_weight,
+        consistency_weight=consistency_weight, voting_weight=voting_weight,
+        align_threshold=align_threshold, pseudo_threshold=pseudo_threshold, kernel_num=kernel_num,
+        kernel_mul=kernel_mul, sid=sid, cid=cid, consistency=consistency,
+        consistency_from_logits=consistency_from_logits, voting=voting, num_domains=num_domains,
+        adaptation_weight=adaptation_weight,
+    )  # fmt: skip
+    label_smoothing = settings["label_smoothing"]
+    align_threshold = settings["align_threshold"]
+    pseudo_threshold = settings["pseudo_threshold"]
+    require_domains(domains_s, num_domains)
     if resolve_validate_args(validate_args, labels_s):
         check_label_range(labels_s, "labels_s", logits_gs.shape[1])
 

@@ -6,16 +6,20 @@ equations; the module's own docstring keeps its settings, shapes and an example)
 
 Common behaviour of the loss modules:
 
-* Settings are validated once, in ``__init__``: a ``TypeError`` or ``ValueError`` names the argument,
-  the allowed values and the value received. Inputs are checked by the function at every call.
-* ``extra_repr`` shows the settings; ``state_dict`` holds only real state (the alignment's ramp
-  progress), and pickling drops the process group (which cannot be pickled).
+* The function checks its settings and inputs at every call. The module stores its settings and
+  checks them once more at construction, through the same helpers, so that a wrong setting fails
+  where it is written: a ``TypeError`` or ``ValueError`` names the argument, the allowed values and
+  the value received.
+* ``extra_repr`` shows the settings. ``state_dict`` holds only real state: the step counters of the
+  schedules (the alignment's and the objective's ramps, DANN's reversal coefficient) and the weights
+  of DANN's discriminator. Pickling drops the process group (which cannot be pickled).
 * Buffers follow the input: the refiner's ``kept_fraction`` is assigned from each call's result, on the
   logits' device, so a training step on a GPU transfers nothing to or from the host.
 * ``sync_dist`` and ``validate_args`` behave as described in :mod:`lacmfer.functional`.
 """
 
-from ._alignment import CLUSTER_RAMPS, DualLevelInterDomainAlignment
+from ._alignment import DualLevelInterDomainAlignment
+from ._base import CLUSTER_RAMPS
 from ._class_confusion import MinimumClassConfusionLoss
 from ._consistency import MultiViewClusteringConsistency
 from ._coral import CORALLoss

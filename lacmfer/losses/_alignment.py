@@ -6,24 +6,16 @@ from typing import Any, Optional, Union
 
 from torch import Tensor
 
-from .._checks import (
-    check_choice,
-    check_kernel_settings,
-    check_positive_int,
-    check_probability,
-    check_real,
-)
-from ..functional import dual_level_alignment, sigmoid_ramp
-from ._schedule import ScheduledLoss
+from .._checks import check_choice, check_optional_positive_int, check_positive_int, require_domains
+from .._distributed import SyncDistModule
+from ..functional import dual_level_alignment
+from ..functional._alignment import check_settings
+from ._base import CLUSTER_RAMPS, StepCounter
 
-__all__ = ["CLUSTER_RAMPS", "DualLevelInterDomainAlignment"]
-
-#: Schedules of the cluster-level weight: ``"none"`` (constant, the authors' code) and
-#: ``"dann_sigmoid"`` (:math:`2 / (1 + e^{-10 p}) - 1` of the training progress :math:`p`).
-CLUSTER_RAMPS = ("none", "dann_sigmoid")
+__all__ = ["DualLevelInterDomainAlignment"]
 
 
-class DualLevelInterDomainAlignment(ScheduledLoss):
+class DualLevelInterDomainAlignment(SyncDistModule, StepCounter):
     r"""Dual-level inter-domain alignment of one branch, :math:`L_{sid} + \lambda_{cid} L_{cid}`.
 
     The module form of :func:`lacmfer.functional.dual_level_alignment`; see it (and
@@ -92,17 +84,13 @@ class DualLevelInterDomainAlignment(ScheduledLoss):
         process_group: Optional[Any] = None,
         validate_args: Optional[bool] = None,
     ) -> None:
-        super().__init__()
-        self.threshold = check_probability(threshold, "threshold")
-        self.kernel_num, self.kernel_mul = check_kernel_settings(kernel_num, kernel_mul)
-        self.cluster_weight = check_real(cluster_weight, "cluster_weight", minimum=0.0)
+        super().__init__(sync_dist=sync_dist, process_group=process_group)
+        self.threshold, self.kernel_num, self.kernel_mul, self.cluster_weight = check_settings(
+            threshold, kernel_num, kernel_mul, cluster_weight
+        )
         self.cluster_ramp = check_choice(cluster_ramp, "cluster_ramp", CLUSTER_RAMPS)
         self.ramp_steps = check_positive_int(ramp_steps, "ramp_steps")
-        self.num_domains = (
-            None if num_domains is None else check_positive_int(num_domains, "num_domains")
-        )
-        self.sync_dist = bool(sync_dist)
-        self.process_group = process_group
+        self.num_domains = check_optional_positive_int(num_domains, "num_domains")
         self.validate_args = validate_args
 
     @property
@@ -112,9 +100,7 @@ class DualLevelInterDomainAlignment(ScheduledLoss):
 
     def current_cluster_weight(self) -> Union[float, Tensor]:
         r"""The cluster-level weight in force: constant, or ramped by the progress (a tensor)."""
-        if self.cluster_ramp == "none":
-            return self.cluster_weight
-        return self.cluster_weight * sigmoid_ramp(self.progress)
+        return self._ramped(self.cluster_weight, self.cluster_ramp, self.ramp_steps)
 
     def forward(
         self,
@@ -128,11 +114,7 @@ class DualLevelInterDomainAlignment(ScheduledLoss):
         return_terms: bool = False,
     ) -> Any:
         """Compute the loss; see :func:`lacmfer.functional.dual_level_alignment`."""
-        if self.num_domains is not None and domains_s is None:
-            raise ValueError(
-                f"`domains_s` is required: this loss was built for per-source mode "
-                f"(num_domains={self.num_domains})"
-            )
+        require_domains(domains_s, self.num_domains)
         return dual_level_alignment(
             feat_s, logits_s, labels_s, feat_t, logits_t,
             threshold=self.threshold, kernel_num=self.kernel_num, kernel_mul=self.kernel_mul,
@@ -154,11 +136,4 @@ class DualLevelInterDomainAlignment(ScheduledLoss):
             parts.append(f"ramp_steps={self.ramp_steps}")
         if self.num_domains is not None:
             parts.append(f"num_domains={self.num_domains}")
-        if self.sync_dist:
-            parts.append("sync_dist=True")
-        return ", ".join(parts)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["process_group"] = None  # process groups cannot be pickled
-        return state
+        return self._settings_repr(*parts)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from .._checks import check_temperature
+from .._distributed import SyncDistModule
 from ..functional import minimum_class_confusion
+from ..functional._class_confusion import check_temperature
 
 __all__ = ["MinimumClassConfusionLoss"]
 
 
-class MinimumClassConfusionLoss(nn.Module):
+class MinimumClassConfusionLoss(SyncDistModule):
     r"""Minimum Class Confusion on the target predictions (Jin et al., ECCV 2020).
 
     The module form of :func:`lacmfer.functional.minimum_class_confusion`: with
@@ -56,10 +57,8 @@ class MinimumClassConfusionLoss(nn.Module):
         sync_dist: bool = False,
         process_group: Optional[Any] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(sync_dist=sync_dist, process_group=process_group)
         self.temperature = check_temperature(temperature)
-        self.sync_dist = bool(sync_dist)
-        self.process_group = process_group
 
     def forward(self, logits_t: Tensor) -> Tensor:
         """Compute the loss; see :func:`lacmfer.functional.minimum_class_confusion`."""
@@ -69,9 +68,4 @@ class MinimumClassConfusionLoss(nn.Module):
         )  # fmt: skip
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}" + (", sync_dist=True" if self.sync_dist else "")
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["process_group"] = None  # process groups cannot be pickled
-        return state
+        return self._settings_repr(f"temperature={self.temperature}")

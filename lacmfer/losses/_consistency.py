@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._checks import check_bool
+from .._distributed import SyncDistModule
 from ..functional import multi_view_clustering_consistency
 
 __all__ = ["MultiViewClusteringConsistency"]
 
 
-class MultiViewClusteringConsistency(nn.Module):
+class MultiViewClusteringConsistency(SyncDistModule):
     r"""Multi-view clustering consistency :math:`L_{mcc}` between the global and local views.
 
     The module form of :func:`lacmfer.functional.multi_view_clustering_consistency`; see it for the
@@ -44,10 +45,8 @@ class MultiViewClusteringConsistency(nn.Module):
         sync_dist: bool = False,
         process_group: Optional[Any] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(sync_dist=sync_dist, process_group=process_group)
         self.from_logits = check_bool(from_logits, "from_logits")
-        self.sync_dist = bool(sync_dist)
-        self.process_group = process_group
 
     def forward(self, logits_g: Tensor, logits_l: Tensor) -> Tensor:
         """Compute the loss; see :func:`lacmfer.functional.multi_view_clustering_consistency`."""
@@ -57,9 +56,4 @@ class MultiViewClusteringConsistency(nn.Module):
         )  # fmt: skip
 
     def extra_repr(self) -> str:
-        return f"from_logits={self.from_logits}" + (", sync_dist=True" if self.sync_dist else "")
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["process_group"] = None
-        return state
+        return self._settings_repr(f"from_logits={self.from_logits}")

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from .._checks import check_optional_positive_int
+from .._checks import check_optional_positive_int, require_domains
+from .._distributed import SyncDistModule
 from ..functional import coral
 
 __all__ = ["CORALLoss"]
 
 
-class CORALLoss(nn.Module):
+class CORALLoss(SyncDistModule):
     r"""CORAL: squared Frobenius distance between source and target feature covariances.
 
     The module form of :func:`lacmfer.functional.coral`:
@@ -60,19 +61,13 @@ class CORALLoss(nn.Module):
         process_group: Optional[Any] = None,
         validate_args: Optional[bool] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(sync_dist=sync_dist, process_group=process_group)
         self.num_domains = check_optional_positive_int(num_domains, "num_domains")
-        self.sync_dist = bool(sync_dist)
-        self.process_group = process_group
         self.validate_args = validate_args
 
     def forward(self, feat_s: Tensor, feat_t: Tensor, domains_s: Optional[Tensor] = None) -> Tensor:
         """Compute the loss; see :func:`lacmfer.functional.coral`."""
-        if self.num_domains is not None and domains_s is None:
-            raise ValueError(
-                f"`domains_s` is required: this loss was built for per-source mode "
-                f"(num_domains={self.num_domains})"
-            )
+        require_domains(domains_s, self.num_domains)
         return coral(
             feat_s, feat_t, domains_s=domains_s, num_domains=self.num_domains,
             sync_dist=self.sync_dist, process_group=self.process_group,
@@ -80,12 +75,6 @@ class CORALLoss(nn.Module):
         )  # fmt: skip
 
     def extra_repr(self) -> str:
-        parts = [] if self.num_domains is None else [f"num_domains={self.num_domains}"]
-        if self.sync_dist:
-            parts.append("sync_dist=True")
-        return ", ".join(parts)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["process_group"] = None  # process groups cannot be pickled
-        return state
+        return self._settings_repr(
+            *([] if self.num_domains is None else [f"num_domains={self.num_domains}"])
+        )

@@ -13,21 +13,18 @@ from .._checks import (
     check_nonempty,
     check_optional_positive_int,
     check_positive_int,
-    check_real,
     check_same_device,
     check_size,
 )
-from ..functional import domain_adversarial_loss, gradient_reversal, sigmoid_ramp
-from ._schedule import ScheduledLoss
+from .._distributed import SyncDistModule
+from ..functional import domain_adversarial_loss, gradient_reversal
+from ..functional._dann import check_coeff
+from ._base import CLUSTER_RAMPS, StepCounter
 
 __all__ = ["DomainAdversarialLoss", "GradientReversal"]
 
-#: Schedules of the reversal coefficient: ``"none"`` (constant) and ``"dann_sigmoid"``
-#: (:math:`2 / (1 + e^{-10 p}) - 1` of the training progress :math:`p`).
-_COEFF_RAMPS = ("none", "dann_sigmoid")
 
-
-class GradientReversal(ScheduledLoss):
+class GradientReversal(StepCounter):
     r"""Gradient reversal layer, optionally with DANN's schedule of the coefficient.
 
     The module form of :func:`lacmfer.functional.gradient_reversal`: the identity in the forward pass,
@@ -73,8 +70,8 @@ class GradientReversal(ScheduledLoss):
         self, *, coeff: float = 1.0, coeff_ramp: str = "none", max_steps: int = 20000
     ) -> None:
         super().__init__()
-        self.coeff = check_real(coeff, "coeff", minimum=0.0)
-        self.coeff_ramp = check_choice(coeff_ramp, "coeff_ramp", _COEFF_RAMPS)
+        self.coeff = check_coeff(coeff)
+        self.coeff_ramp = check_choice(coeff_ramp, "coeff_ramp", CLUSTER_RAMPS)
         self.max_steps = check_positive_int(max_steps, "max_steps")
 
     @property
@@ -84,9 +81,7 @@ class GradientReversal(ScheduledLoss):
 
     def current_coeff(self) -> Union[float, Tensor]:
         r"""The coefficient in force: constant, or :math:`\lambda_p` of the progress (a tensor)."""
-        if self.coeff_ramp == "none":
-            return self.coeff
-        return self.coeff * sigmoid_ramp(self.progress)
+        return self._ramped(self.coeff, self.coeff_ramp, self.max_steps)
 
     def forward(self, x: Tensor) -> Tensor:
         """Reverse the gradient; see :func:`lacmfer.functional.gradient_reversal`."""
@@ -97,7 +92,7 @@ class GradientReversal(ScheduledLoss):
         return text + (f", max_steps={self.max_steps}" if self.coeff_ramp != "none" else "")
 
 
-class DomainAdversarialLoss(nn.Module):
+class DomainAdversarialLoss(SyncDistModule):
     r"""DANN: a domain discriminator behind a gradient reversal layer, and its loss.
 
     Holds the discriminator (``Linear–BatchNorm–ReLU`` twice, then a linear head: the domain
@@ -184,12 +179,10 @@ class DomainAdversarialLoss(nn.Module):
         process_group: Optional[Any] = None,
         validate_args: Optional[bool] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(sync_dist=sync_dist, process_group=process_group)
         self.in_features = check_positive_int(in_features, "in_features")
         self.num_domains = check_optional_positive_int(num_domains, "num_domains")
         self.hidden = check_positive_int(hidden, "hidden")
-        self.sync_dist = bool(sync_dist)
-        self.process_group = process_group
         self.validate_args = validate_args
         self.grl = GradientReversal(coeff=coeff, coeff_ramp=coeff_ramp, max_steps=max_steps)
         outputs = (1 if self.num_domains is None else self.num_domains) + 1
@@ -233,11 +226,6 @@ class DomainAdversarialLoss(nn.Module):
         check_nonempty(feat_s, "feat_s")
         check_nonempty(feat_t, "feat_t")
         check_same_device([("feat_s", feat_s), ("feat_t", feat_t)])
-        if self.num_domains is not None and domains_s is None:
-            raise ValueError(
-                f"`domains_s` is required: this loss was built for per-source mode "
-                f"(num_domains={self.num_domains})"
-            )
         if self.num_domains is None and domains_s is not None:
             raise ValueError(
                 "`domains_s` was given to a pooled discriminator (num_domains=None); build the "
@@ -258,12 +246,4 @@ class DomainAdversarialLoss(nn.Module):
         parts = [f"in_features={self.in_features}"]
         if self.num_domains is not None:
             parts.append(f"num_domains={self.num_domains}")
-        parts.append(f"hidden={self.hidden}")
-        if self.sync_dist:
-            parts.append("sync_dist=True")
-        return ", ".join(parts)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["process_group"] = None  # process groups cannot be pickled
-        return state
+        return self._settings_repr(*parts, f"hidden={self.hidden}")

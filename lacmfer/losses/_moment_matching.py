@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._checks import check_positive_int
+from .._distributed import SyncDistModule
 from ..functional import moment_matching
 
 __all__ = ["MomentMatchingLoss"]
 
 
-class MomentMatchingLoss(nn.Module):
+class MomentMatchingLoss(SyncDistModule):
     r"""M3SDA moment matching between every source domain, each other source and the target.
 
     The module form of :func:`lacmfer.functional.moment_matching`:
@@ -61,11 +62,9 @@ class MomentMatchingLoss(nn.Module):
         process_group: Optional[Any] = None,
         validate_args: Optional[bool] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(sync_dist=sync_dist, process_group=process_group)
         self.num_domains = check_positive_int(num_domains, "num_domains")
         self.moments = check_positive_int(moments, "moments")
-        self.sync_dist = bool(sync_dist)
-        self.process_group = process_group
         self.validate_args = validate_args
 
     def forward(self, feat_s: Tensor, domains_s: Tensor, feat_t: Tensor) -> Tensor:
@@ -77,10 +76,4 @@ class MomentMatchingLoss(nn.Module):
         )  # fmt: skip
 
     def extra_repr(self) -> str:
-        text = f"num_domains={self.num_domains}, moments={self.moments}"
-        return text + (", sync_dist=True" if self.sync_dist else "")
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["process_group"] = None  # process groups cannot be pickled
-        return state
+        return self._settings_repr(f"num_domains={self.num_domains}", f"moments={self.moments}")

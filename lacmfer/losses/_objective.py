@@ -6,28 +6,16 @@ from typing import Any, Optional, Union
 
 from torch import Tensor
 
-from .._checks import (
-    check_choice,
-    check_kernel_settings,
-    check_positive_int,
-    check_probability,
-    check_real,
-)
-from ..functional import (
-    CONSISTENCY_KINDS,
-    LACMFERTerms,
-    TwoViewOutput,
-    lacmfer_loss,
-    linear_warmup,
-    sigmoid_ramp,
-)
-from ._alignment import CLUSTER_RAMPS
-from ._schedule import ScheduledLoss
+from .._checks import check_choice, check_positive_int
+from .._distributed import SyncDistModule
+from ..functional import LACMFERTerms, TwoViewOutput, lacmfer_loss, linear_warmup
+from ..functional._objective import check_settings
+from ._base import CLUSTER_RAMPS, StepCounter
 
 __all__ = ["LACMFERLoss"]
 
 
-class LACMFERLoss(ScheduledLoss):
+class LACMFERLoss(SyncDistModule, StepCounter):
     r"""The LA-CMFER objective: source cross-entropy on both heads plus every adaptation term.
 
     The module form of :func:`lacmfer.functional.lacmfer_loss` (see it for the equation, the
@@ -106,49 +94,39 @@ class LACMFERLoss(ScheduledLoss):
         process_group: Optional[Any] = None,
         validate_args: Optional[bool] = None,
     ) -> None:
-        super().__init__()
-        self.label_smoothing = check_real(label_smoothing, "label_smoothing", minimum=0.0)
-        if self.label_smoothing > 1.0:
-            raise ValueError(f"`label_smoothing` must lie in [0, 1], got {label_smoothing}")
-        self.align_weight = check_real(align_weight, "align_weight", minimum=0.0)
-        self.cid_weight = check_real(cid_weight, "cid_weight", minimum=0.0)
-        self.consistency_weight = check_real(consistency_weight, "consistency_weight", minimum=0.0)
-        self.voting_weight = check_real(voting_weight, "voting_weight", minimum=0.0)
-        self.align_threshold = check_probability(align_threshold, "align_threshold")
-        self.pseudo_threshold = check_probability(pseudo_threshold, "pseudo_threshold")
-        self.kernel_num, self.kernel_mul = check_kernel_settings(kernel_num, kernel_mul)
-        for name, flag in (
-            ("sid", sid),
-            ("cid", cid),
-            ("consistency_from_logits", consistency_from_logits),
-            ("voting", voting),
-        ):
-            if not isinstance(flag, bool):
-                raise TypeError(f"`{name}` must be a bool, got {type(flag).__name__}")
-        self.sid, self.cid, self.voting = sid, cid, voting
-        self.consistency = check_choice(consistency, "consistency", CONSISTENCY_KINDS)
-        if consistency == "kl" and consistency_from_logits:
-            raise ValueError(
-                "`consistency_from_logits` applies to 'mcc', 'l1' and 'mse'; 'kl' compares "
-                "probability distributions"
-            )
-        self.consistency_from_logits = consistency_from_logits
-        self.num_domains = (
-            None if num_domains is None else check_positive_int(num_domains, "num_domains")
-        )
+        super().__init__(sync_dist=sync_dist, process_group=process_group)
+        checked = check_settings(
+            label_smoothing=label_smoothing, align_weight=align_weight, cid_weight=cid_weight,
+            consistency_weight=consistency_weight, voting_weight=voting_weight,
+            align_threshold=align_threshold, pseudo_threshold=pseudo_threshold,
+            kernel_num=kernel_num, kernel_mul=kernel_mul, sid=sid, cid=cid,
+            consistency=consistency, consistency_from_logits=consistency_from_logits,
+            voting=voting, num_domains=num_domains,
+        )  # fmt: skip
+        self.label_smoothing: float = checked["label_smoothing"]
+        self.align_weight: float = checked["align_weight"]
+        self.cid_weight: float = checked["cid_weight"]
+        self.consistency_weight: float = checked["consistency_weight"]
+        self.voting_weight: float = checked["voting_weight"]
+        self.align_threshold: float = checked["align_threshold"]
+        self.pseudo_threshold: float = checked["pseudo_threshold"]
+        self.kernel_num: int = checked["kernel_num"]
+        self.kernel_mul: float = checked["kernel_mul"]
+        self.sid: bool = checked["sid"]
+        self.cid: bool = checked["cid"]
+        self.consistency: str = checked["consistency"]
+        self.consistency_from_logits: bool = checked["consistency_from_logits"]
+        self.voting: bool = checked["voting"]
+        self.num_domains: Optional[int] = checked["num_domains"]
         self.cluster_ramp = check_choice(cluster_ramp, "cluster_ramp", CLUSTER_RAMPS)
         self.ramp_steps = check_positive_int(ramp_steps, "ramp_steps")
         self.adapt_after = check_positive_int(adapt_after, "adapt_after", minimum=0)
         self.adapt_warmup = check_positive_int(adapt_warmup, "adapt_warmup", minimum=0)
-        self.sync_dist = bool(sync_dist)
-        self.process_group = process_group
         self.validate_args = validate_args
 
     def current_cid_weight(self) -> Union[float, Tensor]:
         """The cluster-level weight in force: constant, or ramped by the progress (a tensor)."""
-        if self.cluster_ramp == "none":
-            return self.cid_weight
-        return self.cid_weight * sigmoid_ramp(self._progress(self.ramp_steps))
+        return self._ramped(self.cid_weight, self.cluster_ramp, self.ramp_steps)
 
     def adaptation_weight(self) -> Union[float, Tensor]:
         """The factor on every adaptation term: 1.0 (a float) without a source-only phase or
@@ -187,8 +165,3 @@ class LACMFERLoss(ScheduledLoss):
             if value != default:
                 shown.append(f"{name}={value!r}")
         return ", ".join(shown) if shown else "paper defaults"
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["process_group"] = None  # process groups cannot be pickled
-        return state

@@ -5,15 +5,16 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._checks import check_probability
+from .._distributed import SyncDistModule
 from ..functional import RefinedPseudoLabels, pseudo_label_refinement
 
 __all__ = ["PseudoLabelRefiner"]
 
 
-class PseudoLabelRefiner(nn.Module):
+class PseudoLabelRefiner(SyncDistModule):
     r"""Pseudo-label refinement by multi-view voting, with its loss :math:`L_{mvv}`.
 
     The module form of :func:`lacmfer.functional.pseudo_label_refinement`; see it for the vote and
@@ -54,10 +55,8 @@ class PseudoLabelRefiner(nn.Module):
         sync_dist: bool = False,
         process_group: Optional[Any] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(sync_dist=sync_dist, process_group=process_group)
         self.threshold = check_probability(threshold, "threshold")
-        self.sync_dist = bool(sync_dist)
-        self.process_group = process_group
         self.register_buffer("kept_fraction", torch.zeros(()), persistent=False)
 
     def forward(self, logits_g: Tensor, logits_l: Tensor) -> RefinedPseudoLabels:
@@ -71,9 +70,4 @@ class PseudoLabelRefiner(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return f"threshold={self.threshold}" + (", sync_dist=True" if self.sync_dist else "")
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["process_group"] = None
-        return state
+        return self._settings_repr(f"threshold={self.threshold}")
