@@ -1,11 +1,12 @@
-"""Input and setting validation shared by every public function and module.
+"""Input and setting checks that several operations share.
 
-Every argument check of the package lives here, so that one message style holds everywhere:
-``ValueError`` for shapes and values, ``TypeError`` for dtypes and types; every message names the
-argument and prints what was expected and what was received. The tensor checks are *static* (ndim,
-shapes, dtypes, devices, Python settings): they cost no host sync and trace cleanly under
-``torch.compile``. The one data-dependent check (:func:`check_label_range`) is opt-in, through
-``validate_args`` (:func:`resolve_validate_args`).
+One message style holds everywhere: ``ValueError`` for shapes and values, ``TypeError`` for dtypes
+and types; every message names the argument and prints what was expected and what was received. A
+check that serves one operation lives beside it (e.g. the objective's settings in
+``functional/_objective.py``), built from these. The tensor checks are *static* (ndim, shapes,
+dtypes, devices, Python settings): they cost no host sync and trace cleanly under
+``torch.compile``. The data-dependent checks (:func:`check_label_range`,
+:func:`check_index_range`) are opt-in, through ``validate_args`` (:func:`resolve_validate_args`).
 """
 
 from __future__ import annotations
@@ -162,22 +163,6 @@ def check_optional_positive_int(value: Any, name: str, *, minimum: int = 1) -> O
     return None if value is None else check_positive_int(value, name, minimum=minimum)
 
 
-def check_positive_int_tuple(value: Any, name: str) -> tuple[int, ...]:
-    """Check a non-empty sequence of ints ``>= 1``; returns it as a tuple."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
-        raise TypeError(f"`{name}` must be a non-empty sequence of ints, got {value!r}")
-    return tuple(check_positive_int(v, name) for v in value)
-
-
-def check_odd_int(value: Any, name: str, *, reason: str = "") -> int:
-    """Check an odd integer setting ``>= 1``; ``reason`` says why it must be odd."""
-    check_positive_int(value, name)
-    if value % 2 == 0:
-        why = f" ({reason})" if reason else ""
-        raise ValueError(f"`{name}` must be odd{why}, got {value}")
-    return int(value)
-
-
 def check_same_device(tensors: Sequence[tuple[str, Tensor]]) -> None:
     """Raise ``ValueError`` unless all the named tensors are on one device."""
     devices = {t.device for _, t in tensors}
@@ -206,15 +191,6 @@ def check_kernel_settings(kernel_num: Any, kernel_mul: Any) -> tuple[int, float]
     kernel_num = check_positive_int(kernel_num, "kernel_num")
     kernel_mul = check_real(kernel_mul, "kernel_mul", minimum=0.0, exclusive_minimum=True)
     return kernel_num, kernel_mul
-
-
-def check_feature_pair(x: Any, x_name: str, y: Any, y_name: str) -> None:
-    """Two non-empty feature sets ``(N, D)`` and ``(M, D)`` with the same ``D``."""
-    check_float(x, x_name, ndim=2, axes="(N, D)")
-    check_float(y, y_name, ndim=2, axes="(M, D)")
-    check_size(x, x_name, 1, y, y_name, 1, "Feature sizes (dim 1)")
-    check_nonempty(x, x_name)
-    check_nonempty(y, y_name)
 
 
 def check_views(logits_g: Any, logits_l: Any) -> None:
@@ -306,80 +282,8 @@ def check_grid_divides(x: Any, grid: tuple[int, int], name: str = "x") -> None:
         )
 
 
-def check_patch_stack(patches: Any, grid: tuple[int, int], name: str = "patches") -> None:
-    """A ``(B, P, C, h, w)`` stack with ``P = g_h·g_w`` patches."""
-    check_tensor(patches, name)
-    gh, gw = grid
-    if patches.ndim != 5:
-        raise ValueError(
-            f"`{name}` must have 5 dimensions (B, P, C, h, w), got "
-            f"{patches.ndim} with shape {_shape(patches)}"
-        )
-    if patches.shape[1] != gh * gw:
-        raise ValueError(
-            f"`{name}` must hold P = g_h·g_w = {gh * gw} patches for `grid` = ({gh}, {gw}) in "
-            f"dimension 1, got shape {_shape(patches)}"
-        )
-
-
 # ------------------------------------------------------------------------------------------------
-# data
-
-
-def check_image_batch(images: Any, name: str = "images") -> None:
-    """A float ``(B, 3, H, W)`` batch of images."""
-    check_float(images, name, ndim=4, axes="(B, 3, H, W)")
-    if images.shape[1] != 3:
-        raise ValueError(
-            f"`{name}` must have 3 channels (B, 3, H, W), got shape {tuple(images.shape)}"
-        )
-
-
-def check_augment_settings(
-    brightness: float,
-    contrast: float,
-    saturation: float,
-    hue: float,
-    grayscale_p: float,
-    flip_p: float,
-    degrees: float,
-    translate: float,
-    scale: Union[Sequence[float], Any],
-) -> tuple[float, float]:
-    """The settings of the training augmentation; returns the scale range ``(low, high)``."""
-    for value, name in (
-        (brightness, "brightness"),
-        (contrast, "contrast"),
-        (saturation, "saturation"),
-        (degrees, "degrees"),
-    ):
-        check_real(value, name, minimum=0.0)
-    check_real(hue, "hue", minimum=0.0)
-    if hue > 0.5:
-        raise ValueError(f"`hue` must lie in [0, 0.5], got {hue}")
-    check_probability(grayscale_p, "grayscale_p", low_inclusive=True)
-    check_probability(flip_p, "flip_p", low_inclusive=True)
-    check_probability(translate, "translate", low_inclusive=True)
-    if not isinstance(scale, Sequence) or len(scale) != 2:
-        raise TypeError(f"`scale` must be a pair (low, high), got {scale!r}")
-    lo = check_real(scale[0], "scale[0]", minimum=0.0, exclusive_minimum=True)
-    hi = check_real(scale[1], "scale[1]", minimum=0.0, exclusive_minimum=True)
-    if lo > hi:
-        raise ValueError(f"`scale` must satisfy low <= high, got {tuple(scale)}")
-    return lo, hi
-
-
-def check_rank(rank: Any, world_size: Any) -> None:
-    """A process ``rank`` in ``[0, world_size)`` with ``world_size >= 1``."""
-    check_positive_int(world_size, "world_size")
-    if isinstance(rank, bool) or not isinstance(rank, int):
-        raise TypeError(f"`rank` must be an int, got {type(rank).__name__}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"`rank` must lie in [0, world_size = {world_size}), got {rank}")
-
-
-# ------------------------------------------------------------------------------------------------
-# settings that may be tensors, batch sizes, index ranges
+# batch sizes, index ranges
 
 
 def check_min_size(
@@ -438,46 +342,3 @@ def check_snd_settings(temperature: Any, max_samples: Any, seed: Any) -> float:
     check_optional_positive_int(max_samples, "max_samples", minimum=2)
     check_seed(seed)
     return temperature
-
-
-def check_dev_inputs(val_losses: Any, weights: Any) -> None:
-    """Per-sample validation losses and importance weights: float ``(N,)`` each, ``N >= 2``."""
-    check_float(val_losses, "val_losses", ndim=1, axes="(N,)")
-    check_float(weights, "weights", ndim=1, axes="(N,)")
-    check_size(val_losses, "val_losses", 0, weights, "weights", 0, "Sizes (dim 0)")
-    check_min_size(val_losses, "val_losses", 2, reason="DEV estimates a variance")
-    check_same_device([("val_losses", val_losses), ("weights", weights)])
-
-
-def check_dev_values(val_losses: Tensor, weights: Tensor) -> None:
-    """Finite losses and finite non-negative weights. Reads the data (one host sync): opt-in
-    through ``validate_args`` (:func:`resolve_validate_args`)."""
-    if torch.compiler.is_compiling():
-        return
-    if not bool(torch.isfinite(val_losses).all()):
-        raise ValueError(
-            f"`val_losses` must be finite, got a NaN or infinite entry (shape {_shape(val_losses)})"
-        )
-    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
-        lo, hi = float(weights.min()), float(weights.max())
-        raise ValueError(
-            "`weights` must be finite and non-negative (density ratios), got values in "
-            f"[{lo}, {hi}] with shape {_shape(weights)}"
-        )
-
-
-def check_density_ratio_inputs(feat_s_train: Any, feat_t: Any, feat_s_val: Any) -> None:
-    """Three non-empty float feature sets ``(N_s, D)``, ``(N_t, D)``, ``(N_v, D)`` on one device."""
-    check_float(feat_s_train, "feat_s_train", ndim=2, axes="(N_s, D)")
-    check_float(feat_t, "feat_t", ndim=2, axes="(N_t, D)")
-    check_float(feat_s_val, "feat_s_val", ndim=2, axes="(N_v, D)")
-    check_size(feat_s_train, "feat_s_train", 1, feat_t, "feat_t", 1, "Feature sizes D (dim 1)")
-    check_size(
-        feat_s_train, "feat_s_train", 1, feat_s_val, "feat_s_val", 1, "Feature sizes D (dim 1)"
-    )
-    for x, name in ((feat_s_train, "feat_s_train"), (feat_t, "feat_t"), (feat_s_val, "feat_s_val")):
-        check_nonempty(x, name)
-    check_nonempty(feat_s_train, "feat_s_train", dim=1, what="feature")
-    check_same_device(
-        [("feat_s_train", feat_s_train), ("feat_t", feat_t), ("feat_s_val", feat_s_val)]
-    )

@@ -41,11 +41,20 @@ from typing import Any, NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_positive_int, check_rank
+from .._checks import check_choice, check_positive_int
 
 __all__ = ["InfiniteSampler", "MultiSourceSampler", "SourceBatch"]
 
 _MASK64 = (1 << 64) - 1
+
+
+def _check_rank(rank: Any, world_size: Any) -> None:
+    """A process ``rank`` in ``[0, world_size)`` with ``world_size >= 1``."""
+    check_positive_int(world_size, "world_size")
+    if isinstance(rank, bool) or not isinstance(rank, int):
+        raise TypeError(f"`rank` must be an int, got {type(rank).__name__}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"`rank` must lie in [0, world_size = {world_size}), got {rank}")
 
 
 def _mix(*parts: int) -> int:
@@ -177,7 +186,7 @@ class MultiSourceSampler:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"`seed` must be an int, got {type(seed).__name__}")
         self.seed = seed
-        check_rank(rank, world_size)
+        _check_rank(rank, world_size)
         self.rank, self.world_size = rank, world_size
         self.class_balanced = bool(class_balanced)
         sizes = torch.tensor(self.domain_sizes, dtype=torch.int64)
@@ -392,7 +401,7 @@ class InfiniteSampler:
             raise TypeError(f"`seed` must be an int, got {type(seed).__name__}")
         self.seed = seed
         self.shuffle = bool(shuffle)
-        check_rank(rank, world_size)
+        _check_rank(rank, world_size)
         self.rank, self.world_size = rank, world_size
         self._stream = _Stream(self.size, (seed, 4), shuffle=self.shuffle)
         self._pos = 0

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_augment_settings, check_float, check_image_batch
+from .._checks import check_float, check_probability, check_real
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -52,6 +52,49 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 """ImageNet channel standard deviations (RGB)."""
 
 _LUMA = (0.299, 0.587, 0.114)
+
+
+def _check_image_batch(images: Any, name: str = "images") -> None:
+    """A float ``(B, 3, H, W)`` batch of images."""
+    check_float(images, name, ndim=4, axes="(B, 3, H, W)")
+    if images.shape[1] != 3:
+        raise ValueError(
+            f"`{name}` must have 3 channels (B, 3, H, W), got shape {tuple(images.shape)}"
+        )
+
+
+def _check_augment_settings(
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    hue: float,
+    grayscale_p: float,
+    flip_p: float,
+    degrees: float,
+    translate: float,
+    scale: Union[Sequence[float], Any],
+) -> tuple[float, float]:
+    """The settings of the training augmentation; returns the scale range ``(low, high)``."""
+    for value, name in (
+        (brightness, "brightness"),
+        (contrast, "contrast"),
+        (saturation, "saturation"),
+        (degrees, "degrees"),
+    ):
+        check_real(value, name, minimum=0.0)
+    check_real(hue, "hue", minimum=0.0)
+    if hue > 0.5:
+        raise ValueError(f"`hue` must lie in [0, 0.5], got {hue}")
+    check_probability(grayscale_p, "grayscale_p", low_inclusive=True)
+    check_probability(flip_p, "flip_p", low_inclusive=True)
+    check_probability(translate, "translate", low_inclusive=True)
+    if not isinstance(scale, Sequence) or len(scale) != 2:
+        raise TypeError(f"`scale` must be a pair (low, high), got {scale!r}")
+    lo = check_real(scale[0], "scale[0]", minimum=0.0, exclusive_minimum=True)
+    hi = check_real(scale[1], "scale[1]", minimum=0.0, exclusive_minimum=True)
+    if lo > hi:
+        raise ValueError(f"`scale` must satisfy low <= high, got {tuple(scale)}")
+    return lo, hi
 
 
 class AugmentParams(NamedTuple):
@@ -123,7 +166,7 @@ def sample_augment_params(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
         raise ValueError(f"`batch_size` must be an int >= 0, got {batch_size!r}")
-    lo_s, hi_s = check_augment_settings(
+    lo_s, hi_s = _check_augment_settings(
         brightness, contrast, saturation, hue, grayscale_p, flip_p, degrees, translate, scale
     )
     gen_device = generator.device if generator is not None else torch.device("cpu")
@@ -159,7 +202,7 @@ def rgb_to_grayscale(images: Tensor) -> Tensor:
         >>> rgb_to_grayscale(torch.ones(1, 3, 2, 2)).flatten().tolist()
         [1.0, 1.0, 1.0, 1.0]
     """
-    check_image_batch(images)
+    _check_image_batch(images)
     r, g, b = images.unbind(1)
     return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)
 
@@ -238,7 +281,7 @@ def apply_augment(images: Tensor, params: AugmentParams) -> Tensor:
         TypeError: If ``images`` is not floating point.
         ValueError: If ``images`` is not ``(B, 3, H, W)`` or ``params`` has another batch size.
     """
-    check_image_batch(images)
+    _check_image_batch(images)
     batch, _, height, width = images.shape
     if params.brightness.shape != (batch,):
         raise ValueError(
@@ -328,7 +371,7 @@ def fer_augment(
         >>> y.shape, bool(y.min() >= 0) and bool(y.max() <= 1)
         (torch.Size([4, 3, 32, 32]), True)
     """
-    check_image_batch(images)
+    _check_image_batch(images)
     params = sample_augment_params(
         images.shape[0],
         brightness=brightness,
@@ -385,7 +428,7 @@ class FERAugment(nn.Module):
         scale: Sequence[float] = (0.9, 1.05),
     ) -> None:
         super().__init__()
-        lo, hi = check_augment_settings(
+        lo, hi = _check_augment_settings(
             brightness, contrast, saturation, hue, grayscale_p, flip_p, degrees, translate, scale
         )
         self.brightness = float(brightness)

@@ -23,12 +23,12 @@ float32 or better, with autocast disabled.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
 
-from .._checks import check_feature_pair, check_float, check_kernel_settings, check_real, check_size
+from .._checks import check_float, check_kernel_settings, check_nonempty, check_real, check_size
 from .._precision import compute_dtype, no_autocast
 
 __all__ = ["gaussian_kernel", "mmd2"]
@@ -40,6 +40,15 @@ _TINY_SCALE = 1e-30
 # Kernel multipliers m**(q - Q//2) are kept inside [1/_COEF_MAX, _COEF_MAX] so that extreme
 # kernel_num / kernel_mul settings cannot produce inf * 0 = NaN.
 _COEF_MAX = 1e30
+
+
+def _check_feature_pair(x: Any, x_name: str, y: Any, y_name: str) -> None:
+    """Two non-empty feature sets ``(N, D)`` and ``(M, D)`` with the same ``D``."""
+    check_float(x, x_name, ndim=2, axes="(N, D)")
+    check_float(y, y_name, ndim=2, axes="(M, D)")
+    check_size(x, x_name, 1, y, y_name, 1, "Feature sizes (dim 1)")
+    check_nonempty(x, x_name)
+    check_nonempty(y, y_name)
 
 
 def kernel_coefficients(
@@ -137,7 +146,7 @@ def gaussian_kernel(
     kernel_num, kernel_mul = check_kernel_settings(kernel_num, kernel_mul)
     same = y is None
     y_ = x if y is None else y
-    check_feature_pair(x, "x", y_, "y")
+    _check_feature_pair(x, "x", y_, "y")
     if bandwidth is not None and not isinstance(bandwidth, Tensor):
         bandwidth = check_real(bandwidth, "bandwidth", minimum=0.0, exclusive_minimum=True)
     dtype = compute_dtype(x, y_)
@@ -220,7 +229,7 @@ def mmd2(
         True
     """
     kernel_num, kernel_mul = check_kernel_settings(kernel_num, kernel_mul)
-    check_feature_pair(x, "x", y, "y")
+    _check_feature_pair(x, "x", y, "y")
     if weights_x is not None:
         check_float(weights_x, "weights_x", ndim=1, axes="(N,)")
         check_size(weights_x, "weights_x", 0, x, "x", 0, "Batch sizes (dim 0)")

@@ -10,12 +10,30 @@ Patches are numbered row-major: for a 2×2 grid, ``0`` top-left, ``1`` top-right
 
 from __future__ import annotations
 
+from typing import Any
+
 from einops import rearrange
 from torch import Tensor
 
-from .._checks import GridLike, check_grid, check_grid_divides, check_patch_stack
+from .._checks import GridLike, _shape, check_grid, check_grid_divides, check_tensor
 
 __all__ = ["merge_patches", "split_patches"]
+
+
+def _check_patch_stack(patches: Any, grid: tuple[int, int], name: str = "patches") -> None:
+    """A ``(B, P, C, h, w)`` stack with ``P = g_h·g_w`` patches."""
+    check_tensor(patches, name)
+    gh, gw = grid
+    if patches.ndim != 5:
+        raise ValueError(
+            f"`{name}` must have 5 dimensions (B, P, C, h, w), got "
+            f"{patches.ndim} with shape {_shape(patches)}"
+        )
+    if patches.shape[1] != gh * gw:
+        raise ValueError(
+            f"`{name}` must hold P = g_h·g_w = {gh * gw} patches for `grid` = ({gh}, {gw}) in "
+            f"dimension 1, got shape {_shape(patches)}"
+        )
 
 
 def split_patches(x: Tensor, grid: GridLike = (2, 2)) -> Tensor:
@@ -87,5 +105,5 @@ def merge_patches(patches: Tensor, grid: GridLike = (2, 2)) -> Tensor:
         True
     """
     gh, gw = check_grid(grid)
-    check_patch_stack(patches, (gh, gw), "patches")
+    _check_patch_stack(patches, (gh, gw), "patches")
     return rearrange(patches, "b (gh gw) c h w -> b c (gh h) (gw w)", gh=gh, gw=gw)

@@ -7,17 +7,26 @@ shortcut is added.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lacmfer._checks import _shape, check_feature_map, check_odd_int, check_positive_int
+from lacmfer._checks import _shape, check_feature_map, check_positive_int
 
 __all__ = ["CBAM", "AttentionBasicBlock", "BasicBlock", "PatchBatchNorm2d"]
 
 NormLayer = Callable[[int], nn.Module]
+
+
+def _check_odd_int(value: Any, name: str, *, reason: str = "") -> int:
+    """Check an odd integer setting ``>= 1``; ``reason`` says why it must be odd."""
+    check_positive_int(value, name)
+    if value % 2 == 0:
+        why = f" ({reason})" if reason else ""
+        raise ValueError(f"`{name}` must be odd{why}, got {value}")
+    return int(value)
 
 
 class CBAM(nn.Module):
@@ -68,7 +77,7 @@ class CBAM(nn.Module):
                 f"`reduction` must be <= `channels` so the channel MLP keeps >= 1 hidden unit, "
                 f"got channels={channels}, reduction={reduction}"
             )
-        self.spatial_kernel_size = check_odd_int(
+        self.spatial_kernel_size = _check_odd_int(
             spatial_kernel_size,
             "spatial_kernel_size",
             reason="the map keeps its size with padding k // 2",

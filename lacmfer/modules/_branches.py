@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from einops import rearrange
@@ -17,7 +17,6 @@ from lacmfer._checks import (
     check_grid,
     check_grid_divides,
     check_positive_int,
-    check_positive_int_tuple,
 )
 from lacmfer.modules._attention import (
     AttentionBasicBlock,
@@ -32,6 +31,13 @@ __all__ = ["GlobalBranch", "LocalPatchBranch"]
 #: ``"none"`` (four sub-networks) or ``"all"`` (one).
 SHARE_MODES = ("column", "none", "all")
 PATCH_NORMS = ("per_patch", "joint")
+
+
+def _check_positive_int_tuple(value: Any, name: str) -> tuple[int, ...]:
+    """Check a non-empty sequence of ints ``>= 1``; returns it as a tuple."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
+        raise TypeError(f"`{name}` must be a non-empty sequence of ints, got {value!r}")
+    return tuple(check_positive_int(v, name) for v in value)
 
 
 def _stage(
@@ -99,8 +105,8 @@ class GlobalBranch(nn.Module):
     ):
         super().__init__()
         self.in_channels = check_positive_int(in_channels, "in_channels")
-        self.channels = check_positive_int_tuple(channels, "channels")
-        self.blocks = check_positive_int_tuple(blocks, "blocks")
+        self.channels = _check_positive_int_tuple(channels, "channels")
+        self.blocks = _check_positive_int_tuple(blocks, "blocks")
         if len(self.channels) != len(self.blocks):
             raise ValueError(
                 f"`channels` and `blocks` must have the same length (one entry per stage), got "

@@ -14,18 +14,21 @@ per-sample validation losses and those weights into the (negated) DEV risk.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import (
-    check_density_ratio_inputs,
-    check_dev_inputs,
-    check_dev_values,
+    _shape,
+    check_float,
+    check_min_size,
+    check_nonempty,
     check_positive_int,
     check_real,
+    check_same_device,
+    check_size,
     resolve_validate_args,
 )
 from .._precision import compute_dtype, no_autocast
@@ -38,6 +41,49 @@ DEGENERATE_SPREAD_EPS = 32.0
 #: A feature whose standard deviation on the fit set is at most this fraction of the largest
 #: absolute feature entry is treated as constant (left unscaled), as scikit-learn's StandardScaler.
 STD_FLOOR = 1e-6
+
+
+def _check_dev_inputs(val_losses: Any, weights: Any) -> None:
+    """Per-sample validation losses and importance weights: float ``(N,)`` each, ``N >= 2``."""
+    check_float(val_losses, "val_losses", ndim=1, axes="(N,)")
+    check_float(weights, "weights", ndim=1, axes="(N,)")
+    check_size(val_losses, "val_losses", 0, weights, "weights", 0, "Sizes (dim 0)")
+    check_min_size(val_losses, "val_losses", 2, reason="DEV estimates a variance")
+    check_same_device([("val_losses", val_losses), ("weights", weights)])
+
+
+def _check_dev_values(val_losses: Tensor, weights: Tensor) -> None:
+    """Finite losses and finite non-negative weights. Reads the data (one host sync): opt-in
+    through ``validate_args`` (:func:`resolve_validate_args`)."""
+    if torch.compiler.is_compiling():
+        return
+    if not bool(torch.isfinite(val_losses).all()):
+        raise ValueError(
+            f"`val_losses` must be finite, got a NaN or infinite entry (shape {_shape(val_losses)})"
+        )
+    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+        lo, hi = float(weights.min()), float(weights.max())
+        raise ValueError(
+            "`weights` must be finite and non-negative (density ratios), got values in "
+            f"[{lo}, {hi}] with shape {_shape(weights)}"
+        )
+
+
+def _check_density_ratio_inputs(feat_s_train: Any, feat_t: Any, feat_s_val: Any) -> None:
+    """Three non-empty float feature sets ``(N_s, D)``, ``(N_t, D)``, ``(N_v, D)`` on one device."""
+    check_float(feat_s_train, "feat_s_train", ndim=2, axes="(N_s, D)")
+    check_float(feat_t, "feat_t", ndim=2, axes="(N_t, D)")
+    check_float(feat_s_val, "feat_s_val", ndim=2, axes="(N_v, D)")
+    check_size(feat_s_train, "feat_s_train", 1, feat_t, "feat_t", 1, "Feature sizes D (dim 1)")
+    check_size(
+        feat_s_train, "feat_s_train", 1, feat_s_val, "feat_s_val", 1, "Feature sizes D (dim 1)"
+    )
+    for x, name in ((feat_s_train, "feat_s_train"), (feat_t, "feat_t"), (feat_s_val, "feat_s_val")):
+        check_nonempty(x, name)
+    check_nonempty(feat_s_train, "feat_s_train", dim=1, what="feature")
+    check_same_device(
+        [("feat_s_train", feat_s_train), ("feat_t", feat_t), ("feat_s_val", feat_s_val)]
+    )
 
 
 def dev_score(
@@ -102,9 +148,9 @@ def dev_score(
         >>> dev_score(losses, torch.tensor([0.5, 0.5, 2.0, 1.0]))  # the target looks like sample 3
         tensor(-0.6000)
     """
-    check_dev_inputs(val_losses, weights)
+    _check_dev_inputs(val_losses, weights)
     if resolve_validate_args(validate_args, weights):
-        check_dev_values(val_losses, weights)
+        _check_dev_values(val_losses, weights)
     n = val_losses.shape[0]
     dtype = compute_dtype(val_losses, weights)
     info = torch.finfo(dtype)
@@ -202,7 +248,7 @@ def density_ratio_weights(
         >>> bool(w[0] < 1.0 < w[1])  # a source sample that looks like the target weighs more
         True
     """
-    check_density_ratio_inputs(feat_s_train, feat_t, feat_s_val)
+    _check_density_ratio_inputs(feat_s_train, feat_t, feat_s_val)
     l2 = check_real(l2, "l2", minimum=0.0, exclusive_minimum=True)
     check_positive_int(max_iter, "max_iter")
     if max_weight is not None:
