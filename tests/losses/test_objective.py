@@ -372,6 +372,35 @@ def test_errors_name_the_argument() -> None:
         LACMFERLoss(adapt_after=-1)
 
 
+
+BAD_SETTINGS = [
+    {"label_smoothing": 1.5},
+    {"align_weight": -1.0},
+    {"cid_weight": float("nan")},
+    {"voting_weight": "0.1"},
+    {"align_threshold": 0.0},
+    {"pseudo_threshold": 1.2},
+    {"kernel_num": 0},
+    {"kernel_mul": -2.0},
+    {"sid": 1},
+    {"voting": None},
+    {"consistency": "cos"},
+    {"consistency": "kl", "consistency_from_logits": True},
+    {"num_domains": 0},
+]
+
+
+@pytest.mark.parametrize("bad", BAD_SETTINGS, ids=lambda d: ",".join(d))
+def test_module_and_function_reject_a_setting_alike(bad: dict[str, Any]) -> None:
+    # One rule, one helper: the module fails at construction with the function's own error.
+    b = make_batch(17)
+    with pytest.raises((TypeError, ValueError)) as from_function:
+        lacmfer_loss(b["out_s"], b["labels_s"], b["out_t"], b.get("domains_s"), **bad)
+    with pytest.raises(from_function.type) as from_module:
+        LACMFERLoss(**bad)
+    assert str(from_module.value) == str(from_function.value)
+
+
 # ------------------------------------------------------------------------------ mechanics
 def small_batch(requires_grad: bool) -> tuple[Out, torch.Tensor, Out]:
     b = make_batch(15, b_s=5, b_t=4, d=3)
