@@ -14,11 +14,11 @@ import torch
 from lacmfer.data.synthetic import (
     SYNTHETIC_DOMAINS,
     PretrainConfig,
+    _pretrain,
     pretrain_encoder,
     pretrained_encoder,
     synthetic_style,
 )
-from lacmfer.data.synthetic import _pretrain
 from lacmfer.data.synthetic._styles import random_style, style_distance
 from lacmfer.modules import LACMFER, ResNet18Encoder
 

@@ -64,7 +64,10 @@ def _cases(group: Any) -> dict[str, tuple[nn.Module, Callable[[nn.Module], Tenso
         "coral": (CORALLoss(num_domains=3, **kw), lambda m: m(f_s, f_t, d_s)),
         "moment_matching": (MomentMatchingLoss(num_domains=3, **kw), lambda m: m(f_s, d_s, f_t)),
         "class_confusion": (MinimumClassConfusionLoss(**kw), lambda m: m(z_t)),
-        "dann": (DomainAdversarialLoss(6, hidden=8, num_domains=3, **kw), lambda m: m(f_s, f_t, d_s)),
+        "dann": (
+            DomainAdversarialLoss(6, hidden=8, num_domains=3, **kw),
+            lambda m: m(f_s, f_t, d_s),
+        ),
         "gradient_reversal": (GradientReversal(coeff_ramp="dann_sigmoid"), lambda m: m(f_s).sum()),
         "snd_validator": (SNDScore(**kw), snd),
     }

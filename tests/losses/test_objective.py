@@ -372,7 +372,6 @@ def test_errors_name_the_argument() -> None:
         LACMFERLoss(adapt_after=-1)
 
 
-
 BAD_SETTINGS = [
     {"label_smoothing": 1.5},
     {"align_weight": -1.0},
