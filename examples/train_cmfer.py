@@ -1,770 +1,1187 @@
 #!/usr/bin/env python
 r"""Train LA-CMFER for cross-multidomain facial expression recognition (CMFER), end to end.
 
-Labelled source domains, one unlabelled target domain, one model that must work on the target.
-The script composes the library: the :class:`~lacmfer.modules.LACMFER` model and the whole
-objective :class:`~lacmfer.losses.LACMFERLoss` (``docs/method.rst``), with the paper's recipe as its
-defaults: SGD (Nesterov, momentum 0.9, weight decay 1e-4), lr 1e-3 for the encoder and 1e-2 for
-branches and heads, inverse decay ``lr·(1 + 10·min(1, t/T))^-0.75`` with ``T = steps // 2`` (the
-paper's T = 10 000 for 20 000 steps), 128 source + 128 target images a step, 224×224, augmentation
-on the batches. Source and target batches go through the model in separate calls, so BatchNorm
-normalises each domain with its own statistics. ``--method`` swaps the objective for a baseline
-(source-only, MMD, DANN, CORAL, M3SDA, MCC) with the same model, data and recipe.
+Several labelled source domains, one unlabelled target domain, one model that must work on the
+target. The script composes the library: the :class:`~lacmfer.modules.LACMFER` model and the whole
+objective :class:`~lacmfer.losses.LACMFERLoss` (``docs/method.rst``) with the paper's recipe as its
+defaults: SGD (Nesterov, momentum 0.9, weight decay 1e-4), lr 1e-2 for branches and heads and 1e-3
+for the encoder, inverse decay ``lr·(1 + 10·min(1, t/T))^-0.75`` with ``T = steps // 2``, 128 source
++ 128 target images a step at 224×224, augmentation on the batches. Source and target batches go
+through the model in separate calls, so BatchNorm normalises each domain with its own statistics.
+``--method`` replaces the adaptation terms by a baseline's loss from the library (MMD, DANN, CORAL,
+M3SDA moment matching, Minimum Class Confusion) or by nothing (source-only), with the same model,
+data and recipe.
 
 Usage::
 
-    python examples/train_cmfer.py                    # synthetic six-domain data, device-sized preset
-    python examples/train_cmfer.py --preset smoke     # seconds on a CPU
-    python examples/train_cmfer.py --method source-only --target CK+ --out runs/src
-    python examples/train_cmfer.py --preset paper --data-root /data/fer/datasets \
-        --domains CK+,JAFFE,Oulu-CASIA,RAF-DB,FER-2013 \
-        --encoder-weights resnet18-f37072fd.pth --target all --out runs/paper
+    python examples/train_cmfer.py                  # built-in synthetic data, a preset for the device
+    python examples/train_cmfer.py --preset smoke   # seconds on a CPU
+    python examples/train_cmfer.py --method source-only --target CK+ --out runs/source-only
+    python examples/train_cmfer.py --preset paper --data-root /data/fer \
+        --domains CK+,JAFFE,Oulu-CASIA,RAF-DB,FER-2013 --encoder-weights resnet18-f37072fd.pth \
+        --target all --out runs/paper
     torchrun --nproc_per_node=4 examples/train_cmfer.py --preset paper ...   # DDP, same flags
+    python examples/train_cmfer.py --evaluate runs/paper/RAF-DB/checkpoints/last.pt
 
-Presets (``examples/configs/<name>.yaml``; ``--config FILE`` and flags override them): ``cpu`` is
-the default on a CPU (LACMFER.tiny on small images, a few minutes on 2 cores), ``gpu`` the default
-with CUDA, ``paper`` the recipe above, ``smoke`` seconds for tests, ``benchmark`` one run of
-``examples/run_synthetic_benchmark.py``. The cpu, gpu and benchmark presets start from the encoder
-that ``examples/pretrain_encoder.py`` pretrains offline on a proxy task (built on first use), as the
-paper starts from ImageNet weights.
+A run never loses what it made: an ``--out`` that holds a run is refused unless ``--resume``
+(continue it; a finished run is left untouched) or ``--overwrite`` (start over) is given; with
+``--resume`` a larger ``--steps`` extends a run; every image of the lists in use is checked before
+the first step; a mistake is one line on stderr naming the flag (exit status 2).
 
-Under ``torchrun`` each rank takes ``--batch-size / world_size`` images of one global stream, the
-losses compute their batch statistics over the global batch (``sync_dist``), rank 0 writes the
-outputs, and ``--resume`` works the same way (with the same number of ranks).
-
-Outputs in ``--out``: ``metrics.jsonl`` (training losses every ``--log-every`` steps; target
-evaluation and the unsupervised validators every ``--eval-every`` steps), ``summary.json`` (config;
-``final``: the last step's metrics, THE result; ``selected``: the checkpoint chosen by
-``--select-by`` without target labels; ``oracle``: best test accuracy over training, selection on
-the test set, not a valid result), ``checkpoints/`` (``last.pt``, periodic ones and
-``selected.pt``; ``--resume`` continues exactly, also with a larger ``--steps``), ``confusion.png``
-and ``curves.png`` (with matplotlib), ``tb/`` (with TensorBoard). Target labels are used for
-evaluation and for logged diagnostics only (pseudo-label accuracy); they never reach a loss, a
-validator or the selection.
-
-Run ``python examples/train_cmfer.py --help`` for every option.
+Presets are YAML files in ``examples/configs/`` (``--preset NAME``, or ``--config FILE``); flags
+override them; without either the script picks ``cpu`` or ``gpu`` by the device. Outputs in
+``--out``: ``metrics.jsonl`` (the objective's terms every ``--log-every`` steps; target evaluation
+and unsupervised validators every ``--eval-every`` steps), ``summary.json`` (``final``: the last
+step, THE result; ``selected``: the evaluation ``--select-by`` prefers, chosen without target
+labels; ``oracle``: best test accuracy over training -- selection on the test set, not a result),
+``checkpoints/`` (``last.pt``, periodic copies, ``selected.pt``), ``confusion.png`` and
+``curves.png`` (matplotlib), ``tb/`` (TensorBoard). Target labels serve evaluation and logged
+diagnostics only; they never reach a loss, a validator or the selection.
 """
 
 from __future__ import annotations
 
+import argparse
+import bisect
+import contextlib
+import functools
+import hashlib
 import json
-import math
+import os
+import re
 import shutil
+import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-from cmfer import runtime
-from cmfer.config import TrainConfig, config_from_args
-from cmfer.data import CMFERData, TrainBatch, build_data
-from cmfer.metrics import classification_metrics, confusion_matrix
-from cmfer.report import MetricsLog, Progress, json_safe, plot_confusion, plot_curves, read_jsonl
+from cmfer_report import (
+    MetricsLog,
+    Progress,
+    classification_metrics,
+    confusion_matrix,
+    json_safe,
+    plot_confusion,
+    plot_curves,
+)
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import ConcatDataset, DataLoader, Subset
 
-from lacmfer.data import CLASSES, FERAugment, normalize
-from lacmfer.functional import linear_warmup, mmd2, refine_pseudo_labels
+from lacmfer.data import (
+    CLASSES,
+    SIX_DOMAINS,
+    FERAugment,
+    InfiniteSampler,
+    LabelledSubset,
+    MultiSourceSampler,
+    canonical_dataset,
+    fer_list_domains,
+    leave_one_domain_out,
+    normalize,
+    protocol_lists_dir,
+)
+from lacmfer.data.synthetic import pretrained_encoder, synthetic_domains
+from lacmfer.functional import CONSISTENCY_KINDS, mmd2, refine_pseudo_labels
 from lacmfer.losses import (
+    CLUSTER_RAMPS,
     CORALLoss,
     DomainAdversarialLoss,
     LACMFERLoss,
     MinimumClassConfusionLoss,
     MomentMatchingLoss,
 )
-from lacmfer.modules import LACMFER, LACMFEROutput
+from lacmfer.modules import LACMFER, SHARE_MODES
 from lacmfer.validation import SourceAccuracy, ValidatorSuite
 
-ORACLE_LABEL = "selection on the test set (best over training; not a valid result)"
-
-
-# ------------------------------------------------------------------------------------------ model
-def encoder_weights(cfg: TrainConfig, info: runtime.DistInfo) -> Optional[str]:
-    """The encoder file: the user's, or ``"synthetic"`` = the offline-pretrained one (rank 0
-    builds it on first use while the other ranks wait)."""
-    if cfg.encoder_weights != "synthetic":
-        return cfg.encoder_weights
-    from cmfer.pretrain import ensure_encoder
-
-    path = ensure_encoder(progress=info.is_main) if info.is_main else None
-    if info.enabled:
-        path = runtime.gather_objects(path, info)[0]
-    return str(path)
-
-
-def build_model(cfg: TrainConfig, num_classes: int, weights: Optional[str]) -> LACMFER:
-    """The paper's model (``--width full``) or its narrow CPU preset (``--width tiny``)."""
-    kwargs: dict[str, Any] = {"share": cfg.share, "encoder_weights": weights}
-    if cfg.width == "tiny":
-        return LACMFER.tiny(num_classes, **kwargs)
-    return LACMFER(num_classes, **kwargs)
-
-
-# -------------------------------------------------------------------------------------- objective
-#: Default weights of the baselines' losses, from their papers: DANN 1.0 with its reversal schedule
-#: (Ganin et al., JMLR 2016), CORAL 1.0 (Sun & Saenko, ECCV-W 2016), M3SDA 0.5 (Peng et al., ICCV
-#: 2019), MCC 1.0 (Jin et al., ECCV 2020); MMD takes LA-CMFER's alignment weight 0.4.
-BASELINE_WEIGHTS = {"mmd": 0.4, "dann": 1.0, "coral": 1.0, "m3sda": 0.5, "mcc": 1.0}
-
-
-class BaselineTerms(NamedTuple):
-    """What :class:`BaselineLoss` returns: the total, its parts, and the warm-up factor."""
-
-    loss: Tensor
-    ce: Tensor
-    align: Tensor
-    adaptation_weight: Tensor
-
-
-class BaselineLoss(nn.Module):
-    """Source-only, or a baseline: ``CE_ls(z_G^s) + CE_ls(z_L^s) + w·Σ_b L_b`` with the baseline's
-    loss :math:`L_b` on each branch (features, or the target logits for MCC), the same warm-up as
-    :class:`~lacmfer.losses.LACMFERLoss`, and the same call form."""
-
-    def __init__(
-        self, cfg: TrainConfig, *, feature_dims: tuple[int, int], num_domains: int, sync_dist: bool
-    ) -> None:
-        super().__init__()
-        self.method, self.cfg = cfg.method, cfg
-        self.weight = (
-            cfg.baseline_weight
-            if cfg.baseline_weight is not None
-            else BASELINE_WEIGHTS.get(cfg.method, 0.0)
-        )
-        per_source = num_domains if cfg.per_source else None
-        self.per_source = per_source is not None
-        self.register_buffer("num_steps", torch.zeros((), dtype=torch.int64))
-        losses: list[nn.Module] = []
-        if cfg.method == "dann":
-            losses = [
-                DomainAdversarialLoss(
-                    d, num_domains=per_source, max_steps=cfg.schedule_steps, sync_dist=sync_dist
-                )
-                for d in feature_dims
-            ]
-        elif cfg.method == "coral":
-            losses = [CORALLoss(num_domains=per_source, sync_dist=sync_dist) for _ in feature_dims]
-        elif cfg.method == "m3sda":
-            losses = [MomentMatchingLoss(num_domains=num_domains, sync_dist=sync_dist)] * 2
-        elif cfg.method == "mcc":
-            losses = [MinimumClassConfusionLoss(sync_dist=sync_dist)] * 2
-        self.branch_losses = nn.ModuleList(losses)
-
-    def _branch(self, b: int, f_s: Tensor, f_t: Tensor, z_t: Tensor, d_s: Tensor) -> Tensor:
-        if self.method == "mmd":
-            return mmd2(f_s, f_t, kernel_num=self.cfg.kernel_num, kernel_mul=self.cfg.kernel_mul)
-        loss_fn = self.branch_losses[b]
-        if self.method == "m3sda":
-            return loss_fn(f_s, d_s, f_t)
-        if self.method == "mcc":
-            return loss_fn(z_t)
-        return loss_fn(f_s, f_t, d_s if self.per_source else None)
-
-    def forward(
-        self, out_s: LACMFEROutput, labels_s: Tensor, out_t: LACMFEROutput, domains_s: Tensor
-    ) -> BaselineTerms:
-        ls = self.cfg.label_smoothing
-        ce = F.cross_entropy(out_s.logits_g, labels_s, label_smoothing=ls)
-        ce = ce + F.cross_entropy(out_s.logits_l, labels_s, label_smoothing=ls)
-        align = ce.new_zeros(())
-        if self.method != "source-only":
-            branches = ((out_s.feat_g, out_t.feat_g, out_t.logits_g),
-                        (out_s.feat_l, out_t.feat_l, out_t.logits_l))  # fmt: skip
-            for b, (f_s, f_t, z_t) in enumerate(branches):
-                align = align + self._branch(b, f_s, f_t, z_t, domains_s)
-        factor = linear_warmup(
-            self.num_steps, delay=self.cfg.adapt_after, duration=self.cfg.adapt_warmup
-        ).to(ce.device)
-        return BaselineTerms(ce + factor * self.weight * align, ce, align, factor)
-
-    def step(self) -> None:
-        with torch.no_grad():
-            self.num_steps.add_(1)
-        for loss_fn in self.branch_losses:
-            if isinstance(loss_fn, DomainAdversarialLoss):
-                loss_fn.step()
-
-
-Objective = Union[LACMFERLoss, BaselineLoss]
-
-
-def build_objective(
-    cfg: TrainConfig, model: LACMFER, num_domains: int, sync_dist: bool
-) -> Objective:
-    """``LACMFERLoss`` with the config's settings, or the baseline of ``--method``."""
-    if cfg.method != "lacmfer":
-        return BaselineLoss(
-            cfg, feature_dims=model.feature_dims, num_domains=num_domains, sync_dist=sync_dist
-        )
-    return LACMFERLoss(
-        label_smoothing=cfg.label_smoothing, align_weight=cfg.align_weight,
-        cid_weight=cfg.cid_weight, consistency_weight=cfg.consistency_weight,
-        voting_weight=cfg.voting_weight, align_threshold=cfg.align_threshold,
-        pseudo_threshold=cfg.pseudo_threshold, kernel_num=cfg.kernel_num,
-        kernel_mul=cfg.kernel_mul, sid=cfg.sid, cid=cfg.cid, consistency=cfg.consistency,
-        consistency_from_logits=cfg.consistency_on_logits, voting=cfg.voting,
-        num_domains=num_domains if cfg.per_source else None, cluster_ramp=cfg.cluster_ramp,
-        ramp_steps=cfg.schedule_steps, adapt_after=cfg.adapt_after,
-        adapt_warmup=cfg.adapt_warmup, sync_dist=sync_dist,
-    )  # fmt: skip
-
-
-class TrainStep(nn.Module):
-    """Model and objective in one module: the source and the target batch in two separate model
-    calls (per-domain BatchNorm), then the loss. One forward per step is what
-    DistributedDataParallel (which also syncs a DANN discriminator's gradients) and
-    ``torch.compile`` want. No target label enters."""
-
-    def __init__(self, model: LACMFER, objective: Objective) -> None:
-        super().__init__()
-        self.model, self.objective = model, objective
-
-    def forward(
-        self, x_s: Tensor, labels_s: Tensor, domains_s: Tensor, x_t: Tensor
-    ) -> tuple[Any, LACMFEROutput, LACMFEROutput]:
-        out_s, out_t = self.model(x_s), self.model(x_t)
-        return self.objective(out_s, labels_s, out_t, domains_s), out_s, out_t
-
-
-@torch.no_grad()
-def pseudo_label_diagnostics(out_t: LACMFEROutput, labels_t: Tensor, threshold: float) -> Tensor:
-    """``[kept fraction, accuracy of the kept pseudo-labels]`` of multi-view voting (diagnostic
-    only: the one place target labels are read during training; nothing here has a gradient)."""
-    labels, mask = refine_pseudo_labels(out_t.logits_g, out_t.logits_l, threshold=threshold)
-    kept = mask.float().sum()
-    correct = ((labels == labels_t) & mask).float().sum()
-    return torch.stack([kept / mask.numel(), correct / kept])  # nan when nothing is kept
-
-
-# --------------------------------------------------------------------------------- optimisation
-def inverse_decay(cfg: TrainConfig) -> Any:
-    """``t -> (1 + γ·min(1, t/T))^-p``, the paper's schedule with horizon ``T = cfg.lr_decay_steps``."""
-    horizon, gamma, power = cfg.lr_decay_steps, cfg.decay_gamma, cfg.decay_power
-
-    def factor(t: int) -> float:
-        return (1.0 + gamma * min(1.0, t / horizon)) ** (-power)
-
-    return factor
-
-
-def build_optimizer(
-    cfg: TrainConfig, model: LACMFER, objective: nn.Module
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """SGD over the model's groups (encoder at ``lr × encoder_lr_scale``) and, for DANN, the
-    discriminators at ``lr``; the inverse decay scales every group."""
-    groups = model.parameter_groups(
-        cfg.lr, encoder_lr_scale=cfg.encoder_lr_scale, weight_decay=cfg.weight_decay
-    )
-    extra = [p for p in objective.parameters() if p.requires_grad]
-    if extra:
-        groups.append({"params": extra, "lr": cfg.lr, "weight_decay": cfg.weight_decay})
-    nesterov = cfg.nesterov and cfg.momentum > 0
-    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov)
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_decay(cfg))
-
-
-# ------------------------------------------------------------------------------------------- run
-@dataclass
-class Run:
-    """Everything one training run holds; :func:`checkpoint_state` saves all of it."""
-
-    cfg: TrainConfig
-    info: runtime.DistInfo
-    device: torch.device
-    data: CMFERData
-    model: LACMFER
-    objective: Objective
-    step_fn: nn.Module  # TrainStep, wrapped in DDP and/or torch.compile
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler
-    augment: Optional[FERAugment]
-    aug_gen: torch.Generator
-    memory_format: torch.memory_format
-    log: MetricsLog
-    step: int = 0
-    oracle: Optional[dict[str, Any]] = None  # best test accuracy so far (test-set selection)
-    selected: Optional[dict[str, Any]] = None  # the evaluation --select-by prefers so far
-    train_time: float = 0.0  # seconds in training steps (evaluation and checkpoints excluded)
-    images: int = 0  # images trained on, all ranks
-
-
-RUN_COUNTERS = ("step", "oracle", "selected", "train_time", "images")
-
-
-def build_run(
-    cfg: TrainConfig, info: runtime.DistInfo, device: torch.device, data: Optional[CMFERData]
-) -> Run:
-    if cfg.batch_size % info.world_size or cfg.target_batch % info.world_size:
-        raise ValueError(
-            f"`batch_size` ({cfg.batch_size}) and the target batch ({cfg.target_batch}) must be "
-            f"divisible by the number of ranks ({info.world_size})"
-        )
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    weights = encoder_weights(cfg, info)
-    # The model gets the same seed on every rank (DDP also broadcasts rank 0's weights);
-    # augmentation and the global RNGs get per-rank seeds. The samplers are seeded by cfg.seed
-    # and give each rank its own part of one global stream.
-    runtime.seed_everything(cfg.seed)
-    if data is None:
-        data = build_data(cfg, device=device, rank=info.rank, world_size=info.world_size)
-    model = build_model(cfg, data.num_classes, weights).to(device, memory_format=memory_format)
-    objective = build_objective(cfg, model, data.num_domains, sync_dist=info.enabled).to(device)
-    optimizer, scheduler = build_optimizer(cfg, model, objective)
-    step_fn: nn.Module = TrainStep(model, objective)
-    if info.enabled:
-        ids = [device.index] if device.type == "cuda" else None
-        step_fn = DistributedDataParallel(step_fn, device_ids=ids)
-    if cfg.compile:
-        step_fn = torch.compile(step_fn)  # type: ignore[assignment]
-    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + info.rank + 1)
-    runtime.seed_everything(cfg.seed * 1000 + info.rank + 7)
-    return Run(
-        cfg=cfg,
-        info=info,
-        device=device,
-        data=data,
-        model=model,
-        objective=objective,
-        step_fn=step_fn,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        scaler=torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16"),
-        augment=FERAugment() if cfg.augment else None,
-        aug_gen=aug_gen,
-        memory_format=memory_format,
-        log=MetricsLog(Path(cfg.out), enabled=info.is_main, tensorboard=cfg.tensorboard),
-    )
-
-
-# -------------------------------------------------------------------------------------- training
-def forward_loss(run: Run, batch: TrainBatch) -> tuple[Any, LACMFEROutput, LACMFEROutput]:
-    """Augment, normalise, and compute the objective's terms on one step's batches (no update);
-    returns the terms and the model's source and target outputs. The target labels ``batch.y_t``
-    are not passed on."""
-    x_s, x_t = batch.x_s, batch.x_t
-    if run.augment is not None:
-        x_s, x_t = run.augment(x_s, generator=run.aug_gen), run.augment(x_t, generator=run.aug_gen)
-    x_s = normalize(x_s).contiguous(memory_format=run.memory_format)
-    x_t = normalize(x_t).contiguous(memory_format=run.memory_format)
-    with runtime.autocast(run.device, run.cfg.amp):
-        return run.step_fn(x_s, batch.y_s, batch.d_s, x_t)
-
-
-def update(run: Run, loss: Tensor, images: int) -> None:
-    """One optimiser step on ``loss``, then advance the lr schedule and the objective's schedules."""
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    run.scheduler.step()
-    run.objective.step()
-    run.images += images * run.info.world_size
-
-
-def training_step(run: Run, batch: TrainBatch) -> tuple[Any, LACMFEROutput]:
-    """:func:`forward_loss` then :func:`update`; returns the step's terms and target outputs."""
-    terms, _, out_t = forward_loss(run, batch)
-    update(run, terms.loss, batch.x_s.shape[0] + batch.x_t.shape[0])
-    return terms, out_t
-
-
-def loggable(terms: Any) -> dict[str, Tensor]:
-    """The scalar fields of a terms tuple, detached; ``(2,)`` per-branch counts become two fields."""
-    out: dict[str, Tensor] = {}
-    for name, value in terms._asdict().items():
-        value = value.detach().float()
-        if value.numel() == 2:
-            out[f"{name}_g"], out[f"{name}_l"] = value[0], value[1]
-        else:
-            out[name] = value.reshape(())
-    return out
-
-
-def log_training(run: Run, terms: Any, out_t: LACMFEROutput, labels_t: Tensor) -> dict[str, Any]:
-    """Write the step's losses, the lr and the pseudo-label diagnostics (one host sync)."""
-    kept, pl_acc = pseudo_label_diagnostics(out_t, labels_t, run.cfg.pseudo_threshold)
-    parts = {**loggable(terms), "kept_fraction": kept, "pseudo_label_acc": pl_acc}
-    values = torch.stack(list(parts.values())).float().tolist()
-    record = {"kind": "train", "step": run.step, **dict(zip(parts, values))}
-    record["lr"] = run.optimizer.param_groups[-1]["lr"]
-    run.log.write(record)
-    return record
-
-
-# ------------------------------------------------------------------------------------ evaluation
-@torch.no_grad()
-def evaluate(run: Run) -> dict[str, Any]:
-    """Target test metrics (global, local and fused accuracy, per-class accuracy, macro-F1,
-    confusion matrices) and every unsupervised validator: on the target *adaptation* set (images
-    only, no labels) and, with ``--source-val-fraction``, source accuracy on held-out sources.
-    Each rank evaluates its shard; statistics are combined over ranks."""
-    model, data, cfg, info = run.model, run.data, run.cfg, run.info
-    was_training = model.training
-    model.eval()
-    k = data.num_classes
-    confusion = torch.zeros(3, k, k, dtype=torch.int64, device=data.device)
-    for x, y in data.test_batches(rank=info.rank, world_size=info.world_size):
-        with runtime.autocast(data.device, cfg.amp):
-            out = model(normalize(x))
-        for v, logits in enumerate((out.logits_g, out.logits_l, out.logits)):
-            confusion[v] += confusion_matrix(logits.argmax(1), y, k)
-    if info.enabled:
-        torch.distributed.all_reduce(confusion)
-    validators = ValidatorSuite(sync_dist=info.enabled, max_samples=2048, seed=cfg.split_seed)
-    for x in data.adaptation_images(rank=info.rank, world_size=info.world_size):
-        with runtime.autocast(data.device, cfg.amp):
-            out = model(normalize(x))
-        validators.update(out.logits.float(), out.logits_g.float(), out.logits_l.float())
-    scores = {f"val_{name}": float(value) for name, value in validators.compute().items()}
-    if data.source_val_set is not None:
-        source_acc = SourceAccuracy(sync_dist=info.enabled)
-        for x, y in data.source_val_batches(rank=info.rank, world_size=info.world_size):
-            with runtime.autocast(data.device, cfg.amp):
-                source_acc.update(model(normalize(x)).logits.float(), y)
-        scores["val_source-acc"] = float(source_acc.compute())
-    model.train(was_training)
-    views = {
-        v: classification_metrics(confusion[i]) for i, v in enumerate(("global", "local", "fused"))
-    }
-    fused = views["fused"]
-    return {
-        "acc_fused": fused["accuracy"],
-        "acc_global": views["global"]["accuracy"],
-        "acc_local": views["local"]["accuracy"],
-        "macro_f1_fused": fused["macro_f1"],
-        "macro_f1_global": views["global"]["macro_f1"],
-        "macro_f1_local": views["local"]["macro_f1"],
-        "per_class_acc_fused": fused["per_class_accuracy"],
-        "confusion_fused": fused["confusion"],
-        "num_test": fused["num_samples"],
-        **scores,
-    }
-
-
+PRESETS = {p.stem: p for p in sorted((Path(__file__).resolve().parent / "configs").glob("*.yaml"))}
+METHODS = ("lacmfer", "source-only", "mmd", "dann", "coral", "m3sda", "class-confusion")
+#: A baseline's loss weight, from its paper: DANN 1.0 with its reversal schedule (Ganin et al., JMLR
+#: 2016), CORAL 1.0 (Sun & Saenko, ECCV-W 2016), M3SDA 0.5 (Peng et al., ICCV 2019), Minimum Class
+#: Confusion 1.0 (Jin et al., ECCV 2020); MMD takes LA-CMFER's alignment weight 0.4.
+BASELINE_WEIGHTS = {"mmd": 0.4, "dann": 1.0, "coral": 1.0, "m3sda": 0.5, "class-confusion": 1.0}
+SELECT_BY = ("final", "entropy", "im", "snd", "bnm", "agreement", "source-acc")
+#: Old spellings, accepted with a deprecation message: a setting, and a value of --method.
+RENAMED = {"consistency_on_logits": "consistency_from_logits"}
+RENAMED_METHODS = {"mcc": "class-confusion"}
+#: What a run writes into --out: the only names --overwrite removes.
+OUTPUTS = ("metrics.jsonl", "summary.json", "config.json", "checkpoints", "tb", "confusion.png")
+OUTPUTS += ("curves.png", "results.md", "summary_all.json")
+ORACLE_NOTE = "selection on the test set (best over training; not a valid result)"
 SUMMARY_KEYS = ("step", "acc_fused", "acc_global", "acc_local", "macro_f1_fused")
 
 
-def evaluate_and_log(run: Run) -> dict[str, Any]:
-    """Evaluate, log, and update the oracle and the ``--select-by`` choice. The choice reads the
-    validator's score only (no target label); rank 0 saves its weights as ``selected.pt``."""
-    runtime.broadcast_buffers(run.model, run.info)
-    record = {"kind": "eval", "step": run.step, **evaluate(run)}
-    run.log.write(record)
-    if run.oracle is None or record["acc_fused"] > run.oracle["acc_fused"]:
-        run.oracle = {k: record[k] for k in SUMMARY_KEYS}
-    validator = run.cfg.select_by
-    if validator != "final":
-        score = record[f"val_{validator}"]
-        if run.selected is None or score > run.selected["score"]:
-            run.selected = {**{k: record[k] for k in SUMMARY_KEYS}, "score": score}
-            if run.info.is_main:
-                folder = Path(run.cfg.out) / "checkpoints"
-                runtime.save_atomic({"model": run.model.state_dict()}, folder / "selected.pt")
-    return record
+class UsageError(Exception):
+    """A mistake in the command line or in what it points to: one line on stderr, exit status 2."""
 
 
-# ----------------------------------------------------------------------------------- checkpoints
-def checkpoint_state(run: Run) -> dict[str, Any]:
-    """Everything a bit-exact resume needs. Per-rank parts (RNG, samplers) are gathered to rank 0."""
-    runtime.broadcast_buffers(run.model, run.info)
-    rank_state = {
-        "rng": runtime.capture_rng(),
-        "augment_rng": run.aug_gen.get_state(),
-        "data": run.data.state_dict(),
-    }
-    return {
-        "config": run.cfg.to_dict(),
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "scaler": run.scaler.state_dict(),
-        "objective": run.objective.state_dict(),
-        "ranks": runtime.gather_objects(rank_state, run.info),
-        "world_size": run.info.world_size,
-        **{k: getattr(run, k) for k in RUN_COUNTERS},
-    }
+@functools.cache  # each message once
+def warn(message: str) -> None:
+    print(f"train_cmfer.py: warning: {message}", file=sys.stderr, flush=True)
 
 
-def save_checkpoint(run: Run) -> None:
-    """Rank 0 writes ``last.pt`` and, every ``ckpt_every`` steps, a copy ``step_<n>.pt``; only the
-    newest ``keep_checkpoints`` periodic copies are kept."""
-    state = checkpoint_state(run)  # a collective under DDP: every rank takes part
-    if not run.info.is_main:
-        return
-    cfg, folder = run.cfg, Path(run.cfg.out) / "checkpoints"
-    runtime.save_atomic(state, folder / "last.pt")
-    if run.step % cfg.ckpt_every == 0 and cfg.keep_checkpoints > 0:
-        shutil.copyfile(folder / "last.pt", folder / f"step_{run.step:07d}.pt")
-        for old in sorted(folder.glob("step_*.pt"))[: -cfg.keep_checkpoints]:
-            old.unlink()
+# ----------------------------------------------------------------------------- the command line
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line (no usage block): a :class:`UsageError`."""
+
+    def error(self, message: str) -> Any:
+        raise UsageError(message)
 
 
-# Settings that may change between a run and its resumption: they change neither the model, nor the
-# data, nor any step already taken.
-RESUME_MUTABLE = {
-    "resume", "stop_at", "out", "device", "progress", "tensorboard", "plots", "num_workers",
-    "eval_every", "log_every", "ckpt_every", "keep_checkpoints", "write_weight_hash", "preset",
-    "data_root", "lists", "compile", "steps", "threads",
-}  # fmt: skip
+class Help(argparse.HelpFormatter):
+    """Shows each option's default, once, when it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        shown = action.default not in (None, False, argparse.SUPPRESS) and action.option_strings
+        return f"{action.help} (default: %(default)s)" if shown else str(action.help)
 
 
-def reconcile_resume(cfg: TrainConfig, saved: dict[str, Any], step: int) -> TrainConfig:
-    """The config to resume with. A larger ``steps`` extends the run: the lr decay and ramp
-    horizons stay the ones the run was trained with, so the steps already taken stay valid. Any
-    other change that would alter what already happened raises, naming the settings."""
-    if cfg.steps < step:
-        raise ValueError(
-            f"--resume: the checkpoint is at step {step}; `steps` ({cfg.steps}) cannot go back"
+def at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def method_name(value: str) -> str:
+    if value in RENAMED_METHODS:
+        new = RENAMED_METHODS[value]
+        warn(f"--method {value} is deprecated: Minimum Class Confusion is now --method {new} "
+             "(mcc names the multi-view clustering consistency of --consistency)")  # fmt: skip
+        return new
+    return value
+
+
+class Renamed(argparse.Action):
+    """An old spelling of a switch: sets the new option and says so."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        warn(f"{option} is deprecated: use --{self.dest.replace('_', '-')}")
+        setattr(namespace, self.dest, True)
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
+    """The options, and the names of those that may change between a run and its ``--resume``."""
+    p = Parser(prog="train_cmfer.py", formatter_class=Help, description=__doc__.split("\n\n")[0])
+    on_off, pos, nonneg = argparse.BooleanOptionalAction, at_least(1), at_least(0)
+    g = p.add_argument_group("presets (flags override them)")
+    g.add_argument("--preset", choices=sorted(PRESETS), help="settings of examples/configs/: smoke "
+                   "(seconds), cpu (minutes on 2 cores), gpu, paper (the paper's recipe), "
+                   "benchmark; without --preset or --config: cpu or gpu by the device")  # fmt: skip
+    g.add_argument("--config", metavar="FILE", help="YAML or JSON file of settings (option names)")
+
+    g = p.add_argument_group("data (without --data-root: the built-in synthetic six-domain data)")
+    g.add_argument("--lists", metavar="DIR", help="the protocol's image lists (default: the "
+                   "lists shipped with lacmfer)")  # fmt: skip
+    g.add_argument("--strip-prefix", help="prefix removed from the list paths before they are "
+                   "joined to --data-root (default: ../datasets, as the published lists start)")  # fmt: skip
+    g.add_argument("--affectnet-lists", metavar="ADAPT,TEST", help="AffectNet's list files")
+    g.add_argument("--leakage-free", action=on_off, help="keep target test images out of the "
+                   "adaptation set (default: on; off = the published protocol)")  # fmt: skip
+    g.add_argument("--skip-unreadable", action="store_true", help="train without the images "
+                   "that are missing or do not decode (saying how many) instead of stopping")  # fmt: skip
+    g.add_argument("--domains", help="comma-separated domains (default: the six); all but the "
+                   "target are the sources")  # fmt: skip
+    g.add_argument("--target", default="RAF-DB", help="target domain, or 'all': each in turn, "
+                   "into <out>/<target>/")  # fmt: skip
+    g.add_argument("--split-seed", type=nonneg, default=0, help="seed of the data and of every "
+                   "split, apart from --seed: all seeds are tested on the same images")  # fmt: skip
+    g.add_argument("--image-size", type=pos, default=224, help="input side, a multiple of 16")
+    g.add_argument("--synthetic-train-size", type=pos, default=1500, help="images per domain")
+    g.add_argument("--synthetic-test-size", type=pos, default=500, help="target test images")
+    g.add_argument("--source-val-fraction", type=float, default=0.0, help="share of each source "
+                   "held out: source accuracy and loss are logged at each evaluation")  # fmt: skip
+    g.add_argument("--source-mode", choices=("pooled", "balanced"), default="pooled")
+    g.add_argument("--augment", action=on_off, default=True, help="the paper's augmentation")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--width", choices=("full", "tiny"), default="full", help="tiny = LACMFER.tiny")
+    g.add_argument("--encoder-weights", metavar="FILE", help="torchvision resnet18 checkpoint "
+                   "(ImageNet in the paper), or 'synthetic': the synthetic benchmark's stand-in "
+                   "encoder, built once into the cache (default: random initialisation)")  # fmt: skip
+    g.add_argument("--share", choices=SHARE_MODES, default="column", help="local sub-networks")
+
+    g = p.add_argument_group("objective (the paper's ablation switches and the baselines)")
+    g.add_argument("--method", type=method_name, choices=METHODS, default="lacmfer", help="lacmfer"
+                   " = LACMFERLoss; source-only = its cross-entropy alone; a baseline adds "
+                   "--baseline-weight × its loss on both branches: mmd, dann, coral, m3sda, "
+                   "class-confusion (Minimum Class Confusion)")  # fmt: skip
+    g.add_argument("--sid", action=on_off, default=True, help="sample-level alignment")
+    g.add_argument("--cid", action=on_off, default=True, help="cluster-level alignment")
+    g.add_argument("--consistency", choices=CONSISTENCY_KINDS, default="mcc", help="mcc = the "
+                   "multi-view clustering consistency; l1/mse/kl = a per-sample discrepancy")  # fmt: skip
+    g.add_argument("--no-consistency", dest="consistency", action="store_const", const="none")
+    g.add_argument("--consistency-from-logits", action="store_true", help="logits, not "
+                   "probabilities, into the consistency term (the authors' code)")  # fmt: skip
+    g.add_argument("--consistency-on-logits", dest="consistency_from_logits", action=Renamed,
+                   help=argparse.SUPPRESS)  # fmt: skip
+    g.add_argument("--voting", action=on_off, default=True, help="multi-view voting loss")
+    for name, default, text in (
+        ("label-smoothing", 0.1, "of the source cross-entropy"),
+        ("align-weight", 0.4, "weight of Σ_b (L_sid + λ_cid L_cid)"),
+        ("cid-weight", 0.02, "λ_cid"),
+        ("consistency-weight", 0.5, "weight of the consistency term"),
+        ("voting-weight", 0.1, "weight of the voting loss"),
+        ("align-threshold", 0.4, "confidence threshold δ of the alignment"),
+        ("pseudo-threshold", 0.9, "confidence threshold τ of the voting"),
+        ("kernel-mul", 2.0, "bandwidth ratio of the Gaussian kernels"),
+    ):
+        g.add_argument(f"--{name}", type=float, default=default, help=text)
+    g.add_argument("--kernel-num", type=int, default=5, help="Gaussian kernels of the MMD")
+    g.add_argument("--cluster-ramp", choices=CLUSTER_RAMPS, default="none")
+    g.add_argument("--per-source", action="store_true", help="align source by source")
+    g.add_argument("--baseline-weight", type=float, help="default: the baseline's paper's ("
+                   + ", ".join(f"{k} {v}" for k, v in BASELINE_WEIGHTS.items()) + ")")  # fmt: skip
+    g.add_argument("--adapt-after", type=nonneg, default=0, help="source-only steps first")
+    g.add_argument("--adapt-warmup", type=nonneg, default=0, help="then a linear rise over these")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--steps", type=pos, default=20000, help="with --resume, more extends the run")
+    g.add_argument("--batch-size", type=pos, default=128, help="source images a step (all ranks)")
+    g.add_argument("--target-batch-size", type=pos, help="default: as --batch-size")
+    g.add_argument("--lr", type=float, default=0.01, help="lr of branches and heads")
+    g.add_argument("--encoder-lr-scale", type=float, default=0.1, help="encoder lr = lr × this")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--nesterov", action=on_off, default=True)
+    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--decay-gamma", type=float, default=10.0, help="γ of lr·(1 + γ·min(1, t/T))^-p")
+    g.add_argument("--decay-power", type=float, default=0.75, help="p of the inverse decay")
+    g.add_argument("--decay-steps", type=pos, help="T (default: --steps // 2; kept when extended)")
+    g.add_argument("--ramp-steps", type=pos, help="horizon of the cluster ramp and of DANN's "
+                   "schedule (default: --steps; kept when extended)")  # fmt: skip
+    g.add_argument("--select-by", choices=SELECT_BY, default="final", help="report the evaluation "
+                   "an unsupervised validator scores highest beside the last step (source-acc "
+                   "needs --source-val-fraction)")  # fmt: skip
+
+    g = p.add_argument_group("runtime (these may change between a run and its --resume)")
+    mutable = {"preset", "config", "steps"}
+
+    def opt(*flags: str, **kwargs: Any) -> None:
+        mutable.add(g.add_argument(*flags, **kwargs).dest)
+
+    opt("--data-root", metavar="DIR", help="the real datasets, where the list paths point")
+    opt("--num-workers", type=nonneg, help="image-decoding workers (default: 4)")
+    opt("--out", default="runs/cmfer", help="output folder")
+    opt("--resume", nargs="?", const="last", metavar="CKPT", help="continue the run in --out (or "
+        "from CKPT); a finished run is left as it is")  # fmt: skip
+    opt("--overwrite", action="store_true", help="start over in an --out that holds a run")
+    opt("--evaluate", metavar="CKPT", help="no training: score a checkpoint on its target")
+    opt("--stop-at", type=pos, help="stop after this step (resume later with --resume)")
+    opt("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    opt("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast (losses: fp32)")
+    opt("--compile", action="store_true", help="torch.compile the model and the objective")
+    opt("--channels-last", action=on_off, help="default: on with CUDA")
+    opt("--seed", type=nonneg, default=0, help="initialisation, sampling, augmentation")
+    opt("--threads", type=pos, help="CPU threads; pin them for results that reproduce bit for bit")
+    opt("--eval-every", type=pos, default=500)
+    opt("--log-every", type=pos, default=50)
+    opt("--ckpt-every", type=pos, default=1000)
+    opt("--keep-checkpoints", type=nonneg, default=3, help="periodic ones, beside last.pt")
+    opt("--progress", action=on_off, help="tqdm bar (default: when stderr is a terminal; "
+        "otherwise a line every --log-every steps)")  # fmt: skip
+    opt("--tensorboard", action=on_off, help="<out>/tb (default: when installed)")
+    opt("--plots", action=on_off, default=True, help="confusion.png and curves.png")
+    opt("--write-weight-hash", action="store_true", help="<out>/weights_rank<r>.json (DDP checks)")
+    return p, mutable
+
+
+def read_settings(path: Path, known: Sequence[str]) -> dict[str, Any]:
+    """A YAML or JSON file of settings, each key checked against the options."""
+    try:
+        if path.suffix.lower() == ".json":
+            values = json.loads(path.read_text())
+        else:
+            import yaml  # PyYAML, in the `example` extra
+
+            values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, ValueError) as err:  # yaml.YAMLError is a ValueError
+        raise UsageError(f"{path}: cannot read it ({str(err).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"{path}: expected a mapping of settings")
+    out = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name in RENAMED:
+            warn(f"{path}: setting '{key}' is deprecated: use '{RENAMED[name]}'")
+            name = RENAMED[name]
+        if name not in known or name in ("preset", "config"):
+            raise UsageError(f"{path}: unknown setting '{key}'")
+        out[name] = value
+    return out
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, set[str]]:
+    """The parser's defaults < the preset < ``--config`` < the command line. Settings from files
+    become flags in front of the command line, so argparse checks them like typed flags."""
+    parser, mutable = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = parser.parse_args(argv)
+    preset, values = first.preset, {}
+    if preset is None and first.config is None and first.evaluate is None:
+        on_cuda = first.device.startswith("cuda") or (
+            first.device == "auto" and torch.cuda.is_available()
         )
-    if cfg.steps != saved["steps"]:
-        old = TrainConfig(**saved)
-        pinned = {}
-        if cfg.decay_steps is None:
-            pinned["decay_steps"] = old.lr_decay_steps
-        if cfg.ramp_steps is None:
-            pinned["ramp_steps"] = old.schedule_steps
-        cfg = cfg.replace(**pinned)
-        saved = {**saved, **{k: v for k, v in pinned.items() if saved[k] is None}}
-    current = cfg.to_dict()
-    changed = sorted(k for k in current if k not in RESUME_MUTABLE and saved.get(k) != current[k])
-    if changed:
-        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
-        raise ValueError(f"--resume: the checkpoint was trained with other settings ({diff})")
-    return cfg
+        preset = "gpu" if on_cuda else "cpu"
+    for path in (PRESETS.get(preset or ""), first.config):
+        if path is not None:
+            values.update(read_settings(Path(path), list(vars(first))))
+    flags = []
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        elif value is not None:
+            flags += [flag, str(value)]
+    args = parser.parse_args([*flags, *argv])
+    args.preset = preset
+    check_args(args)
+    return args, mutable
 
 
-def load_checkpoint(run: Run, ckpt: dict[str, Any]) -> None:
-    if ckpt["world_size"] != run.info.world_size:
-        raise ValueError(
-            f"--resume: the checkpoint has {ckpt['world_size']} ranks, this run has "
-            f"{run.info.world_size}; resume with the same number of ranks"
+def check_args(args: argparse.Namespace) -> None:
+    """Reject what the types cannot, naming the flag, before anything runs."""
+    if args.image_size % 16:
+        raise UsageError(f"--image-size must be a multiple of 16, got {args.image_size}")
+    if args.stop_at is not None and args.stop_at > args.steps:
+        raise UsageError(f"--stop-at {args.stop_at} is beyond --steps {args.steps}")
+    if not 0.0 <= args.source_val_fraction < 1.0:
+        raise UsageError(
+            f"--source-val-fraction must lie in [0, 1), got {args.source_val_fraction}"
         )
-    run.model.load_state_dict(ckpt["model"])
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.scheduler.load_state_dict(ckpt["scheduler"])
-    run.scaler.load_state_dict(ckpt["scaler"])
-    run.objective.load_state_dict(ckpt["objective"])
-    for key in RUN_COUNTERS:
-        setattr(run, key, ckpt[key])
-    mine = ckpt["ranks"][run.info.rank]
-    run.data.load_state_dict(mine["data"])
-    run.aug_gen.set_state(mine["augment_rng"])
-    runtime.restore_rng(mine["rng"])  # last: nothing after this may draw random numbers
-    run.log.truncate_after(run.step)  # steps logged after the checkpoint are redone
+    if args.select_by == "source-acc" and args.source_val_fraction == 0.0:
+        raise UsageError("--select-by source-acc needs --source-val-fraction (held-out sources)")
+    if (args.baseline_weight or 0.0) < 0:
+        raise UsageError(f"--baseline-weight must be >= 0, got {args.baseline_weight}")
+    if args.resume is not None and args.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
+    if args.target == "all" and args.resume not in (None, "last"):
+        raise UsageError("--resume CKPT names one run: with --target all use --resume alone")
+    real = ("lists", "strip_prefix", "affectnet_lists", "leakage_free", "num_workers")
+    given = [n for n in real if getattr(args, n) is not None] + [
+        "skip_unreadable"
+    ] * args.skip_unreadable
+    if args.data_root is None and given:
+        flag = "--" + given[0].replace("_", "-")
+        raise UsageError(f"{flag} applies to image files and needs --data-root (without it the "
+                         "built-in synthetic data are used)")  # fmt: skip
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        raise UsageError(f"--data-root {args.data_root}: no such folder")
+    try:  # the library checks the objective's settings, under the same names as the flags
+        LACMFERLoss(**objective_settings(args, num_domains=2))
+    except (TypeError, ValueError) as err:
+        flag = re.sub(r"`(\w+)`", lambda m: "--" + m.group(1).replace("_", "-"), str(err))
+        raise UsageError(flag) from None
+    for name, check in (("domains", domain_names), ("target", targets)):
+        try:
+            check(args)
+        except ValueError:
+            known = ", ".join(SIX_DOMAINS) + (" or all" if name == "target" else "")
+            raise UsageError(f"--{name} {getattr(args, name)}: not one of {known}") from None
 
 
-def find_checkpoint(cfg: TrainConfig) -> Optional[Path]:
-    if cfg.resume is None:
-        return None
-    if cfg.resume == "auto":
-        path = Path(cfg.out) / "checkpoints" / "last.pt"
-        return path if path.exists() else None  # nothing yet: start fresh (idempotent requeue)
-    path = Path(cfg.resume)
-    if not path.exists():
-        raise ValueError(f"--resume: checkpoint {path} does not exist")
-    return path
+def domain_names(args: argparse.Namespace) -> tuple[str, ...]:
+    names = SIX_DOMAINS if args.domains is None else args.domains.split(",")
+    return tuple(canonical_dataset(d.strip(), SIX_DOMAINS) for d in names)
 
 
-# ------------------------------------------------------------------------------------------ train
-def train(
-    cfg: TrainConfig,
-    *,
-    info: Optional[runtime.DistInfo] = None,
-    device: Optional[torch.device] = None,
-    data: Optional[CMFERData] = None,
-) -> dict[str, Any]:
-    """Train one target; returns the summary (also written to ``<out>/summary.json`` by rank 0).
+def targets(args: argparse.Namespace) -> tuple[str, ...]:
+    names = domain_names(args)
+    return names if args.target == "all" else (canonical_dataset(args.target, names),)
 
-    ``data`` may be passed in (tests, the benchmark driver); by default it is built from ``cfg``.
-    """
-    wall_start = time.perf_counter()
-    if info is None or device is None:
-        info, device = runtime.DistInfo(), runtime.resolve_device(cfg.device)
-    ckpt_path = find_checkpoint(cfg)
-    ckpt = None
-    if ckpt_path is not None:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        cfg = reconcile_resume(cfg, ckpt["config"], ckpt["step"])
-    run = build_run(cfg, info, device, data)
-    if ckpt is not None:
-        load_checkpoint(run, ckpt)
-        del ckpt
-    if info.is_main:
-        Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.out) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
-    stop = cfg.stop_at or cfg.steps
-    progress = Progress(
-        stop,
-        run.step,
-        enabled=cfg.progress if info.is_main else False,  # None: when stderr is a terminal
-        desc=f"{cfg.method} → {run.data.target_name}",
-        images_per_step=cfg.batch_size + cfg.target_batch,
-        quiet=not info.is_main,
+# ------------------------------------------------------------------------------------------ data
+class Task(NamedTuple):
+    """One leave-one-domain-out task, as the training loop consumes it."""
+
+    target: str
+    sources: tuple[str, ...]
+    source: ConcatDataset  # the sources; items (image, label, source id)
+    target_adapt: Any  # unlabelled for training: its labels feed logged diagnostics only
+    target_test: Any
+    source_val: Optional[Any]  # held-out source images (--source-val-fraction)
+    synthetic: bool
+    notes: list[str]
+
+
+class SourcesWithDomain(ConcatDataset):
+    """The sources, concatenated as :class:`~lacmfer.data.MultiSourceSampler` numbers them."""
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
+        image, label = super().__getitem__(index)
+        return image, label, bisect.bisect_right(self.cumulative_sizes, index)
+
+
+@functools.lru_cache(maxsize=1)  # rendered once per process; training never writes into them
+def synthetic_data(size: int, test: int, side: int, seed: int, names: tuple[str, ...]) -> Any:
+    return synthetic_domains(size, test, domains=names, image_size=side, seed=seed)
+
+
+def build_task(args: argparse.Namespace, target: str) -> Task:
+    """The synthetic domains (no ``--data-root``) or the protocol's image lists, ``target`` held
+    out. The data and every split depend on ``--split-seed``, never on ``--seed``."""
+    names = domain_names(args)
+    if args.data_root is None:
+        sizes = (args.synthetic_train_size, args.synthetic_test_size, args.image_size)
+        task = leave_one_domain_out(synthetic_data(*sizes, 2 * args.split_seed, names), target)
+        task.notes.append("synthetic data: the target test set is a separate draw (no leakage)")
+    else:
+        task = leave_one_domain_out(real_domains(args, names, target), target,
+                                    leakage_free=args.leakage_free is not False,
+                                    seed=args.split_seed)  # fmt: skip
+    sources, source_val = list(task.source_sets), None
+    if args.source_val_fraction > 0:
+        gen = torch.Generator().manual_seed(args.split_seed)
+        orders = [torch.randperm(len(ds), generator=gen) for ds in sources]
+        cuts = [max(1, round(args.source_val_fraction * len(ds))) for ds in sources]
+        parts = list(zip(sources, orders, cuts))
+        source_val = ConcatDataset([LabelledSubset(ds, o[:c]) for ds, o, c in parts])
+        sources = [LabelledSubset(ds, o[c:]) for ds, o, c in parts]
+    return Task(task.target, task.sources, SourcesWithDomain(sources), task.target_adapt,
+                task.target_test, source_val, args.data_root is None, list(task.notes))  # fmt: skip
+
+
+def real_domains(args: argparse.Namespace, names: tuple[str, ...], target: str) -> dict[str, Any]:
+    """The image lists of ``names``. Before any training, every image the task will read is
+    opened and its header decoded; ``--skip-unreadable`` drops the ones that fail."""
+    extra = {}
+    if args.affectnet_lists:
+        adapt, _, test = args.affectnet_lists.partition(",")
+        extra["AffectNet"] = (adapt, test or adapt)
+    elif "AffectNet" in names:
+        raise UsageError("--domains: AffectNet's lists are not distributed; pass "
+                         "--affectnet-lists ADAPT,TEST or leave AffectNet out")  # fmt: skip
+    lists = args.lists or protocol_lists_dir()
+    prefix = args.strip_prefix or "../datasets"
+    try:
+        domains = fer_list_domains(lists, domains=names, lists=extra, root=args.data_root,
+                                   strip_prefix=prefix, image_size=args.image_size)  # fmt: skip
+    except FileNotFoundError as err:
+        raise UsageError(f"--lists {lists}: {err.strerror}: {err.filename}") from None
+    except ValueError as err:  # the file, then its first bad line
+        raise UsageError(f"--lists {lists}: {' '.join(str(err).split(chr(10))[:2])}") from None
+    used = [s.adapt for s in domains.values()] + [domains[target].test]
+    bad = {p: e for ds in used for p, e in unreadable(ds.paths).items()}
+    if bad and not args.skip_unreadable:
+        raise UsageError(f"--data-root {args.data_root}: {len(bad)} images of the lists in use "
+                         f"are missing or do not decode (e.g. {', '.join(list(bad)[:3])}); fix "
+                         "--data-root or --strip-prefix, or pass --skip-unreadable")  # fmt: skip
+    if not bad:
+        return domains
+    print(
+        f"--skip-unreadable: training without {len(bad)} missing or unreadable images", flush=True
     )
-    last_eval: Optional[dict[str, Any]] = None
-    record: Optional[dict[str, Any]] = None  # this rank's last logged losses
+    kept = {
+        id(ds): LabelledSubset(ds, [i for i, p in enumerate(ds.paths) if p not in bad])
+        for ds in used
+    }
+    return {n: type(s)(kept.get(id(s.adapt), s.adapt), kept.get(id(s.test), s.test))
+            for n, s in domains.items()}  # fmt: skip
+
+
+def unreadable(paths: Sequence[str]) -> dict[str, str]:
+    """``path -> error`` for the files that are missing or whose image header does not decode."""
+    from PIL import Image  # Pillow, in the `example` extra
+
+    bad = {}
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                img.size  # noqa: B018 -- parsed from the header on open
+        except Exception as err:  # any file or decoder error
+            bad[path] = type(err).__name__
+    return bad
+
+
+def batches(
+    data: Any, draw: Callable[[], Tensor], skip: int, workers: int, pin: bool
+) -> Iterator[Any]:
+    """Batches of ``data`` at the indices ``draw()`` returns, loaded by a DataLoader. The first
+    ``skip`` draws are replayed without loading anything: a resumed run continues with the very
+    batches it would have drawn (the samplers are seeded; index arithmetic only)."""
+    for _ in range(skip):
+        draw()
+
+    def indices() -> Iterator[list[int]]:
+        while True:
+            yield draw().tolist()
+
+    return iter(DataLoader(data, batch_sampler=indices(), num_workers=workers, pin_memory=pin))
+
+
+# -------------------------------------------------------------------------- model and objective
+def objective_settings(args: argparse.Namespace, num_domains: int) -> dict[str, Any]:
+    """:class:`~lacmfer.losses.LACMFERLoss`'s settings, named as the flags. A baseline keeps its
+    cross-entropy and adaptation schedule and turns the paper's terms off."""
+    on = args.method == "lacmfer"
+    names = ("label_smoothing", "align_weight", "cid_weight", "consistency_weight", "voting_weight",
+             "align_threshold", "pseudo_threshold", "kernel_num", "kernel_mul", "cluster_ramp",
+             "adapt_after", "adapt_warmup")  # fmt: skip
+    return {
+        **{n: getattr(args, n) for n in names},
+        "sid": args.sid and on,
+        "cid": args.cid and on,
+        "consistency": args.consistency if on else "none",
+        "consistency_from_logits": args.consistency_from_logits and on,
+        "voting": args.voting and on,
+        "num_domains": num_domains if args.per_source else None,
+        "ramp_steps": args.ramp_steps or args.steps,
+    }
+
+
+def baseline_losses(
+    args: argparse.Namespace, dims: Sequence[int], domains: int, sync: bool
+) -> nn.ModuleList:
+    """A baseline's loss module for each branch (none for lacmfer, source-only and mmd)."""
+    per_source = domains if args.per_source else None
+    if args.method == "dann":
+        horizon = args.ramp_steps or args.steps
+        return nn.ModuleList(DomainAdversarialLoss(d, num_domains=per_source, max_steps=horizon,
+                                                   sync_dist=sync) for d in dims)  # fmt: skip
+    if args.method == "coral":
+        return nn.ModuleList(CORALLoss(num_domains=per_source, sync_dist=sync) for _ in dims)
+    if args.method == "m3sda":
+        return nn.ModuleList([MomentMatchingLoss(num_domains=domains, sync_dist=sync)] * 2)
+    if args.method == "class-confusion":
+        return nn.ModuleList([MinimumClassConfusionLoss(sync_dist=sync)] * 2)
+    return nn.ModuleList()
+
+
+class TrainStep(nn.Module):
+    """Model, objective and baseline in one module: one forward a step is what DDP (which also
+    syncs a DANN discriminator) and ``torch.compile`` want. Source and target batches go through
+    the model in two calls (per-domain BatchNorm). ``loss = CE + w·weight·Σ_b baseline_b`` for a
+    baseline, with ``w`` the objective's adaptation schedule."""
+
+    def __init__(self, model: nn.Module, objective: LACMFERLoss, baseline: nn.ModuleList,
+                 method: str, weight: float, kernel: tuple[int, float]) -> None:  # fmt: skip
+        super().__init__()
+        self.model, self.objective, self.baseline = model, objective, baseline
+        self.method, self.weight, self.kernel = method, weight, kernel
+
+    def forward(
+        self, x_s: Tensor, y_s: Tensor, d_s: Tensor, x_t: Tensor
+    ) -> tuple[Tensor, Any, Any]:
+        out_s, out_t = self.model(x_s), self.model(x_t)
+        terms = self.objective(out_s, y_s, out_t, d_s)
+        if self.method in ("lacmfer", "source-only"):
+            return terms.loss, terms, out_t
+        align = terms.ce.new_zeros(())
+        for b, view in enumerate(("g", "l")):
+            f_s, f_t = getattr(out_s, f"feat_{view}"), getattr(out_t, f"feat_{view}")
+            if self.method == "mmd":
+                align = align + mmd2(f_s, f_t, kernel_num=self.kernel[0], kernel_mul=self.kernel[1])
+            elif self.method == "m3sda":
+                align = align + self.baseline[b](f_s, d_s, f_t)
+            elif self.method == "class-confusion":
+                align = align + self.baseline[b](getattr(out_t, f"logits_{view}"))
+            else:  # dann, coral: per source when they were built with num_domains
+                per_source = self.baseline[b].num_domains is not None
+                align = align + self.baseline[b](f_s, f_t, d_s if per_source else None)
+        loss = terms.loss + terms.adaptation_weight * self.weight * align
+        return loss, terms._replace(loss=loss, align=align), out_t
+
+
+def load_encoder(args: argparse.Namespace, rank: int, world: int) -> Optional[dict[str, Tensor]]:
+    """The encoder's torchvision-format weights: the user's file, the synthetic stand-in (rank 0
+    builds it on first use while the others wait), or None."""
+    path = args.encoder_weights
+    if path == "synthetic":
+        if rank == 0:
+            pretrained_encoder(image_size=args.image_size)
+        if world > 1:
+            dist.barrier()
+        path = str(pretrained_encoder(image_size=args.image_size))
+    try:
+        return None if path is None else torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # missing, truncated, not a tensor file
+        raise UsageError(
+            f"--encoder-weights {path}: not a readable state dict ({type(err).__name__})"
+        ) from None
+
+
+# ------------------------------------------------------------------------------------------ run
+class Ranks(NamedTuple):
+    rank: int = 0
+    world: int = 1
+    local: int = 0
+
+
+def setup_device(args: argparse.Namespace) -> tuple[Ranks, torch.device]:
+    """The device and, under ``torchrun``, the process group (NCCL on CUDA, else gloo)."""
+    env = os.environ
+    ranks = Ranks(
+        int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+    )
+    name = (
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: CUDA is not available")
+    device = torch.device(f"cuda:{ranks.local}" if name == "cuda" else name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    if ranks.world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if args.batch_size % ranks.world or (args.target_batch_size or args.batch_size) % ranks.world:
+        raise UsageError(f"--batch-size and --target-batch-size must divide by {ranks.world} ranks")
+    return ranks, device
+
+
+class Run:
+    """Everything one training run holds: data, model, objective, optimiser, counters, log."""
+
+    def __init__(self, args: argparse.Namespace, task: Task, ranks: Ranks, device: torch.device,
+                 out: Path) -> None:  # fmt: skip
+        self.args, self.task, self.ranks, self.device, self.out = args, task, ranks, device, out
+        self.main, sync = ranks.rank == 0, ranks.world > 1
+        cl = args.channels_last if args.channels_last is not None else device.type == "cuda"
+        self.memory_format = torch.channels_last if cl else torch.contiguous_format
+        encoder = load_encoder(args, ranks.rank, ranks.world)
+        # The model and the discriminators get the same initialisation on every rank; the
+        # augmentation a per-rank seed; the samplers split one global stream over the ranks.
+        torch.manual_seed(args.seed)
+        try:
+            self.model = (LACMFER.tiny if args.width == "tiny" else LACMFER)(
+                7, share=args.share, encoder_weights=encoder
+            )
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise UsageError(f"--encoder-weights {args.encoder_weights}: not a torchvision "
+                             f"resnet18 state dict ({type(err).__name__})") from None  # fmt: skip
+        self.model.to(device, memory_format=self.memory_format)
+        settings = objective_settings(args, len(task.sources))
+        self.objective = LACMFERLoss(**settings, sync_dist=sync).to(device)
+        dims = self.model.feature_dims
+        self.baseline = baseline_losses(args, dims, len(task.sources), sync).to(device)
+        weight = args.baseline_weight
+        weight = BASELINE_WEIGHTS.get(args.method, 0.0) if weight is None else weight
+        kernel = (args.kernel_num, args.kernel_mul)
+        step: nn.Module = TrainStep(
+            self.model, self.objective, self.baseline, args.method, weight, kernel
+        )
+        if sync:
+            step = DistributedDataParallel(
+                step, device_ids=[device.index] if device.index is not None else None
+            )
+        self.step_fn = torch.compile(step) if args.compile else step
+        groups = self.model.parameter_groups(args.lr, encoder_lr_scale=args.encoder_lr_scale,
+                                             weight_decay=args.weight_decay)  # fmt: skip
+        if list(self.baseline.parameters()):  # DANN's discriminators
+            groups.append({"params": list(self.baseline.parameters()), "lr": args.lr,
+                           "weight_decay": args.weight_decay})  # fmt: skip
+        nesterov = args.nesterov and args.momentum > 0
+        self.optimizer = torch.optim.SGD(
+            groups, lr=args.lr, momentum=args.momentum, nesterov=nesterov
+        )
+        horizon, gamma, power = (
+            args.decay_steps or max(1, args.steps // 2),
+            args.decay_gamma,
+            args.decay_power,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda t: (1.0 + gamma * min(1.0, t / horizon)) ** -power
+        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+        self.augment = FERAugment() if args.augment else None
+        self.aug_gen = torch.Generator(device).manual_seed(args.seed * 1000 + ranks.rank + 1)
+        torch.manual_seed(args.seed * 1000 + ranks.rank + 7)
+        self.step, self.train_time, self.images = 0, 0.0, 0
+        self.oracle: Optional[dict[str, Any]] = None  # best test accuracy (test-set selection)
+        self.selected: Optional[dict[str, Any]] = None  # what --select-by prefers so far
+        self.log = MetricsLog(out, enabled=self.main, tensorboard=args.tensorboard)
+        self.workers = 0 if task.synthetic else 4 if args.num_workers is None else args.num_workers
+
+    def start_streams(self) -> None:
+        """The training streams from ``self.step`` on (this rank's part of each global batch)."""
+        a, r, w, sizes = (
+            self.args,
+            self.ranks.rank,
+            self.ranks.world,
+            self.task.source.cumulative_sizes,
+        )
+        sizes = [b - a for a, b in zip([0, *sizes[:-1]], sizes)]
+        source = MultiSourceSampler(sizes, a.batch_size // w, mode=a.source_mode, seed=a.seed,
+                                    rank=r, world_size=w)  # fmt: skip
+        target = InfiniteSampler(len(self.task.target_adapt), (a.target_batch_size or a.batch_size) // w,
+                                 seed=a.seed, rank=r, world_size=w)  # fmt: skip
+        pin = self.device.type == "cuda"
+        self.source_stream = batches(self.task.source, lambda: source.sample().indices, self.step,
+                                     self.workers, pin)  # fmt: skip
+        self.target_stream = batches(
+            self.task.target_adapt, target.sample, self.step, self.workers, pin
+        )
+
+    def autocast(self) -> Any:
+        if self.args.amp == "none":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.args.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def inputs(self, x: Tensor) -> Tensor:
+        return normalize(x).contiguous(memory_format=self.memory_format)
+
+    def train_step(self) -> tuple[Any, Any, Tensor]:
+        """One optimiser step; returns the objective's terms, the target outputs and labels (for
+        the logged diagnostics only)."""
+        x_s, y_s, d_s = (t.to(self.device, non_blocking=True) for t in next(self.source_stream))
+        x_t, y_t = (t.to(self.device, non_blocking=True) for t in next(self.target_stream))
+        if self.augment is not None:
+            x_s = self.augment(x_s, generator=self.aug_gen)
+            x_t = self.augment(x_t, generator=self.aug_gen)
+        with self.autocast():
+            loss, terms, out_t = self.step_fn(self.inputs(x_s), y_s, d_s, self.inputs(x_t))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.objective.step()
+        for module in self.baseline:
+            if isinstance(module, DomainAdversarialLoss):
+                module.step()
+        self.step += 1
+        self.images += (x_s.shape[0] + x_t.shape[0]) * self.ranks.world
+        return terms, out_t, y_t
+
+    def log_step(self, terms: Any, out_t: Any, labels_t: Tensor) -> dict[str, float]:
+        """Write the step's terms, the lr and the pseudo-labels' accuracy (one host sync)."""
+        parts: dict[str, Tensor] = {}
+        for name, value in terms._asdict().items():
+            value = value.detach().float()
+            if value.numel() == 2:  # per branch
+                parts[f"{name}_g"], parts[f"{name}_l"] = value[0], value[1]
+            else:
+                parts[name] = value.reshape(())
+        labels, kept = refine_pseudo_labels(out_t.logits_g.detach(), out_t.logits_l.detach(),
+                                            threshold=self.args.pseudo_threshold)  # fmt: skip
+        right = ((labels == labels_t) & kept).float().sum()
+        parts["pseudo_label_acc"] = right / kept.float().sum()  # nan when nothing is kept
+        values = dict(zip(parts, torch.stack(list(parts.values())).tolist()))
+        lr = self.optimizer.param_groups[-1]["lr"]
+        self.log.write({"kind": "train", "step": self.step, **values, "lr": lr})
+        return values
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """Target test metrics (global, local, fused view), every unsupervised validator on the
+        unlabelled adaptation set, and held-out source accuracy and loss. Each rank takes its
+        shard; the statistics are combined over ranks."""
+        task, sync, r, w = self.task, self.ranks.world > 1, self.ranks.rank, self.ranks.world
+        self.broadcast_buffers()
+        training = self.model.training
+        self.model.eval()
+        size = max(64, 2 * self.args.batch_size // w)
+
+        def shard(data: Any) -> Iterator[Any]:
+            shard = Subset(data, range(r, len(data), w))
+            for x, y, *_ in DataLoader(shard, batch_size=size, num_workers=self.workers):
+                with self.autocast():
+                    out = self.model(self.inputs(x.to(self.device, non_blocking=True)))
+                yield out, y.to(self.device)
+
+        confusion = torch.zeros(3, 7, 7, dtype=torch.int64, device=self.device)
+        for out, y in shard(task.target_test):
+            for v, logits in enumerate((out.logits_g, out.logits_l, out.logits)):
+                confusion[v] += confusion_matrix(logits.argmax(1), y, 7)
+        validators = ValidatorSuite(sync_dist=sync, max_samples=2048, seed=self.args.split_seed)
+        for out, _ in shard(task.target_adapt):  # the labels are dropped here
+            validators.update(out.logits.float(), out.logits_g.float(), out.logits_l.float())
+        record = {f"val_{k}": float(v) for k, v in validators.compute().items()}
+        if task.source_val is not None:
+            accuracy, loss = SourceAccuracy(sync_dist=sync), torch.zeros(2, device=self.device)
+            for out, y in shard(task.source_val):
+                accuracy.update(out.logits.float(), y)
+                loss += torch.stack([F.cross_entropy(out.logits.float(), y, reduction="sum"),
+                                     loss.new_tensor(len(y))])  # fmt: skip
+            if sync:
+                dist.all_reduce(loss)
+            record.update(
+                {
+                    "val_source-acc": float(accuracy.compute()),
+                    "source_val_loss": float(loss[0] / loss[1]),
+                }
+            )
+        if sync:
+            dist.all_reduce(confusion)
+        self.model.train(training)
+        g, l, fused = (classification_metrics(confusion[v]) for v in range(3))
+        return {
+            "acc_fused": fused["accuracy"], "acc_global": g["accuracy"], "acc_local": l["accuracy"],
+            "macro_f1_fused": fused["macro_f1"], "macro_f1_global": g["macro_f1"],
+            "macro_f1_local": l["macro_f1"], "per_class_acc_fused": fused["per_class_accuracy"],
+            "confusion_fused": fused["confusion"], "num_test": fused["num_samples"], **record,
+        }  # fmt: skip
+
+    def evaluate_and_log(self) -> dict[str, Any]:
+        """Evaluate, log, and update the oracle and the ``--select-by`` choice (the validator's
+        score only, no target label; rank 0 saves the chosen weights as ``selected.pt``)."""
+        record = {"kind": "eval", "step": self.step, **self.evaluate()}
+        self.log.write(record)
+        if self.oracle is None or record["acc_fused"] > self.oracle["acc_fused"]:
+            self.oracle = {k: record[k] for k in SUMMARY_KEYS}
+        if self.args.select_by != "final":
+            score = record[f"val_{self.args.select_by}"]
+            if self.selected is None or score > self.selected["score"]:
+                self.selected = {**{k: record[k] for k in SUMMARY_KEYS}, "score": score}
+                if self.main:
+                    state = {
+                        "config": vars(self.args),
+                        "step": self.step,
+                        "model": self.model.state_dict(),
+                    }
+                    save_atomic(state, self.out / "checkpoints" / "selected.pt")
+        return record
+
+    def broadcast_buffers(self) -> None:
+        """Rank 0's BatchNorm statistics on every rank (DDP syncs them at each forward anyway; this
+        makes evaluation, checkpoints and weight hashes agree after the last one)."""
+        for buf in self.model.buffers() if self.ranks.world > 1 else ():
+            dist.broadcast(buf, src=0)
+
+    def save(self) -> None:
+        """``last.pt`` and, every ``--ckpt-every`` steps, a copy ``step_<n>.pt`` (the newest
+        ``--keep-checkpoints`` are kept): everything an exact resume needs, in types that
+        ``torch.load(weights_only=True)`` reads. The samplers need no state: they replay ``step``
+        draws. A collective under DDP; rank 0 writes."""
+        self.broadcast_buffers()
+        rng = {"torch": torch.get_rng_state(), "augment": self.aug_gen.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        rngs: list[Any] = [rng] * self.ranks.world
+        if self.ranks.world > 1:
+            dist.all_gather_object(rngs, rng)
+        if not self.main:
+            return
+        modules = {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler,
+                   "scaler": self.scaler, "objective": self.objective, "baseline": self.baseline}  # fmt: skip
+        state = {k: m.state_dict() for k, m in modules.items()}
+        state.update(config=vars(self.args), rng=rngs, world_size=self.ranks.world)
+        state.update(
+            {k: getattr(self, k) for k in ("step", "oracle", "selected", "train_time", "images")}
+        )
+        folder = self.out / "checkpoints"
+        save_atomic(state, folder / "last.pt")
+        if self.step % self.args.ckpt_every == 0 and self.args.keep_checkpoints > 0:
+            shutil.copyfile(folder / "last.pt", folder / f"step_{self.step:07d}.pt")
+            for old in sorted(folder.glob("step_*.pt"))[: -self.args.keep_checkpoints]:
+                old.unlink()
+
+    def load(self, ckpt: dict[str, Any]) -> None:
+        if ckpt["world_size"] != self.ranks.world:
+            raise UsageError(f"--resume: the run was trained on {ckpt['world_size']} ranks; resume "
+                             f"it on as many, not {self.ranks.world}")  # fmt: skip
+        for key in ("model", "optimizer", "scheduler", "scaler", "objective", "baseline"):
+            getattr(self, key).load_state_dict(ckpt[key])
+        for key in ("step", "oracle", "selected", "train_time", "images"):
+            setattr(self, key, ckpt[key])
+        rng = ckpt["rng"][self.ranks.rank]
+        torch.set_rng_state(rng["torch"])
+        self.aug_gen.set_state(rng["augment"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """Save to a temporary name, then rename: a crash never leaves half a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(obj, path.with_name(path.name + ".tmp"))
+    os.replace(path.with_name(path.name + ".tmp"), path)
+
+
+def read_checkpoint(path: Path, flag: str) -> dict[str, Any]:
+    """A checkpoint of this script, read without running any code a file might hold."""
+    if not path.is_file():
+        raise UsageError(f"{flag} {path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, corrupt, or not a tensor file
+        raise UsageError(
+            f"{flag} {path}: not a readable checkpoint ({type(err).__name__})"
+        ) from None
+    if not isinstance(ckpt, dict) or not {"config", "step", "model"} <= set(ckpt):
+        raise UsageError(f"{flag} {path}: not a checkpoint of train_cmfer.py")
+    return ckpt
+
+
+def reconcile(
+    args: argparse.Namespace, saved: dict[str, Any], step: int, mutable: set[str]
+) -> argparse.Namespace:
+    """The settings to resume with: those that shaped the steps already taken must be the
+    checkpoint's. A larger ``--steps`` extends the run and keeps its lr and ramp horizons."""
+    if args.steps < step:
+        raise UsageError(f"--steps {args.steps}: the checkpoint is at step {step}")
+    args = argparse.Namespace(**vars(args))
+    for name, default in (
+        ("decay_steps", max(1, saved["steps"] // 2)),
+        ("ramp_steps", saved["steps"]),
+    ):
+        saved = {**saved, name: default if saved[name] is None else saved[name]}
+        if getattr(args, name) is None:
+            setattr(args, name, saved[name])
+    changed = [k for k, v in vars(args).items() if k not in mutable and saved.get(k) != v]
+    if changed:
+        diff = ", ".join(
+            f"--{k.replace('_', '-')} {saved.get(k)} -> {getattr(args, k)}" for k in changed
+        )
+        raise UsageError(f"--resume: the checkpoint was trained with other settings ({diff})")
+    return args
+
+
+# ------------------------------------------------------------------------------------- training
+def train(args: argparse.Namespace, mutable: set[str], target: str, out: Path, ranks: Ranks,
+          device: torch.device) -> dict[str, Any]:  # fmt: skip
+    """Train, resume, or leave as it is (finished) the run of ``target`` in ``out``."""
+    start, say = time.perf_counter(), print if ranks.rank == 0 else lambda *a, **k: None
+    args = argparse.Namespace(**{**vars(args), "target": target, "out": str(out)})
+    path = out / "checkpoints" / "last.pt" if args.resume in (None, "last") else Path(args.resume)
+    ckpt = None
+    if args.resume is not None and (args.resume != "last" or path.exists()):
+        ckpt = read_checkpoint(path, "--resume")
+        saved = ckpt["config"]
+        args = reconcile(args, saved, ckpt["step"], mutable)
+        summary = read_summary(out)
+        if ckpt["step"] == args.steps and summary is not None and summary.get("completed"):
+            say(f"{out}: finished (step {args.steps} of {args.steps}); nothing to do", flush=True)
+            return summary
+    elif args.resume is not None:
+        say(f"--resume: no checkpoint in {out / 'checkpoints'} yet; starting at step 0", flush=True)
+    task, stop = build_task(args, target), args.stop_at or args.steps
+    data = (
+        "the built-in synthetic data (procedural faces, not real images)"
+        if task.synthetic
+        else args.data_root
+    )
+    batch = f"{args.batch_size} + {args.target_batch_size or args.batch_size} images"
+    say(f"{args.method} -> {task.target} on {data}; sources {', '.join(task.sources)}; "
+        f"{args.steps} steps of {batch}; out {out}", flush=True)  # fmt: skip
+    run = Run(args, task, ranks, device, out)
+    if ckpt is not None:
+        run.load(ckpt)
+        say(f"resuming from {path} at step {run.step} of {args.steps}", flush=True)
+    if run.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+        # steps logged after the checkpoint are redone, and so is an evaluation at its step
+        records = run.log.records()
+        run.log.keep([r for r in records if (r["step"], r["kind"] != "train") < (run.step, True)])
+    run.start_streams()
+    last_eval, values = None, None
+    if ckpt is not None:  # the evaluation of the checkpoint's step, if that step had one
+        s, old = run.step, ckpt["config"]
+        if any(
+            s % e == 0 or s == n
+            for e, n in ((old["eval_every"], old["steps"]), (args.eval_every, args.steps))
+        ):
+            last_eval = run.evaluate_and_log()
+        del ckpt
+    images = args.batch_size + (args.target_batch_size or args.batch_size)
+    progress = Progress(stop, run.step, enabled=args.progress if run.main else False,
+                        desc=f"{args.method} -> {task.target}", images_per_step=images)  # fmt: skip
     run.model.train()
     try:
         while run.step < stop:
             tick = time.perf_counter()
-            batch = run.data.next_batch()  # raw [0, 1] images on the device
-            terms, out_t = training_step(run, batch)
-            run.step += 1
-            if run.step % cfg.log_every == 0 or run.step == stop:
-                record = log_training(run, terms, out_t, batch.y_t)
-                shown = ("loss", "ce", "align") if cfg.method != "lacmfer" else ("loss", "ce",
-                         "align", "consistency", "voting")  # fmt: skip
-                progress.log(run.step, {k: record[k] for k in shown})
+            terms, out_t, labels_t = run.train_step()
+            logged = run.step % args.log_every == 0 or run.step == stop
+            values = run.log_step(terms, out_t, labels_t) if logged else values
             run.train_time += time.perf_counter() - tick
-            progress.update(1)
-            if run.step % cfg.eval_every == 0 or run.step == cfg.steps:
-                last_eval = evaluate_and_log(run)
-            if run.step % cfg.ckpt_every == 0 or run.step == stop:
-                save_checkpoint(run)
+            progress.update(
+                run.step, {k: values[k] for k in ("loss", "ce", "align")} if logged else None
+            )
+            if run.step % args.ckpt_every == 0 or run.step == stop:
+                run.save()  # before the step's evaluation: a crash there keeps the step
+            if run.step % args.eval_every == 0 or run.step == args.steps:
+                last_eval = run.evaluate_and_log()
     finally:
         progress.close()
-        run.data.close()
-
-    if cfg.write_weight_hash:  # DDP checks: ranks must agree on the weights, not on their data
-        runtime.broadcast_buffers(run.model, info)
-        check = {"weights": runtime.state_hash(run.model.state_dict()), "last_train": record}
-        (Path(cfg.out) / f"weights_rank{info.rank}.json").write_text(json.dumps(check) + "\n")
-    summary = make_summary(run, last_eval, time.perf_counter() - wall_start)
-    if info.is_main:
+    if args.write_weight_hash:  # DDP checks: the ranks must agree on the weights
+        run.broadcast_buffers()
+        check = {"weights": state_hash(run.model.state_dict()), "last_train": values}
+        (out / f"weights_rank{ranks.rank}.json").write_text(json.dumps(check) + "\n")
+    summary = make_summary(run, last_eval, time.perf_counter() - start)
+    if run.main:
         write_outputs(run, summary)
     run.log.close()
     return summary
 
 
-def make_summary(run: Run, last_eval: Optional[dict[str, Any]], wall_time: float) -> dict[str, Any]:
-    """``final`` (the result), ``selected`` (by ``--select-by``, no target labels) and ``oracle``
+def read_summary(out: Path) -> Optional[dict[str, Any]]:
+    try:
+        return dict(json.loads((out / "summary.json").read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def make_summary(run: Run, last_eval: Optional[dict[str, Any]], wall: float) -> dict[str, Any]:
+    """``final`` (THE result), ``selected`` (by ``--select-by``, no target labels) and ``oracle``
     (selection on the test set), each labelled."""
-    cfg = run.cfg
-    completed = run.step == cfg.steps
-    final = None
-    if completed and last_eval is not None:
-        final = {k: v for k, v in last_eval.items() if k != "kind"}
+    args = run.args
+    completed = run.step == args.steps and last_eval is not None
+    final = {k: v for k, v in last_eval.items() if k != "kind"} if completed and last_eval else None
     selected = None
     if final is not None:
-        if cfg.select_by == "final":
-            selected = {k: final[k] for k in SUMMARY_KEYS}
-        elif run.selected is not None:
-            selected = dict(run.selected)
-    if selected is not None:
-        selected["validator"] = cfg.select_by
-        selected["note"] = "chosen without target labels"
-    oracle = None if run.oracle is None else {**run.oracle, "note": ORACLE_LABEL}
+        chosen = {k: final[k] for k in SUMMARY_KEYS} if args.select_by == "final" else run.selected
+        selected = {
+            **(chosen or {}),
+            "validator": args.select_by,
+            "note": "chosen without target labels",
+        }
     return {
-        "target": run.data.target_name,
-        "sources": list(run.data.source_names),
-        "method": cfg.method,
-        "completed": completed,
-        "step": run.step,
-        "final": final,
-        "selected": selected,
-        "oracle": oracle,
-        "wall_time_s": wall_time,
-        "train_time_s": run.train_time,
+        "target": run.task.target, "sources": list(run.task.sources), "method": args.method,
+        "data": "synthetic" if run.task.synthetic else "real", "completed": completed,
+        "step": run.step, "final": final, "selected": selected,
+        "oracle": None if run.oracle is None else {**run.oracle, "note": ORACLE_NOTE},
+        "wall_time_s": wall, "train_time_s": run.train_time,
         "images_per_s": run.images / run.train_time if run.train_time > 0 else None,
-        "protocol_notes": list(run.data.notes),
-        "notes": list(run.log.notes),
-        "config": cfg.to_dict(),
-    }
+        "protocol_notes": run.task.notes, "notes": run.log.notes, "config": vars(args),
+    }  # fmt: skip
 
 
 def write_outputs(run: Run, summary: dict[str, Any]) -> None:
-    cfg, out = run.cfg, Path(run.cfg.out)
-    final = summary["final"]
-    if cfg.plots and final is not None:
-        title = f"{cfg.method} → {run.data.target_name}, step {summary['step']}"
+    final, out = summary["final"], run.out
+    if run.args.plots and final is not None:
+        title = f"{run.args.method} -> {run.task.target}, step {summary['step']}"
         cm_title = f"{title}, fused acc {final['acc_fused']:.3f}"
         ok = plot_confusion(final["confusion_fused"], CLASSES, out / "confusion.png", cm_title)
-        ok = ok and plot_curves(read_jsonl(out / "metrics.jsonl"), out / "curves.png", title)
-        if not ok:
+        if not (ok and plot_curves(run.log.records(), out / "curves.png", title)):
             summary["notes"].append("matplotlib not installed: plots skipped")
     (out / "summary.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")
 
 
-# ------------------------------------------------------------------------------------------- main
-def format_result(summary: dict[str, Any]) -> str:
+def state_hash(state_dict: dict[str, Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of a state dict's tensors."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().cpu().contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def result_lines(summary: dict[str, Any]) -> str:
     final, selected, oracle = summary["final"], summary["selected"], summary["oracle"]
+    name = f"{summary['target']} ({summary['data']} data, {summary['method']})"
     if final is None:
-        return f"{summary['target']}: stopped at step {summary['step']} (resume with --resume)"
-    lines = [
-        f"{summary['target']} ({summary['method']}): final-step target accuracy "
-        f"{100 * final['acc_fused']:.1f}% fused (global {100 * final['acc_global']:.1f}%, local "
-        f"{100 * final['acc_local']:.1f}%, macro-F1 {final['macro_f1_fused']:.3f}) -- the result; "
-        f"{summary['wall_time_s']:.0f} s, {summary['images_per_s']:.0f} images/s",
-    ]
-    if selected is not None and selected["validator"] != "final":
-        lines.append(
-            f"  selected by {selected['validator']} (no target labels): step {selected['step']}, "
-            f"{100 * selected['acc_fused']:.1f}%"
-        )
-    lines.append(
-        f"  best over training {100 * oracle['acc_fused']:.1f}% at step {oracle['step']} "
-        "[selection on the test set: not a result]"
-    )
-    if summary["method"] != "source-only":
-        lines.append(
-            "  compare with source-only on the same target: --method source-only with the same "
-            "flags, or examples/results/synthetic_benchmark.md for the benchmark preset"
-        )
+        return f"{name}: stopped at step {summary['step']} (continue with --resume)"
+    views = f"global {100 * final['acc_global']:.1f}%, local {100 * final['acc_local']:.1f}%"
+    lines = [f"{name}: final-step target accuracy {100 * final['acc_fused']:.1f}% fused ({views}, "
+             f"macro-F1 {final['macro_f1_fused']:.3f}) -- the result"]  # fmt: skip
+    if selected["validator"] != "final":
+        lines.append(f"  selected by {selected['validator']} (no target labels): step "
+                     f"{selected['step']}, {100 * selected['acc_fused']:.1f}%")  # fmt: skip
+    lines.append(f"  best over training {100 * oracle['acc_fused']:.1f}% at step {oracle['step']} "
+                 "[selection on the test set: not a result]")  # fmt: skip
     return "\n".join(lines)
 
 
-def run_targets(cfg: TrainConfig) -> list[dict[str, Any]]:
-    """Train ``cfg.target`` or, for ``--target all``, each target in turn (``<out>/<target>/``)."""
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    info, device = runtime.setup_distributed(cfg.device)
+def evaluate_checkpoint(args: argparse.Namespace, ranks: Ranks, device: torch.device) -> None:
+    """Score a checkpoint on its target with the checkpoint's settings; only where things are
+    (``--data-root``, ``--device``, ``--num-workers``, ``--threads``) comes from the command line."""
+    path = Path(args.evaluate)
+    ckpt = read_checkpoint(path, "--evaluate")
+    where = {"device": args.device, "num_workers": args.num_workers, "threads": args.threads,
+             "data_root": args.data_root or ckpt["config"]["data_root"]}  # fmt: skip
+    saved = argparse.Namespace(
+        **{**ckpt["config"], **where, "encoder_weights": None, "tensorboard": False}
+    )
+    check_args(saved)
+    run = Run(saved, build_task(saved, saved.target), ranks, device, path.parent)
+    run.model.load_state_dict(ckpt["model"])
+    r = run.evaluate()
+    scores = ", ".join(f"{k[4:]} {v:.4g}" for k, v in r.items() if k.startswith("val_"))
+    if ranks.rank == 0:
+        print(f"{saved.target} ({'synthetic' if run.task.synthetic else 'real'} data, {saved.method}), "
+              f"{path} at step {ckpt['step']}: target accuracy {100 * r['acc_fused']:.1f}% fused "
+              f"(global {100 * r['acc_global']:.1f}%, local {100 * r['acc_local']:.1f}%, macro-F1 "
+              f"{r['macro_f1_fused']:.3f})\n  validators (no target labels): {scores}", flush=True)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------- main
+def prepare_out(args: argparse.Namespace, names: Sequence[str]) -> Path:
+    """Refuse an ``--out`` that holds a run unless told what to do with it; check it is writable."""
+    out = Path(args.out)
+    folders = [out] + ([out / t for t in names] if args.target == "all" else [])
+    marks = ("metrics.jsonl", "summary.json", "checkpoints", "results.md")
+    occupied = [f for f in folders if any((f / m).exists() for m in marks)]
+    if occupied and args.resume is None and not args.overwrite:
+        raise UsageError(f"--out {out} holds a run; pass --resume to continue it (a finished run is "
+                         "left as it is) or --overwrite to start over")  # fmt: skip
+    for path in (f / name for f in occupied if args.overwrite for name in OUTPUTS):
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
     try:
-        summaries = []
-        for target in cfg.targets:
-            if cfg.target == "all":
-                sub = cfg.replace(target=target, out=str(Path(cfg.out) / target))
-            else:
-                sub = cfg.replace(target=target)  # canonical name (aliases such as "raf")
-            summary = train(sub, info=info, device=device)
-            if info.is_main:
-                print(format_result(summary), flush=True)
-            summaries.append(summary)
-        if cfg.target == "all" and info.is_main:
-            write_overall(Path(cfg.out), summaries)
-        return summaries
-    finally:
-        runtime.cleanup_distributed()
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write_test").write_text("")
+        (out / ".write_test").unlink()
+    except OSError as err:
+        raise UsageError(f"--out {out}: cannot write there ({type(err).__name__})") from None
+    return out
 
 
-def write_overall(out: Path, summaries: Sequence[dict[str, Any]]) -> None:
-    finals = [s["final"]["acc_fused"] for s in summaries if s["final"] is not None]
-    mean = sum(finals) / len(finals) if finals else math.nan
-    lines = [
-        "| target | final acc (fused) | best over training (selection on the test set) |",
-        "|---|---|---|",
+def write_overall(out: Path, summaries: Sequence[dict[str, Any]]) -> str:
+    """``results.md`` and ``summary_all.json`` of ``--target all`` (rewritten only if they change)."""
+    done = [s for s in summaries if s["final"] is not None]
+    mean = sum(s["final"]["acc_fused"] for s in done) / len(done) if done else None
+    lines = ["| target | final acc (fused) | best over training (selection on the test set) |",
+             "|---|---|---|"]  # fmt: skip
+    lines += [
+        f"| {s['target']} | {s['final']['acc_fused']:.4f} | {s['oracle']['acc_fused']:.4f} |"
+        for s in done
     ]
-    for s in summaries:
-        if s["final"] is not None:
-            lines.append(
-                f"| {s['target']} | {s['final']['acc_fused']:.4f} | {s['oracle']['acc_fused']:.4f} |"
-            )
-    lines.append(f"| **mean** | **{mean:.4f}** | |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    overall = {"mean_final_acc_fused": mean, "targets": [s["target"] for s in summaries]}
-    (out / "summary_all.json").write_text(json.dumps(overall, indent=2) + "\n")
-    print("\n".join(lines), flush=True)
+    lines.append(
+        f"| **mean of {len(done)} of {len(summaries)}** | **{'-' if mean is None else f'{mean:.4f}'}** | |"
+    )
+    overall = {"mean_final_acc_fused": mean, "finished": [s["target"] for s in done],
+               "targets": [s["target"] for s in summaries]}  # fmt: skip
+    texts = {
+        "results.md": "\n".join(lines) + "\n",
+        "summary_all.json": json.dumps(overall, indent=2) + "\n",
+    }
+    for name, text in texts.items():
+        if not (out / name).exists() or (out / name).read_text() != text:
+            (out / name).write_text(text)
+    return texts["results.md"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    run_targets(config_from_args(argv))
-    return 0
+    try:
+        args, mutable = parse_args(argv)
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        ranks, device = setup_device(args)
+        try:
+            if args.evaluate is not None:
+                evaluate_checkpoint(args, ranks, device)
+                return 0
+            names = targets(args)
+            out = prepare_out(args, names) if ranks.rank == 0 else Path(args.out)
+            summaries = []
+            for target in names:
+                folder = out / target if args.target == "all" else out
+                summaries.append(train(args, mutable, target, folder, ranks, device))
+                if ranks.rank == 0:
+                    print(result_lines(summaries[-1]), flush=True)
+            if args.target == "all" and ranks.rank == 0:
+                print(write_overall(out, summaries), end="", flush=True)
+            return 0
+        finally:
+            if dist.is_initialized():
+                dist.barrier()
+                dist.destroy_process_group()
+    except UsageError as err:
+        print(f"train_cmfer.py: error: {err}", file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":

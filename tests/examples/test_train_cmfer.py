@@ -1,18 +1,20 @@
-"""Tests of examples/train_cmfer.py: configuration, schedule, metrics, objective, and short runs
-(outputs, exact resume, no target-label leakage, ablation switches, --target all)."""
+"""Tests of examples/train_cmfer.py: the command line, the objective of every flag, and short runs
+(outputs, exact resume, safe output folders, pre-flight checks, one-line errors, no target-label
+leakage, --target all, --evaluate)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
+import pickle
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lacmfer.functional import (
     coral,
@@ -23,16 +25,28 @@ from lacmfer.functional import (
     multi_view_clustering_consistency,
     multi_view_pseudo_label_loss,
 )
+from lacmfer.modules import LACMFEROutput
 
-SMOKE = ["--preset", "smoke", "--no-progress", "--no-tensorboard"]
-
-
-def make_config(script: ModuleType, out: Path, *args: str) -> Any:
-    return script.config_from_args([*SMOKE, "--out", str(out), *args])
+SMOKE = ["--preset", "smoke", "--no-progress", "--no-tensorboard", "--threads", "1"]
 
 
-def weights_hash(out: Path, rank: int = 0) -> str:
-    return str(json.loads((out / f"weights_rank{rank}.json").read_text())["weights"])
+def run(script: ModuleType, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``main(SMOKE + argv)``: exit status, stdout, stderr."""
+    capsys.readouterr()
+    rc = script.main([*SMOKE, *argv])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def weights(out: Path) -> str:
+    return str(json.loads((out / "weights_rank0.json").read_text())["weights"])
 
 
 def records(out: Path, kind: str) -> list[dict[str, Any]]:
@@ -40,156 +54,249 @@ def records(out: Path, kind: str) -> list[dict[str, Any]]:
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
 
 
-# ------------------------------------------------------------------------------ configuration
-def test_help_documents_every_option(script: ModuleType) -> None:
-    from cmfer.config import build_parser
+def parse(script: ModuleType, *argv: str) -> Any:
+    return script.parse_args([*SMOKE, *argv])[0]
 
-    text = build_parser().format_help()
-    for flag in (
-        "--steps",
-        "--batch-size",
-        "--target",
-        "--method",
-        "--no-sid",
-        "--no-cid",
-        "--no-consistency",
-        "--no-voting",
-        "--consistency",
-        "--consistency-on-logits",
-        "--device",
-        "--amp",
-        "--compile",
-        "--seed",
-        "--out",
-        "--resume",
-        "--config",
-        "--preset",
-        "--data-root",
-        "--lists",
-        "--eval-every",
-        "--stop-at",
-        "--decay-steps",
-    ):
+
+# ------------------------------------------------------------------------------ command line
+def test_help_shows_each_option_with_one_default(script: ModuleType) -> None:
+    text = script.build_parser()[0].format_help()
+    for flag in ("--steps", "--batch-size", "--target", "--method", "--no-sid", "--no-cid",
+                 "--no-consistency", "--no-voting", "--consistency-from-logits", "--device",
+                 "--amp", "--compile", "--seed", "--out", "--resume", "--overwrite", "--evaluate",
+                 "--config", "--preset", "--data-root", "--lists", "--skip-unreadable",
+                 "--stop-at", "--decay-steps", "--select-by"):  # fmt: skip
         assert flag in text, flag
-    for choice in ("lacmfer", "source-only", "mmd", "dann", "coral", "m3sda", "mcc", "l1", "mse",
-                   "kl", "bf16", "fp16", "entropy", "snd", "source-acc"):  # fmt: skip
+    for choice in ("lacmfer", "source-only", "mmd", "dann", "coral", "m3sda", "class-confusion",
+                   "l1", "mse", "kl", "bf16", "fp16", "entropy", "snd", "source-acc"):  # fmt: skip
         assert choice in text, choice
+    assert "(default: None)" not in text
+    entries = text.split("\n  -")
+    assert not [e for e in entries if e.count("(default:") > 1]
+    assert "--consistency-on-logits" not in text  # the old spelling is accepted, not advertised
 
 
-def test_every_field_is_an_option_with_its_default(script: ModuleType) -> None:
-    """The command line is generated from the dataclass: every field has a flag whose help shows
-    the field's default, booleans show both spellings."""
-    from cmfer.config import build_parser
-
-    text = " ".join(build_parser().format_help().split())
-    for f in dataclasses.fields(script.TrainConfig):
-        if not f.metadata.get("cli", True):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        assert flag in text, flag
-        if f.type in ("bool", bool):
-            assert f"--no-{f.name.replace('_', '-')}" in text, f.name
-    for shown in ("--no-augment", "--no-nesterov", "--no-plots", "(default: 20000)",
-                  "(default: 0.4)", "(default: lacmfer)"):  # fmt: skip
-        assert shown in text, shown
-
-
-def test_defaults_are_the_paper_recipe(script: ModuleType) -> None:
-    cfg = script.TrainConfig()
-    assert (cfg.steps, cfg.batch_size, cfg.target_batch, cfg.image_size) == (20000, 128, 128, 224)
-    assert (cfg.lr, cfg.encoder_lr_scale, cfg.momentum, cfg.weight_decay) == (1e-2, 0.1, 0.9, 1e-4)
-    assert cfg.nesterov and cfg.lr_decay_steps == 10000
-    assert (cfg.align_weight, cfg.cid_weight, cfg.consistency_weight, cfg.voting_weight) == (
-        0.4,
-        0.02,
-        0.5,
-        0.1,
-    )
-    assert (cfg.label_smoothing, cfg.align_threshold, cfg.pseudo_threshold) == (0.1, 0.4, 0.9)
-    paper = script.config_from_args(["--preset", "paper"])
-    assert (paper.steps, paper.batch_size, paper.image_size, paper.width) == (
-        20000,
-        128,
-        224,
+def test_defaults_are_the_paper_recipe(script: ModuleType, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}\n")
+    args = script.parse_args(["--config", str(empty)])[0]  # a config file: no preset applies
+    assert (args.steps, args.batch_size, args.image_size, args.lr, args.encoder_lr_scale) == (
+        20000, 128, 224, 0.01, 0.1)  # fmt: skip
+    assert (args.momentum, args.nesterov, args.weight_decay, args.decay_gamma, args.decay_power) == (
+        0.9, True, 1e-4, 10.0, 0.75)  # fmt: skip
+    assert (args.align_weight, args.cid_weight, args.consistency_weight, args.voting_weight) == (
+        0.4, 0.02, 0.5, 0.1)  # fmt: skip
+    assert (args.align_threshold, args.pseudo_threshold, args.label_smoothing) == (0.4, 0.9, 0.1)
+    assert (args.method, args.consistency, args.width, args.share) == (
+        "lacmfer",
+        "mcc",
         "full",
+        "column",
     )
-    assert paper.lr_decay_steps == 10000
 
 
-def test_no_argument_preset_follows_the_device(script: ModuleType) -> None:
-    cfg = script.config_from_args([])
-    assert cfg.preset == ("gpu" if torch.cuda.is_available() else "cpu")
-    assert script.config_from_args(["--device", "cpu"]).preset == "cpu"
+def test_without_a_preset_the_device_picks_one(script: ModuleType) -> None:
+    args = script.parse_args(["--device", "cpu"])[0]
+    assert args.preset == "cpu" and args.width == "tiny"
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
-def test_precedence_preset_file_cli(script: ModuleType, tmp_path: Path, suffix: str) -> None:
-    values = {"steps": 7, "batch-size": 4, "lr": 0.5}
+def test_precedence_preset_file_command_line(
+    script: ModuleType, tmp_path: Path, suffix: str
+) -> None:
     path = tmp_path / f"c{suffix}"
-    if suffix == ".json":
-        path.write_text(json.dumps(values))
-    else:
-        path.write_text("".join(f"{k}: {v}\n" for k, v in values.items()))
-    cfg = script.config_from_args(["--preset", "smoke", "--config", str(path), "--lr", "0.25"])
-    assert (cfg.steps, cfg.batch_size, cfg.lr) == (7, 4, 0.25)  # file over preset, CLI over file
-    assert cfg.image_size == 32  # from the preset
-    only_file = script.config_from_args(["--config", str(path)])
-    assert only_file.image_size == 224  # a file without --preset starts from the defaults
+    path.write_text(json.dumps({"steps": 7, "lr": 0.5, "voting": False}))  # JSON is valid YAML
+    args = script.parse_args(["--preset", "smoke", "--config", str(path), "--lr", "0.25"])[0]
+    assert (args.steps, args.lr, args.voting, args.image_size) == (7, 0.25, False, 32)  # smoke: 32
 
 
-def test_bad_settings_raise(script: ModuleType, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="image_size"):
-        script.config_from_args([*SMOKE, "--image-size", "40"])
-    with pytest.raises(ValueError, match="stop_at"):
-        script.config_from_args([*SMOKE, "--stop-at", "99"])
-    with pytest.raises(ValueError, match="consistency_on_logits"):
-        script.config_from_args([*SMOKE, "--consistency", "kl", "--consistency-on-logits"])
+def test_settings_files_are_checked(script: ModuleType, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("stepz: 3\n")
-    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['stepz'\]"):
-        script.config_from_args(["--config", str(bad)])
-    with pytest.raises(SystemExit):
-        script.config_from_args(["--method", "bogus"])
-    with pytest.raises(ValueError, match="`select_by` 'source-acc' needs held-out source images"):
-        script.config_from_args([*SMOKE, "--select-by", "source-acc"])
-    with pytest.raises(ValueError, match="divisible by the number of ranks"):
-        cfg = make_config(script, tmp_path, "--batch-size", "3")
-        script.train(cfg, info=script.runtime.DistInfo(0, 2), device=torch.device("cpu"))
+    bad.write_text("stpes: 3\n")
+    with pytest.raises(script.UsageError, match=r"bad\.yaml: unknown setting 'stpes'"):
+        script.parse_args(["--config", str(bad)])
+    bad.write_text("method: nonsense\n")
+    with pytest.raises(script.UsageError, match="--method"):
+        script.parse_args(["--config", str(bad)])
 
 
-# ------------------------------------------------------------------------------------ schedule
-@pytest.mark.parametrize("steps", [20000, 600, 7])
-def test_inverse_decay_schedule(script: ModuleType, steps: int) -> None:
-    cfg = script.TrainConfig(steps=steps)
-    factor = script.inverse_decay(cfg)
-    horizon = max(1, steps // 2)
-    for t in (0, 1, horizon // 3, horizon, steps):
-        assert factor(t) == pytest.approx((1 + 10 * min(1.0, t / horizon)) ** -0.75, rel=1e-12)
-    assert factor(steps) == pytest.approx(11**-0.75)  # the paper's final factor at any length
+def test_old_spellings_are_accepted_with_a_deprecation(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script.warn.cache_clear()
+    args = parse(script, "--method", "mcc", "--consistency-on-logits")
+    assert args.method == "class-confusion" and args.consistency_from_logits
+    err = capsys.readouterr().err
+    assert "--method mcc is deprecated" in err and "--consistency-on-logits is deprecated" in err
+    old = tmp_path / "old.yaml"
+    old.write_text("consistency_on_logits: true\n")
+    assert script.parse_args(["--preset", "smoke", "--config", str(old)])[0].consistency_from_logits
+    assert "'consistency_on_logits' is deprecated" in capsys.readouterr().err
 
 
-def test_optimizer_groups_and_lrs_follow_the_schedule(script: ModuleType) -> None:
-    cfg = script.TrainConfig(steps=8, width="tiny")
-    model = script.build_model(cfg, 7, None)
-    optimizer, scheduler = script.build_optimizer(cfg, model, torch.nn.Module())
-    assert isinstance(optimizer, torch.optim.SGD)
-    assert all(
-        g["nesterov"] and g["momentum"] == 0.9 and g["weight_decay"] == 1e-4
-        for g in optimizer.param_groups
+def test_objective_settings_are_the_library_names(script: ModuleType) -> None:
+    """One name per concept: every LACMFERLoss keyword the script sets is a flag's name."""
+    args = parse(script)
+    options = set(vars(args))
+    settings = script.objective_settings(args, num_domains=5)
+    assert set(settings) - {"num_domains"} <= options
+
+
+# ----------------------------------------------------------------------------------- objective
+class FixedModel(nn.Module):
+    """Returns fixed outputs for the source (12) and the target (10) batch."""
+
+    def __init__(self, out_s: LACMFEROutput, out_t: LACMFEROutput) -> None:
+        super().__init__()
+        self.outs = {12: out_s, 10: out_t}
+        self.feature_dims = (6, 6)
+
+    def forward(self, x: torch.Tensor) -> LACMFEROutput:
+        return self.outs[x.shape[0]]
+
+
+def fake_outputs(b: int, seed: int) -> LACMFEROutput:
+    g = torch.Generator().manual_seed(seed)
+    fg, fl = torch.randn(b, 6, generator=g), torch.randn(b, 6, generator=g)
+    zg, zl = 4 * torch.randn(b, 7, generator=g), 4 * torch.randn(b, 7, generator=g)
+    zl = zl + 2 * zg  # the views agree often, so the vote keeps some samples
+    return LACMFEROutput(fg, fl, zg, zl, (zg + zl) / 2)
+
+
+def step_module(script: ModuleType, args: Any) -> Any:
+    out_s, out_t = fake_outputs(12, 0), fake_outputs(10, 1)
+    objective = script.LACMFERLoss(**script.objective_settings(args, num_domains=5))
+    baseline = script.baseline_losses(args, (6, 6), 5, False)
+    weight = (
+        args.baseline_weight
+        if args.baseline_weight is not None
+        else script.BASELINE_WEIGHTS.get(args.method, 0.0)
     )
-    lrs = []
-    for _ in range(8):
-        lrs.append([g["lr"] for g in optimizer.param_groups])
-        optimizer.step()
-        scheduler.step()
-    for t, (enc, rest) in enumerate(lrs):
-        f = (1 + 10 * min(1.0, t / 4)) ** -0.75
-        assert enc == pytest.approx(1e-3 * f) and rest == pytest.approx(1e-2 * f)
+    step = script.TrainStep(FixedModel(out_s, out_t), objective, baseline, args.method, weight,
+                            (args.kernel_num, args.kernel_mul))  # fmt: skip
+    return step, out_s, out_t
 
 
-# ------------------------------------------------------------------------------------- metrics
-def test_confusion_and_metrics_match_loops() -> None:
-    from cmfer.metrics import classification_metrics, confusion_matrix
+@pytest.mark.parametrize(
+    "flags",
+    [[], ["--no-sid"], ["--no-cid"], ["--no-consistency"], ["--no-voting"],
+     ["--consistency", "l1"], ["--consistency", "mse"], ["--consistency", "kl"],
+     ["--consistency-from-logits"], ["--consistency", "l1", "--consistency-from-logits"],
+     ["--method", "mmd"], ["--method", "coral"], ["--method", "coral", "--per-source"],
+     ["--method", "m3sda"], ["--method", "class-confusion", "--baseline-weight", "0.3"],
+     ["--method", "source-only"]],
+)  # fmt: skip
+def test_objective_follows_the_flags(script: ModuleType, flags: list[str]) -> None:
+    """The loss of one step equals an independent composition from lacmfer.functional."""
+    args = parse(script, *flags)
+    step, out_s, out_t = step_module(script, args)
+    y_s, d_s = torch.arange(12) % 7, torch.arange(12) % 5
+    loss, terms, _ = step(torch.zeros(12), y_s, d_s, torch.zeros(10))
+    ref = F.cross_entropy(out_s.logits_g, y_s, label_smoothing=0.1) + F.cross_entropy(
+        out_s.logits_l, y_s, label_smoothing=0.1
+    )
+    views = [(out_s.feat_g, out_s.logits_g, out_t.feat_g, out_t.logits_g),
+             (out_s.feat_l, out_s.logits_l, out_t.feat_l, out_t.logits_l)]  # fmt: skip
+    if args.method == "mmd":
+        ref = ref + 0.4 * sum(mmd2(a, c) for a, _, c, _ in views)
+    elif args.method == "coral":
+        domains = {"domains_s": d_s, "num_domains": 5} if args.per_source else {}
+        ref = ref + 1.0 * sum(coral(a, c, **domains) for a, _, c, _ in views)
+    elif args.method == "m3sda":
+        ref = ref + 0.5 * sum(moment_matching(a, d_s, c, num_domains=5) for a, _, c, _ in views)
+    elif args.method == "class-confusion":
+        ref = ref + 0.3 * sum(minimum_class_confusion(z) for _, _, _, z in views)
+    elif args.method == "lacmfer":
+        for f_s, z_s, f_t, z_t in views:
+            t = dual_level_alignment(f_s, z_s, y_s, f_t, z_t, return_terms=True)
+            ref = ref + 0.4 * ((t.sid if args.sid else 0) + (0.02 * t.cid if args.cid else 0))
+        zg, zl = out_t.logits_g, out_t.logits_l
+        if args.consistency == "mcc":
+            ref = ref + 0.5 * multi_view_clustering_consistency(
+                zg, zl, from_logits=args.consistency_from_logits
+            )
+        elif args.consistency != "none":
+            a, b = (zg, zl) if args.consistency_from_logits else (zg.softmax(1), zl.softmax(1))
+            per_sample = {
+                "l1": lambda i: (a[i] - b[i]).abs().sum(),
+                "mse": lambda i: ((a[i] - b[i]) ** 2).sum(),
+                "kl": lambda i: 0.5 * (F.kl_div(b[i].log(), a[i], reduction="sum")
+                                       + F.kl_div(a[i].log(), b[i], reduction="sum")),
+            }[args.consistency]  # fmt: skip
+            ref = ref + 0.5 * torch.stack([per_sample(i) for i in range(10)]).mean()
+        if args.voting:
+            vote = multi_view_pseudo_label_loss(zg, zl, threshold=0.9)
+            assert float(vote) > 0
+            ref = ref + 0.1 * vote
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(terms.loss, loss)
+    if args.method == "source-only":
+        assert torch.equal(loss, terms.ce)
+
+
+def test_dann_trains_a_discriminator_per_branch(script: ModuleType) -> None:
+    args = parse(script, "--method", "dann", "--per-source")
+    step, *_ = step_module(script, args)
+    assert len(step.baseline) == 2
+    params = list(step.baseline.parameters())
+    assert params and all(p.requires_grad for p in params)
+    loss, terms, _ = step(
+        torch.zeros(12), torch.arange(12) % 7, torch.arange(12) % 5, torch.zeros(10)
+    )
+    assert math.isfinite(float(loss)) and float(terms.align) > 0
+    loss.backward()
+    assert all(p.grad is not None for p in params)
+
+
+@pytest.mark.parametrize("method", ["lacmfer", "mmd", "m3sda", "source-only"])
+@pytest.mark.parametrize(("after", "warmup"), [(0, 4), (3, 0), (2, 3)])
+def test_adaptation_schedule_scales_every_adaptation_term(
+    script: ModuleType, method: str, after: int, warmup: int
+) -> None:
+    """loss = CE + r(t) · (the adaptation terms), r = 0 before --adapt-after, then a linear rise
+    over --adapt-warmup steps to 1."""
+    y_s, d_s, x_s, x_t = (
+        torch.arange(12) % 7,
+        torch.arange(12) % 5,
+        torch.zeros(12),
+        torch.zeros(10),
+    )
+    full, *_ = step_module(script, parse(script, "--method", method))
+    loss, terms, _ = full(x_s, y_s, d_s, x_t)
+    adaptation = loss - terms.ce
+    assert (method == "source-only") == (float(adaptation) == 0.0)
+    args = parse(
+        script, "--method", method, "--adapt-after", str(after), "--adapt-warmup", str(warmup)
+    )
+    scheduled, *_ = step_module(script, args)
+    for t in range(9):
+        ramp = 0.0 if t < after else 1.0 if warmup == 0 else min(1.0, (t - after) / warmup)
+        step_loss, step_terms, _ = scheduled(x_s, y_s, d_s, x_t)
+        torch.testing.assert_close(step_loss, terms.ce + ramp * adaptation)
+        assert float(step_terms.adaptation_weight) == pytest.approx(ramp)
+        scheduled.objective.step()
+
+
+def test_inverse_decay_and_parameter_groups(script: ModuleType, tmp_path: Path) -> None:
+    """lr(t) = lr0 · (1 + 10·min(1, t/T))^-0.75 with T = steps // 2, the encoder at 0.1 × lr."""
+    out = tmp_path / "run"
+    args = parse(
+        script, "--steps", "8", "--out", str(out), "--lr", "0.2", "--encoder-lr-scale", "0.1"
+    )
+    task = script.build_task(args, "JAFFE")
+    run = script.Run(args, task, script.Ranks(), torch.device("cpu"), out)
+    base = [g["lr"] for g in run.optimizer.param_groups]
+    assert min(base) == pytest.approx(0.02) and max(base) == pytest.approx(0.2)
+    for t in range(10):
+        factor = (1 + 10 * min(1.0, t / 4)) ** -0.75
+        for group, lr0 in zip(run.optimizer.param_groups, base):
+            assert group["lr"] == pytest.approx(lr0 * factor)
+        run.optimizer.step()
+        run.scheduler.step()
+
+
+def test_metrics_match_loops() -> None:
+    from cmfer_report import classification_metrics, confusion_matrix
 
     g = torch.Generator().manual_seed(0)
     k = 5
@@ -208,464 +315,231 @@ def test_confusion_and_metrics_match_loops() -> None:
         tp = sum(int(y == c and p == c) for y, p in zip(labels, preds))
         fp = sum(int(y != c and p == c) for y, p in zip(labels, preds))
         fn = sum(int(y == c and p != c) for y, p in zip(labels, preds))
-        support = tp + fn
         if c < k - 1:
-            assert m["per_class_accuracy"][c] == pytest.approx(tp / support)
+            assert m["per_class_accuracy"][c] == pytest.approx(tp / (tp + fn))
         f1s.append(2 * tp / (2 * tp + fp + fn))
     assert math.isnan(m["per_class_accuracy"][k - 1])  # absent class: undefined, not 0
-    assert m["macro_f1"] == pytest.approx(sum(f1s) / k)  # class 4 is predicted: it counts
-    assert m["confusion"] == ref.tolist() and m["num_samples"] == 200
-    with pytest.raises(ValueError, match="same length"):
-        confusion_matrix(preds[:3], labels, k)
+    assert m["macro_f1"] == pytest.approx(sum(f1s) / k)
 
 
-# ----------------------------------------------------------------------------------- objective
-def fake_outputs(script: ModuleType, b: int, d: int, k: int, seed: int, scale: float) -> Any:
-    g = torch.Generator().manual_seed(seed)
-    fg, fl = torch.randn(b, d, generator=g), torch.randn(b, d, generator=g)
-    zg, zl = scale * torch.randn(b, k, generator=g), scale * torch.randn(b, k, generator=g)
-    zl = zl + 2 * zg  # make the views agree often, so voting keeps some samples
-    return script.LACMFEROutput(fg, fl, zg, zl, (zg + zl) / 2)
-
-
-def objective_for(script: ModuleType, cfg: Any) -> Any:
-    model = SimpleNamespace(feature_dims=(6, 6))  # what build_objective reads of the model
-    return script.build_objective(cfg, model, num_domains=5, sync_dist=False)
-
-
-@pytest.mark.parametrize(
-    "args",
-    [
-        [],
-        ["--no-sid"],
-        ["--no-cid"],
-        ["--no-consistency"],
-        ["--no-voting"],
-        ["--consistency", "l1"],
-        ["--consistency", "mse"],
-        ["--consistency", "kl"],
-        ["--consistency-on-logits"],
-        ["--consistency", "l1", "--consistency-on-logits"],
-        ["--method", "mmd"],
-        ["--method", "coral"],
-        ["--method", "coral", "--per-source"],
-        ["--method", "m3sda"],
-        ["--method", "mcc", "--baseline-weight", "0.3"],
-        ["--method", "source-only"],
-    ],
-)
-def test_objective_follows_the_flags(script: ModuleType, args: list[str], tmp_path: Path) -> None:
-    """The objective of the flags equals an independent composition from lacmfer.functional."""
-    cfg = make_config(script, tmp_path, *args)
-    objective = objective_for(script, cfg)
-    out_s = fake_outputs(script, 12, 6, 7, 0, 4.0)
-    out_t = fake_outputs(script, 10, 6, 7, 1, 4.0)
-    y_s = torch.arange(12) % 7
-    d_s = torch.arange(12) % 5
-    terms = objective(out_s, y_s, out_t, d_s)
-
-    ce = F.cross_entropy(out_s.logits_g, y_s, label_smoothing=0.1) + F.cross_entropy(
-        out_s.logits_l, y_s, label_smoothing=0.1
-    )
-    ref = ce
-    views = [
-        (out_s.feat_g, out_s.logits_g, out_t.feat_g, out_t.logits_g),
-        (out_s.feat_l, out_s.logits_l, out_t.feat_l, out_t.logits_l),
-    ]
-    method = cfg.method
-    if method == "mmd":
-        ref = ref + 0.4 * sum(mmd2(a, c) for a, _, c, _ in views)
-    elif method == "coral":
-        domains = {"domains_s": d_s, "num_domains": 5} if cfg.per_source else {}
-        ref = ref + 1.0 * sum(coral(a, c, **domains) for a, _, c, _ in views)
-    elif method == "m3sda":
-        ref = ref + 0.5 * sum(moment_matching(a, d_s, c, num_domains=5) for a, _, c, _ in views)
-    elif method == "mcc":
-        ref = ref + 0.3 * sum(minimum_class_confusion(z) for _, _, _, z in views)
-    elif method == "lacmfer":
-        align = 0.0
-        for f_s, z_s, f_t, z_t in views:
-            t = dual_level_alignment(f_s, z_s, y_s, f_t, z_t, return_terms=True)
-            align = align + (t.sid if cfg.sid else 0) + (0.02 * t.cid if cfg.cid else 0)
-        ref = ref + 0.4 * align
-        zg, zl = out_t.logits_g, out_t.logits_l
-        if cfg.consistency != "none":
-            if cfg.consistency == "mcc":
-                cons = multi_view_clustering_consistency(
-                    zg, zl, from_logits=cfg.consistency_on_logits
-                )
-            else:
-                a, b = (zg, zl) if cfg.consistency_on_logits else (zg.softmax(1), zl.softmax(1))
-                if cfg.consistency == "l1":
-                    cons = torch.stack([(a[i] - b[i]).abs().sum() for i in range(len(a))]).mean()
-                elif cfg.consistency == "mse":
-                    cons = torch.stack([((a[i] - b[i]) ** 2).sum() for i in range(len(a))]).mean()
-                else:
-                    kl = [
-                        0.5
-                        * (
-                            F.kl_div(b[i].log(), a[i], reduction="sum")
-                            + F.kl_div(a[i].log(), b[i], reduction="sum")
-                        )
-                        for i in range(len(a))
-                    ]
-                    cons = torch.stack(kl).mean()
-            assert float(cons) > 0
-            ref = ref + 0.5 * cons
-        if cfg.voting:
-            vote = multi_view_pseudo_label_loss(zg, zl, threshold=0.9)
-            assert float(vote) > 0
-            ref = ref + 0.1 * vote
-    torch.testing.assert_close(terms.loss, ref, rtol=1e-6, atol=1e-6)
-    if method == "source-only":
-        assert float(terms.align) == 0 and torch.equal(terms.loss, terms.ce)
-
-
-def test_dann_objective_trains_a_discriminator_per_branch(
-    script: ModuleType, tmp_path: Path
+# ------------------------------------------------------------------------------------- runs
+def test_smoke_run_writes_every_output_and_names_the_synthetic_data(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cfg = make_config(script, tmp_path, "--method", "dann", "--per-source")
-    objective = objective_for(script, cfg)
-    assert len(objective.branch_losses) == 2 and objective.per_source
-    params = list(objective.parameters())
-    assert params and all(p.requires_grad for p in params)
-    out_s = fake_outputs(script, 12, 6, 7, 0, 4.0)
-    out_t = fake_outputs(script, 10, 6, 7, 1, 4.0)
-    terms = objective(out_s, torch.arange(12) % 7, out_t, torch.arange(12) % 5)
-    assert math.isfinite(float(terms.loss.detach())) and float(terms.align.detach()) > 0
-    objective.step()
-    assert all(int(m.num_steps) == 1 for m in objective.branch_losses)
-
-
-@pytest.mark.parametrize("method", ["lacmfer", "mmd", "m3sda", "source-only"])
-@pytest.mark.parametrize(("after", "warmup"), [(0, 4), (3, 0), (2, 3)])
-def test_adaptation_schedule_scales_every_adaptation_term(
-    script: ModuleType, method: str, after: int, warmup: int, tmp_path: Path
-) -> None:
-    """loss = CE + r(t) · (the adaptation terms of the full objective), with r = 0 for t < after,
-    then (t - after) / warmup up to 1 (1 at once when warmup = 0)."""
-    out_s = fake_outputs(script, 12, 6, 7, 0, 4.0)
-    out_t = fake_outputs(script, 10, 6, 7, 1, 4.0)
-    y_s, d_s = torch.arange(12) % 7, torch.arange(12) % 5
-    full = objective_for(script, make_config(script, tmp_path, "--method", method))
-    terms = full(out_s, y_s, out_t, d_s)
-    adaptation = terms.loss - terms.ce
-    assert (method == "source-only") == (float(adaptation) == 0.0)
-    args = ["--method", method, "--adapt-after", str(after), "--adapt-warmup", str(warmup)]
-    scheduled = objective_for(script, make_config(script, tmp_path, *args))
-    for t in range(9):
-        if t < after:
-            ramp = 0.0
-        elif warmup == 0:
-            ramp = 1.0
-        else:
-            ramp = min(1.0, (t - after) / warmup)
-        step_terms = scheduled(out_s, y_s, out_t, d_s)
-        torch.testing.assert_close(step_terms.loss, terms.ce + ramp * adaptation)
-        assert float(step_terms.adaptation_weight) == pytest.approx(ramp)
-        assert torch.equal(step_terms.ce, terms.ce)  # the parts are logged unscaled
-        assert torch.equal(step_terms.align, terms.align)
-        scheduled.step()
-    assert int(scheduled.state_dict()["num_steps"]) == 9  # resumed runs continue the schedule
-
-
-# ---------------------------------------------------------------------------------------- runs
-def test_smoke_run_writes_every_output(script: ModuleType, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    assert (
-        script.main(
-            [
-                *SMOKE,
-                "--out",
-                str(out),
-                "--steps",
-                "4",
-                "--eval-every",
-                "2",
-                "--log-every",
-                "1",
-                "--ckpt-every",
-                "2",
-                "--keep-checkpoints",
-                "1",
-                "--plots",
-            ]
-        )
-        == 0
-    )
+    rc, stdout, _ = run(script, capsys, "--out", str(out), "--select-by", "bnm")
+    assert rc == 0
+    lines = stdout.strip().splitlines()
+    assert "synthetic" in lines[0] and "synthetic data" in lines[-3]
+    for name in ("metrics.jsonl", "summary.json", "config.json", "confusion.png", "curves.png",
+                 "checkpoints/last.pt", "checkpoints/selected.pt"):  # fmt: skip
+        assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())
-    train, evals = records(out, "train"), records(out, "eval")
-    assert [r["step"] for r in train] == [1, 2, 3, 4]
-    assert [r["step"] for r in evals] == [2, 4]
-    for r in train:
-        for key in ("loss", "ce", "align", "sid", "cid", "consistency", "voting", "lr"):
-            assert math.isfinite(r[key]), key
-        assert 0 <= r["kept_fraction"] <= 1
-    assert summary["completed"] and summary["step"] == 4
-    final = summary["final"]
-    assert final["step"] == 4 and final["acc_fused"] == evals[-1]["acc_fused"]  # THE result
-    assert final["num_test"] == 64 and len(final["per_class_acc_fused"]) == 7
-    cm = torch.tensor(final["confusion_fused"])
-    assert cm.shape == (7, 7) and int(cm.sum()) == 64
-    assert final["acc_fused"] == pytest.approx(int(cm.trace()) / 64)
-    oracle = summary["oracle"]
-    assert "selection on the test set" in oracle["note"]
-    assert oracle["acc_fused"] == max(r["acc_fused"] for r in evals)
-    assert summary["selected"]["validator"] == "final" and summary["selected"]["step"] == 4
-    for r in evals:  # every validator, at every evaluation
-        for name in ("agreement", "bnm", "entropy", "im", "snd"):
-            assert math.isfinite(r[f"val_{name}"]), name
-    assert summary["wall_time_s"] > 0 and summary["images_per_s"] > 0
-    assert summary["config"]["steps"] == 4
-    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert ckpts == ["last.pt", "step_0000004.pt"]  # keep-checkpoints 1
-    pytest.importorskip("matplotlib")
-    assert (out / "confusion.png").stat().st_size > 0 and (out / "curves.png").stat().st_size > 0
+    assert summary["data"] == "synthetic" and summary["completed"] and summary["step"] == 20
+    assert summary["final"]["acc_fused"] == records(out, "eval")[-1]["acc_fused"]
+    assert (
+        summary["selected"]["validator"] == "bnm"
+        and "without target labels" in summary["selected"]["note"]
+    )
+    assert "not a valid result" in summary["oracle"]["note"]
+    train = records(out, "train")
+    assert [r["step"] for r in train] == [5, 10, 15, 20]
+    for key in ("loss", "ce", "sid", "cid", "consistency", "voting", "effective_s_g", "effective_t_l",
+                "masked_s_g", "kept_fraction", "lr"):  # fmt: skip
+        assert key in train[-1], key
+    for ckpt in ("last.pt", "selected.pt"):  # no code runs when a checkpoint is read
+        assert "model" in torch.load(out / "checkpoints" / ckpt, weights_only=True)
 
 
-def _train_records(out: Path) -> list[dict[str, Any]]:
-    return records(out, "train")
+@pytest.mark.parametrize("extra", [[], ["--augment", "--per-source", "--method", "dann"]])
+def test_resume_is_exact(script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                         extra: list[str]) -> None:  # fmt: skip
+    common = ["--write-weight-hash", "--select-by", "snd", *extra]
+    assert run(script, capsys, "--out", str(tmp_path / "a"), *common)[0] == 0
+    assert run(script, capsys, "--out", str(tmp_path / "b"), "--stop-at", "7", *common)[0] == 0
+    rc, stdout, _ = run(script, capsys, "--out", str(tmp_path / "b"), "--resume", *common)
+    assert rc == 0 and "at step 7 of 20" in stdout and "resuming from" in stdout
+    assert weights(tmp_path / "a") == weights(tmp_path / "b")
+    summary = [json.loads((tmp_path / f / "summary.json").read_text()) for f in "ab"]
+    for key in ("final", "selected", "oracle"):
+        assert summary[0][key] == summary[1][key]
+    assert records(tmp_path / "a", "eval") == records(tmp_path / "b", "eval")
 
 
-@pytest.mark.parametrize(
-    "extra", [[], ["--adapt-after", "2", "--adapt-warmup", "3"]], ids=["paper", "schedule"]
-)
-def test_resume_is_exact(script: ModuleType, tmp_path: Path, extra: list[str]) -> None:
-    common = [
-        *extra,
-        "--steps",
-        "6",
-        "--log-every",
-        "1",
-        "--eval-every",
-        "3",
-        "--ckpt-every",
-        "100",
-        "--write-weight-hash",
-    ]
-    full, split = tmp_path / "full", tmp_path / "split"
-    script.train(make_config(script, full, *common))
-    stopped = script.train(make_config(script, split, *common, "--stop-at", "4"))
-    assert not stopped["completed"] and stopped["final"] is None
-    assert [r["step"] for r in _train_records(split)] == [1, 2, 3, 4]
-    # an interrupted run may have logged past its checkpoint: those lines are dropped on resume
-    with (split / "metrics.jsonl").open("a") as f:
-        f.write(json.dumps({"kind": "train", "step": 5, "loss": -1.0}) + "\n")
-    script.train(make_config(script, split, *common, "--resume"))
-    assert _train_records(split) == _train_records(full)  # every logged value of every step
-    assert records(split, "eval") == records(full, "eval")
-    assert weights_hash(split) == weights_hash(full)
-    with pytest.raises(ValueError, match=r"other settings \(lr: 0.01 -> 0.5\)"):
-        script.train(make_config(script, split, *common, "--resume", "--lr", "0.5"))
-    with pytest.raises(ValueError, match=r"other settings.*seed: 0 -> 3"):
-        script.train(make_config(script, split, *common, "--resume", "--seed", "3"))
+def test_a_finished_run_is_left_untouched(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert run(script, capsys, "--out", str(out))[0] == 0
+    before = files(out)
+    rc, stdout, _ = run(script, capsys, "--out", str(out), "--resume")
+    assert (
+        rc == 0 and "finished (step 20 of 20)" in stdout and "final-step target accuracy" in stdout
+    )
+    assert files(out) == before
 
 
-def test_resume_with_more_steps_extends_the_run(script: ModuleType, tmp_path: Path) -> None:
-    """A finished run resumed with a larger --steps reaches the new last step, keeping the lr
-    horizon it was trained with; its steps equal those of a run stopped at the same point."""
-    common = ["--log-every", "1", "--eval-every", "3", "--ckpt-every", "100"]
-    short = tmp_path / "short"
-    first = script.train(make_config(script, short, *common, "--steps", "3"))
-    assert first["completed"] and first["step"] == 3
-    extended = script.train(make_config(script, short, *common, "--steps", "6", "--resume"))
-    assert extended["completed"] and extended["step"] == 6 and extended["final"]["step"] == 6
-    assert [r["step"] for r in _train_records(short)] == [1, 2, 3, 4, 5, 6]
-    assert extended["config"]["decay_steps"] == 1  # the 3-step run's horizon: 3 // 2
-    # the same schedule from the start: a 6-step run with that horizon, steps identical
-    same = tmp_path / "same"
-    script.train(make_config(script, same, *common, "--steps", "6", "--decay-steps", "1",
-                             "--ramp-steps", "3"))  # fmt: skip
-    assert _train_records(short) == _train_records(same)
-    with pytest.raises(ValueError, match="cannot go back"):
-        script.train(make_config(script, short, *common, "--steps", "2", "--resume"))
+def test_target_all_resume_keeps_finished_targets(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "all"
+    common = ["--out", str(out), "--target", "all", "--domains", "CK+,JAFFE,RAF-DB", "--steps", "4",
+              "--eval-every", "4", "--no-plots"]  # fmt: skip
+    assert run(script, capsys, *common)[0] == 0
+    before = files(out)
+    assert (out / "results.md").read_text().count("\n| ") == 4  # 3 targets + the mean
+    rc, stdout, _ = run(script, capsys, *common, "--resume")
+    assert rc == 0 and stdout.count("nothing to do") == 3
+    assert files(out) == before
+    # a requeued job whose last target was preempted: the finished ones keep their rows
+    (out / "RAF-DB" / "summary.json").unlink()
+    rc, stdout, _ = run(script, capsys, *common, "--resume")
+    assert rc == 0 and stdout.count("nothing to do") == 2
+    assert (out / "results.md").read_text() == before["results.md"].decode()
+    assert "nan" not in (out / "summary_all.json").read_text().lower()
 
 
-def _wrap_as_files(task: Any) -> Any:
-    """The same data without the ``images`` tensor, so CMFERData takes its DataLoader path."""
+def test_an_occupied_out_is_refused_without_touching_it(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert run(script, capsys, "--out", str(out), "--steps", "10")[0] == 0
+    before = files(out)
+    rc, stdout, err = run(script, capsys, "--out", str(out))
+    assert rc == 2 and stdout == "" and err.count("\n") == 1
+    assert "--resume" in err and "--overwrite" in err
+    assert files(out) == before
+    rc, *_ = run(script, capsys, "--out", str(out), "--overwrite", "--ckpt-every", "4")
+    assert rc == 0
+    assert [r["step"] for r in records(out, "train")] == [
+        5,
+        10,
+        15,
+        20,
+    ]  # started over, not appended
+    kept = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
+    assert kept == ["step_0000012.pt", "step_0000016.pt", "step_0000020.pt"]  # none of the old run
 
-    class FileLike(torch.utils.data.Dataset):  # type: ignore[type-arg]
+
+def test_an_extended_run_resumes_with_the_same_command(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert run(script, capsys, "--out", str(out), "--steps", "10")[0] == 0
+    rc, _, err = run(
+        script, capsys, "--out", str(out), "--resume", "--steps", "14", "--stop-at", "12"
+    )
+    assert rc == 0, err
+    rc, stdout, err = run(script, capsys, "--out", str(out), "--resume", "--steps", "14")
+    assert rc == 0, err
+    assert "at step 12 of 14" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["completed"] and summary["step"] == 14
+    assert summary["config"]["decay_steps"] == 5 and summary["config"]["ramp_steps"] == 10
+    assert [r["step"] for r in records(out, "eval")] == [10, 14]
+    rc, _, err = run(script, capsys, "--out", str(out), "--resume", "--steps", "14", "--lr", "0.5")
+    assert rc == 2 and "--lr 0.01 -> 0.5" in err
+
+
+def test_the_checkpoint_of_a_step_is_written_before_its_evaluation(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    out = tmp_path / "run"
+    calls = []
+    evaluate = script.Run.evaluate
+
+    def failing(self: Any) -> Any:
+        calls.append(self.step)
+        if len(calls) == 1:
+            raise OSError("a test image became unreadable")
+        return evaluate(self)
+
+    monkeypatch.setattr(script.Run, "evaluate", failing)
+    with pytest.raises(OSError):
+        script.main([*SMOKE, "--out", str(out), "--write-weight-hash"])
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 10
+    assert run(script, capsys, "--out", str(out), "--resume", "--write-weight-hash")[0] == 0
+    assert calls[:2] == [10, 10]  # the evaluation of step 10 is done on resume
+    assert [r["step"] for r in records(out, "eval")] == [10, 20]
+    monkeypatch.setattr(script.Run, "evaluate", evaluate)
+    assert run(script, capsys, "--out", str(tmp_path / "ref"), "--write-weight-hash")[0] == 0
+    assert weights(out) == weights(tmp_path / "ref")
+
+
+def test_resume_without_a_checkpoint_says_so(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, stdout, _ = run(script, capsys, "--out", str(tmp_path / "new"), "--resume", "--steps", "2",
+                        "--eval-every", "2")  # fmt: skip
+    assert rc == 0 and "no checkpoint" in stdout and "starting at step 0" in stdout
+
+
+def test_target_labels_never_reach_a_loss_a_validator_or_the_selection(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Shuffling the target adaptation labels changes only the logged pseudo-label accuracy."""
+    common = ["--write-weight-hash", "--select-by", "entropy", "--steps", "10"]
+    assert run(script, capsys, "--out", str(tmp_path / "a"), *common)[0] == 0
+    build = script.build_task
+
+    class Shuffled(torch.utils.data.Dataset):
         def __init__(self, ds: Any) -> None:
-            self.ds, self.labels = ds, ds.labels
+            self.ds, self.perm = (
+                ds,
+                torch.randperm(len(ds), generator=torch.Generator().manual_seed(1)),
+            )
 
         def __len__(self) -> int:
             return len(self.ds)
 
         def __getitem__(self, i: int) -> Any:
-            return self.ds[i]
+            return self.ds[i][0], int(self.ds[int(self.perm[i])][1])
 
-    return dataclasses.replace(
-        task,
-        source_sets=tuple(FileLike(d) for d in task.source_sets),
-        target_adapt=FileLike(task.target_adapt),
-        target_test=FileLike(task.target_test),
-    )
-
-
-def test_resume_is_exact_with_loader_workers(script: ModuleType, tmp_path: Path) -> None:
-    """DataLoader back end with prefetching workers: the checkpoint holds the consumed position."""
-    from cmfer.data import CMFERData, synthetic_task
-
-    def data(cfg: Any) -> Any:
-        task = synthetic_task(cfg.target, train_size=64, test_size=64, image_size=32, seed=0)
-        return CMFERData(
-            _wrap_as_files(task),
-            device=torch.device("cpu"),
-            batch_size=8,
-            target_batch_size=8,
-            eval_batch_size=64,
-            num_workers=2,
-        )
-
-    common = ["--steps", "5", "--log-every", "1", "--eval-every", "5", "--num-workers", "2"]
-    full, split = tmp_path / "full", tmp_path / "split"
-    cfg = make_config(script, full, *common)
-    d = data(cfg)
-    assert not d.tensors
-    script.train(cfg, data=d)
-    cfg = make_config(script, split, *common, "--stop-at", "2")
-    script.train(cfg, data=data(cfg))
-    cfg = make_config(script, split, *common, "--resume")
-    script.train(cfg, data=data(cfg))
-    assert _train_records(split) == _train_records(full)
-    assert records(split, "eval") == records(full, "eval")
-
-
-@pytest.mark.parametrize("method", ["lacmfer", "dann"])
-def test_target_labels_never_reach_a_loss_a_validator_or_the_selection(
-    script: ModuleType, tmp_path: Path, method: str
-) -> None:
-    """Permuting, or replacing, the target adaptation labels leaves every loss, weight, validator
-    score and the selected checkpoint bit-identical; only the pseudo-label-accuracy diagnostic may
-    change. Changing *source* labels does change them (the comparison can fail)."""
-    from cmfer.data import build_data
-
-    args = ["--steps", "4", "--log-every", "1", "--eval-every", "2", "--write-weight-hash",
-            "--method", method, "--select-by", "entropy"]  # fmt: skip
-
-    def run(name: str, edit: Any) -> tuple[Any, ...]:
-        cfg = make_config(script, tmp_path / name, *args)
-        data = build_data(cfg, device=torch.device("cpu"))
-        edit(data)
-        summary = script.train(cfg, data=data)
-        out = tmp_path / name
-        rows = [
-            {k: v for k, v in r.items() if k != "pseudo_label_acc"} for r in records(out, "train")
-        ]
-        scores = [
-            {k: v for k, v in r.items() if k.startswith("val_")} for r in records(out, "eval")
-        ]
-        assert all(len(s) == 5 for s in scores)
-        return rows, weights_hash(out), scores, summary["selected"]
-
-    base = run("base", lambda d: None)
-    g = torch.Generator().manual_seed(1)
-
-    def permute(d: Any) -> None:
-        d.y_tgt = d.y_tgt[torch.randperm(len(d.y_tgt), generator=g)]
-
-    def replace(d: Any) -> None:
-        d.y_tgt = torch.randint(0, 7, d.y_tgt.shape, generator=g)
-
-    def source(d: Any) -> None:
-        d.y_src = (d.y_src + 1) % 7
-
-    assert run("permuted", permute) == base
-    assert run("replaced", replace) == base
-    assert run("source", source) != base
+    monkeypatch.setattr(script, "build_task", lambda *a: build(*a)._replace(
+        target_adapt=Shuffled(build(*a).target_adapt)))  # fmt: skip
+    assert run(script, capsys, "--out", str(tmp_path / "b"), *common)[0] == 0
+    assert weights(tmp_path / "a") == weights(tmp_path / "b")
+    a, b = records(tmp_path / "a", "eval"), records(tmp_path / "b", "eval")
+    assert [{k: v for k, v in r.items() if k.startswith("val_") or k == "acc_fused"} for r in a] == [
+        {k: v for k, v in r.items() if k.startswith("val_") or k == "acc_fused"} for r in b]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "args",
-    [
-        ["--method", "source-only"],
-        ["--method", "mmd"],
-        ["--method", "dann"],
-        ["--method", "coral", "--per-source"],
-        ["--method", "m3sda"],
-        ["--method", "mcc"],
-        ["--method", "lacmfer", "--select-by", "snd"],
-        ["--method", "source-only", "--source-val-fraction", "0.25", "--select-by", "source-acc"],
-        ["--no-sid", "--no-voting"],
-        ["--consistency", "kl", "--per-source", "--cluster-ramp", "dann_sigmoid"],
-        ["--source-mode", "balanced", "--no-augment", "--amp", "bf16"],
-    ],
-)
-def test_methods_and_switches_train(script: ModuleType, tmp_path: Path, args: list[str]) -> None:
-    summary = script.train(make_config(script, tmp_path, "--steps", "2", "--log-every", "1", *args))
-    rows = records(tmp_path, "train")
-    assert all(math.isfinite(r["loss"]) for r in rows)
-    assert summary["final"] is not None and 0 <= summary["final"]["acc_fused"] <= 1
-    if "source-only" in args:
-        assert all(r["align"] == 0 and r["loss"] == r["ce"] for r in rows)
-    if "--select-by" in args:
-        validator = args[args.index("--select-by") + 1]
-        assert summary["selected"]["validator"] == validator
-        evals = records(tmp_path, "eval")
-        best = max(evals, key=lambda r: r[f"val_{validator}"])
-        assert summary["selected"]["step"] == best["step"]
-        assert (tmp_path / "checkpoints" / "selected.pt").exists()
+    "flags",
+    [["--method", "source-only"], ["--method", "mmd"], ["--method", "dann"], ["--method", "coral"],
+     ["--method", "m3sda"], ["--method", "class-confusion"], ["--no-sid", "--no-cid"],
+     ["--consistency", "kl", "--per-source"], ["--cluster-ramp", "dann_sigmoid", "--augment"],
+     ["--source-mode", "balanced", "--source-val-fraction", "0.2", "--select-by", "source-acc"]],
+)  # fmt: skip
+def test_methods_and_switches_train(script: ModuleType, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str], flags: list[str]) -> None:  # fmt: skip
+    rc, _, err = run(script, capsys, "--out", str(tmp_path), "--steps", "4", "--eval-every", "4",
+                     "--no-plots", *flags)  # fmt: skip
+    assert rc == 0, err
+    final = json.loads((tmp_path / "summary.json").read_text())["final"]
+    assert 0.0 <= final["acc_fused"] <= 1.0
+    if "--source-val-fraction" in flags:
+        assert final["source_val_loss"] > 0 and 0.0 <= final["val_source-acc"] <= 1.0
 
 
-def test_target_all_runs_each_target(script: ModuleType, tmp_path: Path) -> None:
-    from cmfer.data import TARGETS
-
-    summaries = script.run_targets(
-        make_config(
-            script,
-            tmp_path,
-            "--target",
-            "all",
-            "--steps",
-            "1",
-            "--synthetic-train-size",
-            "16",
-            "--synthetic-test-size",
-            "16",
-            "--no-plots",
-        )
-    )
-    assert [s["target"] for s in summaries] == list(TARGETS)
-    for s in summaries:
-        assert s["target"] not in s["sources"] and len(s["sources"]) == 5
-    assert all((tmp_path / t / "summary.json").exists() for t in TARGETS)  # <out>/<target>/
-    table = (tmp_path / "results.md").read_text()
-    assert all(t in table for t in TARGETS) and "mean" in table
+def test_evaluate_a_checkpoint(script: ModuleType, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    out = tmp_path / "run"
+    assert run(script, capsys, "--out", str(out), "--select-by", "bnm")[0] == 0
+    before = files(out)
+    final = json.loads((out / "summary.json").read_text())["final"]
+    capsys.readouterr()
+    assert script.main(["--evaluate", str(out / "checkpoints" / "last.pt"), "--threads", "1"]) == 0
+    stdout = capsys.readouterr().out
+    assert f"target accuracy {100 * final['acc_fused']:.1f}% fused" in stdout
+    assert "at step 20" in stdout and "bnm" in stdout and "synthetic data" in stdout
+    assert script.main(["--evaluate", str(out / "checkpoints" / "selected.pt")]) == 0
+    assert files(out) == before
 
 
-@pytest.mark.slow
-def test_compile_runs(script: ModuleType, tmp_path: Path) -> None:
-    summary = script.train(make_config(script, tmp_path, "--steps", "2", "--compile"))
-    assert summary["final"] is not None
-
-
-@pytest.mark.gpu
-def test_cuda_bf16_channels_last(script: ModuleType, tmp_path: Path) -> None:
-    summary = script.train(
-        make_config(script, tmp_path, "--steps", "3", "--device", "cuda", "--amp", "bf16")
-    )
-    assert summary["final"] is not None
-
-
-@pytest.mark.gpu
-def test_cuda_fp16_grad_scaler(script: ModuleType, tmp_path: Path) -> None:
-    summary = script.train(
-        make_config(
-            script,
-            tmp_path,
-            "--steps",
-            "3",
-            "--device",
-            "cuda",
-            "--amp",
-            "fp16",
-            "--log-every",
-            "1",
-        )
-    )
-    assert summary["final"] is not None
-
-
+# -------------------------------------------------------------------------------- bad inputs
 def _write_fake_protocol(root: Path) -> tuple[Path, Path]:
     """Image files and list files laid out like the published protocol (paths ../datasets/...)."""
     from PIL import Image
@@ -677,7 +551,7 @@ def _write_fake_protocol(root: Path) -> tuple[Path, Path]:
         "CK.txt": [f"CK+/anger/S{s:03d}_001_0000000{i}.png" for s in range(1, 7) for i in range(4)],
         "JAFFE.txt": [f"JAFFE/images/img_{i}.png" for i in range(24)],
         "RAF_train.txt": [f"RAF-DB/images/train_{i:05d}_aligned.png" for i in range(24)],
-        "RAF_test.txt": [f"RAF-DB/images/test_{i:04d}_aligned.png" for i in range(12)],
+        "RAF_test.txt": [f"RAF-DB/images/test_{i:04d}_aligned.jpg" for i in range(12)],
     }
     for list_name, paths in layout.items():
         lines = []
@@ -691,37 +565,181 @@ def _write_fake_protocol(root: Path) -> tuple[Path, Path]:
     return lists, data
 
 
-def test_real_image_lists_run_the_protocol(script: ModuleType, tmp_path: Path) -> None:
+@pytest.fixture
+def fake_protocol(tmp_path: Path) -> tuple[Path, Path]:
     pytest.importorskip("PIL")
-    lists, data = _write_fake_protocol(tmp_path / "fer")
-    common = ["--data-root", str(data), "--lists", str(lists), "--domains", "CK+,JAFFE,RAF-DB",
-              "--steps", "2", "--image-size", "32", "--num-workers", "0"]  # fmt: skip
-    summary = script.train(make_config(script, tmp_path / "ck", *common, "--target", "ck"))
-    assert summary["target"] == "CK+" and summary["sources"] == ["JAFFE", "RAF-DB"]
-    notes = " ".join(summary["protocol_notes"])
-    assert "split it into" in notes  # CK+ adapts and tests on one list: split by subject
-    assert summary["final"]["num_test"] < 24
-    published = script.train(
-        make_config(script, tmp_path / "pub", *common, "--target", "CK+", "--no-leakage-free")
+    return _write_fake_protocol(tmp_path / "fer")
+
+
+def real(lists: Path, data: Path, *extra: str) -> list[str]:
+    return ["--data-root", str(data), "--lists", str(lists), "--domains", "CK+,JAFFE,RAF-DB",
+            "--steps", "2", "--eval-every", "2", "--image-size", "32", "--num-workers", "0", *extra]  # fmt: skip
+
+
+def test_real_image_lists_run_the_protocol(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    fake_protocol: tuple[Path, Path],
+) -> None:  # fmt: skip
+    lists, data = fake_protocol
+    rc, stdout, err = run(
+        script, capsys, *real(lists, data), "--target", "ck", "--out", str(tmp_path / "ck")
     )
-    assert published["final"]["num_test"] == 24
+    assert rc == 0, err
+    summary = json.loads((tmp_path / "ck" / "summary.json").read_text())
+    assert summary["target"] == "CK+" and summary["sources"] == ["JAFFE", "RAF-DB"]
+    assert summary["data"] == "real" and "synthetic" not in stdout
+    assert "split it into" in " ".join(summary["protocol_notes"])  # CK+: one list, split by subject
+    assert summary["final"]["num_test"] < 24
+    rc, *_ = run(script, capsys, *real(lists, data), "--target", "CK+", "--no-leakage-free",
+                 "--out", str(tmp_path / "pub"), "--num-workers", "2")  # fmt: skip
+    published = json.loads((tmp_path / "pub" / "summary.json").read_text())
+    assert rc == 0 and published["final"]["num_test"] == 24
     assert "leaks test images" in " ".join(published["protocol_notes"])
-    with pytest.raises(ValueError, match="AffectNet's image lists are not distributed"):
-        script.train(make_config(script, tmp_path, "--data-root", str(data), "--lists", str(lists)))
+
+
+def test_skip_unreadable_drops_the_bad_images_and_says_how_many(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    fake_protocol: tuple[Path, Path],
+) -> None:  # fmt: skip
+    lists, data = fake_protocol
+    (data / "JAFFE/images/img_3.png").write_bytes(b"not a png")
+    (data / "RAF-DB/images/test_0003_aligned.jpg").unlink()
+    rc, stdout, err = run(script, capsys, *real(lists, data), "--target", "RAF-DB", "--skip-unreadable",
+                          "--out", str(tmp_path / "run"))  # fmt: skip
+    assert rc == 0, err
+    assert "without 2 missing or unreadable images" in stdout
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["final"]["num_test"] == 11
+
+
+def _break(lists: Path, data: Path, tmp_path: Path, case: str) -> list[str]:
+    """The command line of one of the mistakes a user makes, after making it."""
+    jaffe = lists / "JAFFE.txt"
+    lines = jaffe.read_text().splitlines()
+    if case == "no --data-root":
+        return ["--lists", str(lists), "--target", "CK+"]
+    if case == "nonexistent --data-root":
+        return real(lists, tmp_path / "nowhere")
+    if case == "root missing most images":
+        for p in list((data / "RAF-DB").rglob("*"))[2:]:
+            if p.is_file():
+                p.unlink()
+    elif case == "one missing test image":
+        (data / "RAF-DB/images/test_0005_aligned.jpg").unlink()
+    elif case == "corrupt jpg":
+        (data / "RAF-DB/images/test_0002_aligned.jpg").write_bytes(b"\xff\xd8garbage")
+    elif case == "list line without a label":
+        jaffe.write_text("\n".join([*lines[:3], lines[3].rsplit(" ", 1)[0], *lines[4:]]) + "\n")
+    elif case == "CSV list":
+        jaffe.write_text("\n".join(line.replace(" ", ",") for line in lines) + "\n")
+    elif case == "label 7":
+        jaffe.write_text("\n".join([lines[0].rsplit(" ", 1)[0] + " 7", *lines[1:]]) + "\n")
+    elif case == "missing list file":
+        jaffe.unlink()
+    elif case == "misspelled --target":
+        return real(lists, data, "--target", "RAFDBX")
+    elif case == "--resume to a missing file":
+        return ["--resume", str(tmp_path / "nothing.pt")]
+    elif case == "--resume to a corrupt file":
+        (tmp_path / "corrupt.pt").write_bytes(b"PK\x03\x04 not a zip")
+        return ["--resume", str(tmp_path / "corrupt.pt")]
+    elif case == "--resume to a truncated file":
+        good = tmp_path / "good.pt"
+        torch.save({"config": {}, "step": 1, "model": {"w": torch.zeros(1000)}}, good)
+        (tmp_path / "truncated.pt").write_bytes(good.read_bytes()[:300])
+        return ["--resume", str(tmp_path / "truncated.pt")]
+    elif case == "--steps 0":
+        return ["--steps", "0"]
+    elif case == "--steps -5":
+        return ["--steps", "-5"]
+    elif case == "unwritable --out":
+        (tmp_path / "a-file").write_text("")
+        return ["--out", str(tmp_path / "a-file" / "run")]
+    return real(lists, data, "--target", "RAF-DB")
+
+
+MISTAKES = {
+    "no --data-root": "--lists", "nonexistent --data-root": "--data-root",
+    "root missing most images": "missing or do not decode", "one missing test image": "test_0005",
+    "corrupt jpg": "test_0002", "list line without a label": "JAFFE.txt", "CSV list": "JAFFE.txt",
+    "label 7": "label 7", "missing list file": "JAFFE.txt", "misspelled --target": "--target RAFDBX",
+    "--resume to a missing file": "nothing.pt", "--resume to a corrupt file": "corrupt.pt",
+    "--resume to a truncated file": "truncated.pt", "--steps 0": "--steps", "--steps -5": "--steps",
+    "unwritable --out": "--out",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(MISTAKES))
+def test_each_mistake_is_one_line_before_any_step(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    fake_protocol: tuple[Path, Path], case: str,
+) -> None:  # fmt: skip
+    lists, data = fake_protocol
+    argv = _break(lists, data, tmp_path, case)
+    out = tmp_path / "out"
+    rc, stdout, err = run(script, capsys, "--out", str(out), *argv)
+    assert rc == 2
+    assert err.startswith("train_cmfer.py: error: ") and err.count("\n") == 1, err
+    assert MISTAKES[case] in err
+    assert "Traceback" not in err and "step 1/" not in stdout
+    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
+
+
+def test_a_checkpoint_with_code_in_it_is_not_run(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Checkpoints are read with ``weights_only=True``: a pickle that would run code is refused."""
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self) -> Any:
+            return (Path.touch, (marker,))
+
+    with (tmp_path / "evil.pt").open("wb") as f:
+        pickle.dump({"config": {}, "step": 1, "model": Payload()}, f)
+    rc, _, err = run(
+        script, capsys, "--out", str(tmp_path / "o"), "--resume", str(tmp_path / "evil.pt")
+    )
+    assert rc == 2 and "evil.pt" in err and not marker.exists()
+
+
+def test_a_corrupt_encoder_file_is_one_line(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "enc.pth").write_bytes(b"garbage")
+    rc, _, err = run(
+        script, capsys, "--out", str(tmp_path / "o"), "--encoder-weights", str(tmp_path / "enc.pth")
+    )
+    assert rc == 2 and err.count("\n") == 1 and "--encoder-weights" in err
+    assert "weights_only" not in err
 
 
 def test_progress_lines_when_not_on_a_terminal(
     script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Redirected (not a terminal, the default --progress): a flushed line per logged step with
-    the losses, images/s and the time left; the closing lines say what to compare."""
-    argv = ["--preset", "smoke", "--no-tensorboard", "--no-plots", "--out", str(tmp_path),
-            "--steps", "4", "--log-every", "2", "--eval-every", "4"]  # fmt: skip
-    assert script.main(argv) == 0
-    out = capsys.readouterr().out.splitlines()
-    lines = [line for line in out if "| step " in line]
+    rc, stdout, _ = run(script, capsys, "--out", str(tmp_path), "--steps", "4", "--log-every", "2",
+                        "--eval-every", "4", "--no-plots", "--progress", "--no-progress")  # fmt: skip
+    assert rc == 0
+    lines = [line for line in stdout.splitlines() if "| step " in line]
     assert [line.split("| step ")[1].split(" ")[0] for line in lines] == ["2/4", "4/4"]
-    for line in lines:
-        assert "loss " in line and "img/s" in line and "ETA " in line
-    assert any("final-step target accuracy" in line for line in out)
-    assert any("compare with source-only" in line for line in out)
+    assert all("img/s" in line and "ETA" in line for line in lines)
+
+
+# --------------------------------------------------------------------------------- devices
+@pytest.mark.slow
+def test_compile_runs(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, _, err = run(script, capsys, "--out", str(tmp_path), "--steps", "2", "--eval-every", "2",
+                     "--compile", "--no-plots")  # fmt: skip
+    assert rc == 0, err
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_cuda_amp_channels_last(script: ModuleType, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str], amp: str) -> None:  # fmt: skip
+    rc, _, err = run(script, capsys, "--out", str(tmp_path), "--device", "cuda", "--amp", amp,
+                     "--steps", "4", "--eval-every", "4", "--no-plots")  # fmt: skip
+    assert rc == 0, err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["completed"] and math.isfinite(summary["final"]["acc_fused"])

@@ -1,0 +1,644 @@
+#!/usr/bin/env python
+"""Does adaptation help, and at which budget? LA-CMFER, source-only and the baselines on the
+synthetic six-domain benchmark.
+
+Every run is one command line of ``examples/train_cmfer.py`` (``--preset benchmark`` plus the
+run's flags), started as its own process with one pinned thread, so that **its command alone
+reproduces it** from a fresh clone. Each finished run appends one JSON record to ``--records``
+(default ``examples/benchmark/results/benchmark_runs.jsonl``): ``target``, ``seed``, ``method``,
+``variant`` (extra flags), ``steps``, ``batch``, ``final_acc`` (fused target test accuracy at the
+last step, %, THE result), ``selected_acc`` (the evaluation the preset's unsupervised validator
+prefers), ``oracle_acc`` (best over training: selection on the test set, not a result), ``evals``
+(every evaluation: accuracy, validator scores, source validation loss when sources are held out),
+``train`` (the mean of the last fifth of the logged training records: source cross-entropy, the
+sample-level alignment's effective sample counts, confident samples, ...), ``wall_s`` and
+``command``. The driver resumes: a run whose command is in the records is not run again, and a
+run folder left by an interrupted run is continued with ``--resume``.
+
+Studies (the first argument; each writes its tables from the records alone)::
+
+    python examples/benchmark/run_benchmark.py short    # 250 steps of 32 + 32: every method × 6
+                                                        # targets × 3 seeds, ablations, variants
+    python examples/benchmark/run_benchmark.py rule     # the budget rule: source-only with 10 % of
+                                                        # each source held out, 250 ... 4000 steps
+    python examples/benchmark/run_benchmark.py curve    # the budget curve: source-only, LA-CMFER,
+                                                        # LA-CMFER w/o SID, MMD at several budgets
+                                                        # and batch sizes
+    python examples/benchmark/run_benchmark.py trained  # every method × 6 targets × 3 seeds at the
+                                                        # budget the rule chose
+    python examples/benchmark/run_benchmark.py curve --tables-only   # rewrite the tables
+
+On a GPU: ``--device cuda --jobs 8`` runs eight runs at once on one device (each its own process);
+GPU records are not CPU records (other kernels), so give them their own ``--records`` file.
+``--dry-run`` prints the commands still to run. Flags after ``--`` go to every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Optional
+
+from lacmfer.data import SIX_DOMAINS, canonical_dataset
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+RESULTS = HERE / "results"
+LABELS = {"source-only": "source-only", "mmd": "MMD", "dann": "DANN", "coral": "CORAL",
+          "m3sda": "M3SDA", "class-confusion": "Min. class confusion", "lacmfer": "LA-CMFER"}  # fmt: skip
+METHODS = tuple(LABELS)
+PRESET_STEPS, PRESET_BATCH = 250, 32  # examples/configs/benchmark.yaml
+#: The ablations of the paper (LA-CMFER without one component), run on ``--ablation-seeds``.
+ABLATIONS = {
+    "w/o SID": ["--no-sid"],
+    "w/o CID": ["--no-cid"],
+    "w/o consistency": ["--consistency", "none"],
+    "w/o voting": ["--no-voting"],
+}
+#: Variants beyond the paper's recipe, reported apart from it: ``w/o SID`` (the ablation that did
+#: best on the ablation seed, rerun on the other seeds) and ``warm start`` (100 source-only steps,
+#: then every adaptation term ramps in over 50 steps; fixed before any run of it).
+VARIANTS = {
+    "w/o SID": ABLATIONS["w/o SID"],
+    "warm start": ["--adapt-after", "100", "--adapt-warmup", "50"],
+}
+VALIDATORS = ("entropy", "im", "snd", "bnm", "agreement")
+#: The budget curve: one lab and two in-the-wild targets (fixed before any curve run), the methods
+#: it compares (MMD: the best baseline of the 250-step table), its budgets and batch sizes.
+CURVE_TARGETS = ("CK+", "RAF-DB", "FER-2013")
+CURVE_METHODS = (("source-only", ()), ("lacmfer", ()), ("lacmfer", ("--no-sid",)), ("mmd", ()))
+CURVE_BUDGETS = {32: (250, 1000, 4000), 128: (1000,)}
+#: The budget rule (fixed before any run at a budget above 250): source-only with 10 % of each
+#: source held out; the trained budget is the smallest budget B of the grid at which doubling the
+#: budget lowers the mean held-out source loss over the targets by less than 2 % -- the sources are
+#: learned. It reads no target label and no adaptation run.
+RULE_BUDGETS = (250, 500, 1000, 2000, 4000)
+RULE_FLAGS = ("--source-val-fraction", "0.1")
+RULE_TOLERANCE = 0.02
+TRAINED = "trained_budget.json"  # in the results folder: the rule's choice
+TRAIN_KEYS = ("ce", "sid", "effective_s_g", "effective_s_l", "effective_t_g", "effective_t_l",
+              "masked_s_g", "masked_t_g", "kept_fraction", "pseudo_label_acc")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------ runs
+def job(method: str, target: str, seed: int, variant: Sequence[str] = (), steps: int = PRESET_STEPS,
+        batch: int = PRESET_BATCH, extra: Sequence[str] = (), device: str = "cpu",
+        preset: str = "benchmark", runs: str = "runs/synthetic_benchmark") -> dict[str, Any]:  # fmt: skip
+    """One run: its identity and the shell command that reproduces it from a fresh clone. The
+    preset's own budget keeps the command (and folder) of the original 250-step records."""
+    budget = [] if (steps, batch) == (PRESET_STEPS, PRESET_BATCH) else [
+        "--steps", str(steps), "--eval-every", str(max(1, steps // 5)), "--batch-size", str(batch)]  # fmt: skip
+    name = method + "".join(f"_{v.strip('-')}" for v in variant)
+    folder = Path(runs) / ("" if not budget else f"b{batch}_s{steps}")
+    folder = folder / ("" if device == "cpu" else device) / f"seed{seed}" / target / name
+    args = ["python", "examples/train_cmfer.py", "--preset", preset, *extra, *budget,
+            "--method", method, *variant, "--target", target, "--seed", str(seed), "--threads", "1",
+            "--device", device, "--no-progress", "--out", str(folder)]  # fmt: skip
+    command = "OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 " + shlex.join(args)
+    return {"method": method, "target": target, "seed": seed, "variant": list(variant),
+            "steps": steps, "batch": batch, "folder": str(folder), "command": command}  # fmt: skip
+
+
+def execute(j: dict[str, Any]) -> dict[str, Any]:
+    """Run one job's command (``--resume`` when an interrupted run left its folder) and make its
+    record from the run's outputs."""
+    start = time.perf_counter()
+    args = shlex.split(j["command"].split(" ", 2)[2])  # without the two environment assignments
+    args[0] = sys.executable  # the recorded "python": this interpreter
+    folder = ROOT / j["folder"]
+    if (folder / "checkpoints" / "last.pt").exists():
+        args.append("--resume")  # exact: the same result as one uninterrupted run
+    elif folder.exists():
+        shutil.rmtree(folder)  # stopped before its first checkpoint: nothing to keep
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"run failed: {j['command']}\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+        )
+    summary = json.loads((folder / "summary.json").read_text())
+    lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    evals = []
+    for r in lines:
+        if r["kind"] == "eval":
+            entry = {"step": r["step"], "acc": 100 * r["acc_fused"]}
+            entry.update({k[4:]: r[k] for k in r if k.startswith("val_")})
+            if "source_val_loss" in r:
+                entry["source_val_loss"] = r["source_val_loss"]
+            evals.append(entry)
+    train = [r for r in lines if r["kind"] == "train"]
+    tail = train[-max(1, len(train) // 5) :]
+    final, selected, oracle = summary["final"], summary["selected"], summary["oracle"]
+    return {
+        "target": summary["target"], "seed": j["seed"], "method": j["method"],
+        "variant": j["variant"], "steps": j["steps"], "batch": j["batch"],
+        "final_acc": 100 * final["acc_fused"], "selected_acc": 100 * selected["acc_fused"],
+        "validator": selected["validator"], "oracle_acc": 100 * oracle["acc_fused"],
+        "oracle_note": oracle["note"], "evals": evals,
+        "train": {k: _mean([r.get(k) for r in tail]) for k in TRAIN_KEYS},
+        "wall_s": round(time.perf_counter() - start, 1), "command": j["command"],
+    }  # fmt: skip
+
+
+def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
+    kept = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.fmean(kept) if kept else None
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for r in rows:  # records made before budgets were recorded ran the preset's
+        r.setdefault("steps", PRESET_STEPS)
+        r.setdefault("batch", PRESET_BATCH)
+    return rows
+
+
+# ------------------------------------------------------------------------------------- the jobs
+def study_jobs(study: str, args: argparse.Namespace, extra: Sequence[str]) -> list[dict[str, Any]]:
+    seeds, targets, dev = args.seeds, args.targets, args.device
+
+    def job(*a: Any, **k: Any) -> dict[str, Any]:
+        return globals()["job"](*a, **k, preset=args.preset, runs=args.runs)
+
+    jobs: list[dict[str, Any]] = []
+    if study == "short":
+        for s in seeds:
+            jobs += [job(m, t, s, extra=extra, device=dev) for t in targets for m in args.methods]
+            if s in args.ablation_seeds:
+                jobs += [job("lacmfer", t, s, v, extra=extra, device=dev) for t in targets
+                         for v in ABLATIONS.values()]  # fmt: skip
+        for s in seeds:
+            jobs += [job("lacmfer", t, s, v, extra=extra, device=dev) for t in targets
+                     for v in VARIANTS.values() if not (s in args.ablation_seeds and v in ABLATIONS.values())]  # fmt: skip
+    elif study == "rule":
+        jobs = [job("source-only", t, 0, RULE_FLAGS, steps=b, extra=extra, device=dev)
+                for b in RULE_BUDGETS for t in args.curve_targets]  # fmt: skip
+    elif study == "curve":
+        for batch in args.batches:
+            for steps in args.budgets or CURVE_BUDGETS.get(batch, ()):
+                jobs += [job(m, t, s, v, steps=steps, batch=batch, extra=extra, device=dev)
+                         for s in seeds for t in args.curve_targets for m, v in CURVE_METHODS]  # fmt: skip
+    elif study == "trained":
+        budget = trained_budget(args.results)
+        if budget is None:
+            raise SystemExit(
+                f"no trained budget yet: run the rule study first ({args.results} has none)"
+            )
+        jobs = [job(m, t, s, steps=budget, extra=extra, device=dev)
+                for s in seeds for t in targets for m in args.methods]  # fmt: skip
+    return jobs
+
+
+def trained_budget(results: Path) -> Optional[int]:
+    path = results / TRAINED
+    return int(json.loads(path.read_text())["budget"]) if path.exists() else None
+
+
+# ----------------------------------------------------------------------------------- statistics
+def mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return "–"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.1f} ± {std:.1f}"
+
+
+def t_quantile(p: float, df: int) -> float:
+    """Quantile of Student's t distribution (bisection on its CDF, Simpson integration)."""
+
+    def pdf(x: float) -> float:
+        c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+        return math.exp(c - (df + 1) / 2 * math.log1p(x * x / df))
+
+    def cdf(x: float, n: int = 2000) -> float:  # 0.5 + integral from 0 to x
+        h = x / n
+        s = pdf(0.0) + pdf(x) + sum((4 if i % 2 else 2) * pdf(i * h) for i in range(1, n))
+        return 0.5 + s * h / 3
+
+    lo, hi = 0.0, 100.0
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def differences(rows: list[dict[str, Any]], method: str, base: str = "source-only") -> list[float]:
+    by_key = {(r["target"], r["seed"]): r["final_acc"] for r in rows if r["method"] == base}
+    return [r["final_acc"] - by_key[(r["target"], r["seed"])]
+            for r in rows if r["method"] == method and (r["target"], r["seed"]) in by_key]  # fmt: skip
+
+
+def interval(diffs: Sequence[float]) -> Optional[tuple[float, float, float]]:
+    """Mean and 95 % t-interval of paired differences (None for fewer than 2)."""
+    if len(diffs) < 2:
+        return None
+    half = t_quantile(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    mean = statistics.fmean(diffs)
+    return mean, mean - half, mean + half
+
+
+def paired_difference(rows: list[dict[str, Any]], method: str, base: str = "source-only") -> str:
+    """Mean of acc(method) − acc(base) over the (target, seed) pairs both have, its 95 % t-interval,
+    the number of pairs and the verdict ('better'/'worse' only when the interval excludes 0)."""
+    diffs = differences(rows, method, base)
+    ci = interval(diffs)
+    if ci is None:
+        return "–"
+    mean, lo, hi = ci
+    verdict = "better" if lo > 0 else "worse" if hi < 0 else "no clear difference"
+    return f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}] (n = {len(diffs)}, {verdict})"
+
+
+def method_table(rows: list[dict[str, Any]], key: str, methods: Sequence[str],
+                 targets: Sequence[str]) -> list[str]:  # fmt: skip
+    """Mean ± std over seeds per target; the mean row averages the targets per seed first."""
+    out = ["| target | " + " | ".join(LABELS.get(m, m) for m in methods) + " |",
+           "|---|" + "---:|" * len(methods)]  # fmt: skip
+    for t in targets:
+        cells = [mean_std([r[key] for r in rows if r["target"] == t and r["method"] == m])
+                 for m in methods]  # fmt: skip
+        out.append(f"| {t} | " + " | ".join(cells) + " |")
+    cells = []
+    for m in methods:
+        per_seed = []
+        for s in sorted({r["seed"] for r in rows}):
+            vals = [r[key] for r in rows if r["seed"] == s and r["method"] == m]
+            if len(vals) == len(targets):
+                per_seed.append(statistics.fmean(vals))
+        cells.append(f"**{mean_std(per_seed)}**")
+    out.append("| **mean of the targets** | " + " | ".join(cells) + " |")
+    return out
+
+
+# --------------------------------------------------------------------------------------- tables
+def main_tables(rows: list[dict[str, Any]], targets: Sequence[str], title: str) -> list[str]:
+    """Final accuracy, paired differences, the validator's and the oracle's choice."""
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    methods = ["source-only", *[m for m in methods if m != "source-only"]]
+    lines = [f"### {title}: final-step target accuracy (%), fused view -- THE result", ""]
+    lines += method_table(rows, "final_acc", methods, targets)
+    lines += ["", "Paired difference to source-only (final step, points): mean over the (target, "
+              "seed) pairs [95 % t-interval].", "", "| method | difference to source-only |",
+              "|---|---|"]  # fmt: skip
+    lines += [
+        f"| {LABELS[m]} | {paired_difference(rows, m)} |" for m in methods if m != "source-only"
+    ]
+    validator = next((r["validator"] for r in rows if r["validator"] != "final"), "final")
+    lines += ["", f"Checkpoint selected by `{validator}` (no target labels) (%):", ""]
+    lines += method_table(rows, "selected_acc", methods, targets)
+    lines += ["", "Best over training (%): selection on the test set, NOT a valid result:", ""]
+    lines += method_table(rows, "oracle_acc", methods, targets)
+    return lines
+
+
+def short_tables(
+    records: list[dict[str, Any]], targets: Sequence[str], ablation_seeds: Sequence[int]
+) -> str:
+    main = [r for r in records if not r["variant"]]
+    lines = main_tables(main, targets, f"{PRESET_STEPS} steps of {PRESET_BATCH} + {PRESET_BATCH} "
+                        "(the short-budget regime)")  # fmt: skip
+    ablations = [r for r in records if r["method"] == "lacmfer" and r["variant"] in ABLATIONS.values()
+                 and r["seed"] in ablation_seeds]  # fmt: skip
+    if ablations:
+        seeds = sorted({r["seed"] for r in ablations})
+        full = [r for r in main if r["method"] == "lacmfer" and r["seed"] in seeds]
+        names = [
+            "LA-CMFER",
+            *[n for n, f in ABLATIONS.items() if any(r["variant"] == f for r in ablations)],
+        ]
+        lines += ["", f"### Ablations of LA-CMFER (final step, %, seed(s) {seeds})", "",
+                  "| target | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]  # fmt: skip
+        columns = {n: full if n == "LA-CMFER" else [r for r in ablations if r["variant"] == ABLATIONS[n]]
+                   for n in names}  # fmt: skip
+        complete = [
+            t for t in targets if all(any(r["target"] == t for r in c) for c in columns.values())
+        ]
+        for t in [*targets, "mean"]:
+            keep = complete if t == "mean" else [t]
+            cells = [f"{statistics.fmean(v):.1f}" if (v := [r["final_acc"] for r in columns[n]
+                     if r["target"] in keep]) else "–" for n in names]  # fmt: skip
+            label = f"**mean of the {len(complete)} complete target(s)**" if t == "mean" else t
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    named = {"source-only": [r for r in main if r["method"] == "source-only"],
+             "LA-CMFER": [r for r in main if r["method"] == "lacmfer"]}  # fmt: skip
+    for name, flags in VARIANTS.items():
+        named[name] = [r for r in records if r["method"] == "lacmfer" and r["variant"] == flags]
+    variants = [n for n in list(named)[2:] if named[n]]
+    if variants:
+        seeds = sorted({r["seed"] for n in variants for r in named[n]})
+        rows = [{**r, "method": n} for n, runs in named.items() for r in runs if r["seed"] in seeds]
+        lines += ["", f"### Variants beyond the paper's recipe (final step, %, seeds {seeds})", ""]
+        lines += method_table(rows, "final_acc", [n for n in named if named[n]], targets)
+        lines += [
+            "",
+            "| variant | difference to source-only | difference to LA-CMFER |",
+            "|---|---|---|",
+        ]
+        for n in variants:
+            cells = [
+                paired_difference(rows, n, "source-only"),
+                paired_difference(rows, n, "LA-CMFER"),
+            ]
+            if VARIANTS[n] in ABLATIONS.values() and ablation_seeds:
+                fresh = [r for r in rows if r["seed"] not in ablation_seeds]
+                kept = sorted({r["seed"] for r in fresh if r["method"] == n})
+                cells[0] += f"; seeds {kept} alone: {paired_difference(fresh, n, 'source-only')}"
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def rule_tables(records: list[dict[str, Any]], targets: Sequence[str]) -> tuple[str, Optional[int]]:
+    """The held-out source loss of source-only at each budget and the budget the rule picks."""
+    runs = [r for r in records if r["method"] == "source-only" and r["variant"] == list(RULE_FLAGS)]
+    losses: dict[int, float] = {}
+    lines = ["### The budget rule: held-out source loss of source-only (seed 0)", "",
+             "| steps | " + " | ".join(targets) + " | mean | held-out source acc (%) | target acc (%) |",
+             "|---:|" + "---:|" * (len(targets) + 3)]  # fmt: skip
+    for b in RULE_BUDGETS:
+        cell = {r["target"]: r for r in runs if r["steps"] == b}
+        if not cell:
+            continue
+        vals = [cell[t]["evals"][-1]["source_val_loss"] if t in cell else None for t in targets]
+        done = [v for v in vals if v is not None]
+        mean = statistics.fmean(done) if len(done) == len(targets) else None
+        if mean is not None:
+            losses[b] = mean
+        src = _mean([100 * cell[t]["evals"][-1]["source-acc"] for t in targets if t in cell])
+        tgt = _mean([cell[t]["final_acc"] for t in targets if t in cell])
+        lines.append(f"| {b} | " + " | ".join("–" if v is None else f"{v:.4f}" for v in vals)
+                     + f" | {'–' if mean is None else f'{mean:.4f}'} | {src or 0:.1f} | {tgt or 0:.1f} |")  # fmt: skip
+    chosen = None
+    for b in RULE_BUDGETS:
+        if b in losses and 2 * b in losses and losses[2 * b] > (1 - RULE_TOLERANCE) * losses[b]:
+            chosen = b
+            break
+    if chosen is None and len(losses) == len(RULE_BUDGETS):
+        chosen = RULE_BUDGETS[-1]  # still improving at the largest budget the grid affords
+    lines += ["", f"Rule: the smallest budget B at which doubling it lowers the mean held-out "
+              f"source loss by less than {100 * RULE_TOLERANCE:.0f} %. "
+              + (f"Chosen: **{chosen} steps**." if chosen else "Not decided yet (runs missing).")]  # fmt: skip
+    return "\n".join(lines) + "\n", chosen
+
+
+def curve_tables(records: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """Per budget and batch: each method's accuracy, its paired difference to source-only and to
+    MMD, and why (source cross-entropy, SID's effective samples, confident samples)."""
+    names = {("lacmfer", ()): "LA-CMFER", ("lacmfer", ("--no-sid",)): "LA-CMFER w/o SID",
+             ("source-only", ()): "source-only", ("mmd", ()): "MMD"}  # fmt: skip
+    lines = ["### The budget curve (final step; targets " + ", ".join(CURVE_TARGETS) + ")", "",
+             "Paired differences over the (target, seed) pairs, mean [95 % t-interval]; "
+             "`CE` = source cross-entropy of the two heads and `n_eff` = effective number of "
+             "source / target samples the sample-level alignment's weights rest on (global "
+             "branch), both averaged over the last fifth of the logged steps.", "",
+             "| batch | steps | method | acc (%) | vs source-only | vs MMD | CE | n_eff s / t | runs |",
+             "|---:|---:|---|---:|---|---|---:|---:|---:|"]  # fmt: skip
+    points = []
+    for batch in sorted(CURVE_BUDGETS):
+        for steps in sorted({r["steps"] for r in records if r["batch"] == batch}):
+            rows = [{**r, "method": names[(r["method"], tuple(r["variant"]))]} for r in records
+                    if r["batch"] == batch and r["steps"] == steps and r["target"] in CURVE_TARGETS
+                    and (r["method"], tuple(r["variant"])) in names]  # fmt: skip
+            for name in names.values():
+                mine = [r for r in rows if r["method"] == name]
+                if not mine:
+                    continue
+                ce = _mean([r.get("train", {}).get("ce") for r in mine])
+                eff_s = _mean([r.get("train", {}).get("effective_s_g") for r in mine])
+                eff_t = _mean([r.get("train", {}).get("effective_t_g") for r in mine])
+                vs_so = paired_difference(rows, name) if name != "source-only" else "—"
+                vs_mmd = paired_difference(rows, name, "MMD") if name != "MMD" else "—"
+                lines.append(f"| {batch} | {steps} | {name} | {mean_std([r['final_acc'] for r in mine])} | "
+                             f"{vs_so} | {vs_mmd} | {'–' if ce is None else f'{ce:.2f}'} | "
+                             + ("–" if eff_s is None else f"{eff_s:.1f} / {eff_t:.1f}") + f" | {len(mine)} |")  # fmt: skip
+                ci = interval(differences(rows, name)) if name != "source-only" else None
+                if ci is not None:
+                    points.append({"batch": batch, "steps": steps, "method": name, "mean": ci[0],
+                                   "lo": ci[1], "hi": ci[2]})  # fmt: skip
+    return "\n".join(lines) + "\n", points
+
+
+def curve_figure(points: list[dict[str, Any]], path: Path) -> bool:
+    """Difference to source-only against steps: one curve per batch size, LA-CMFER solid, without
+    SID dashed, MMD dotted, with the 95 % intervals."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    if not points:
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    styles = {"LA-CMFER": "-", "LA-CMFER w/o SID": "--", "MMD": ":"}
+    colours = {32: "tab:blue", 128: "tab:orange"}
+    for (batch, method), style in ((k, v) for k in sorted({(p["batch"], p["method"]) for p in points})
+                                   for v in [styles.get(k[1], "-")]):  # fmt: skip
+        pts = sorted(
+            (p for p in points if p["batch"] == batch and p["method"] == method),
+            key=lambda p: p["steps"],
+        )
+        xs = [p["steps"] for p in pts]
+        ax.errorbar(xs, [p["mean"] for p in pts], yerr=[[p["mean"] - p["lo"] for p in pts],
+                    [p["hi"] - p["mean"] for p in pts]], linestyle=style, marker="o", capsize=3,
+                    color=colours.get(batch, "grey"), label=f"{method}, {batch} + {batch}")  # fmt: skip
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set(xlabel="training steps (budget)", ylabel="final accuracy − source-only (points)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); nan when a side is constant."""
+
+    def ranks(v: Sequence[float]) -> list[float]:
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        out = [0.0] * len(v)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+
+    rx, ry = ranks(x), ranks(y)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else math.nan
+
+
+def validator_tables(records: list[dict[str, Any]]) -> str:
+    runs = [r for r in records if not r["variant"] and len(r["evals"]) >= 3]
+    lines = ["| validator | Spearman ρ(score, target acc) per run | selected acc (%) | "
+             "final acc (%) | oracle acc (%) | runs |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    final = statistics.fmean(r["final_acc"] for r in runs) if runs else math.nan
+    oracle = statistics.fmean(max(e["acc"] for e in r["evals"]) for r in runs) if runs else math.nan
+    for v in VALIDATORS:
+        rhos, picked = [], []
+        for r in runs:
+            scores, accs = [e[v] for e in r["evals"]], [e["acc"] for e in r["evals"]]
+            rho = spearman(scores, accs)
+            if math.isfinite(rho):
+                rhos.append(rho)
+            picked.append(accs[max(range(len(scores)), key=lambda i: scores[i])])
+        if picked:
+            lines.append(f"| {v} | {mean_std(rhos)} | {statistics.fmean(picked):.1f} | {final:.1f} | "
+                         f"{oracle:.1f} | {len(picked)} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------ main
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    invocation = shlex.join(["python", "examples/benchmark/run_benchmark.py", *argv])
+    extra: list[str] = []
+    if "--" in argv:
+        argv, extra = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("study", choices=("short", "rule", "curve", "trained"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--targets", nargs="+", default=list(SIX_DOMAINS), type=_domain)
+    p.add_argument("--curve-targets", nargs="+", default=list(CURVE_TARGETS), type=_domain)
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--ablation-seeds", type=int, nargs="*", default=[0])
+    p.add_argument(
+        "--batches",
+        type=int,
+        nargs="+",
+        default=sorted(CURVE_BUDGETS),
+        help="curve: batch sizes (source = target)",
+    )
+    p.add_argument("--budgets", type=int, nargs="+", help="curve: budgets (default: per batch)")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda to run --jobs runs on one GPU")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
+    p.add_argument("--records", default=str(RESULTS / "benchmark_runs.jsonl"))
+    p.add_argument("--results", type=Path, default=RESULTS, help="folder of the tables")
+    p.add_argument("--preset", default="benchmark", help="train_cmfer preset of every run")
+    p.add_argument("--runs", default="runs/synthetic_benchmark", help="folder of the run outputs")
+    p.add_argument("--figure", type=Path, default=ROOT / "docs" / "_static" / "budget_curve.png")
+    p.add_argument("--max-runs", type=int, help="stop after this many new runs")
+    p.add_argument("--dry-run", action="store_true", help="print the commands still to run")
+    p.add_argument("--tables-only", action="store_true", help="no runs: rewrite the tables")
+    args = p.parse_args(argv)
+    records_path = Path(args.records)
+    records = read_records(records_path)
+    done = {r["command"] for r in records}
+    jobs = study_jobs(args.study, args, extra)
+    todo = [] if args.tables_only else [j for j in jobs if j["command"] not in done]
+    todo = todo[: args.max_runs] if args.max_runs is not None else todo
+    print(f"{args.study}: {len(jobs) - len([j for j in jobs if j['command'] not in done])} of "
+          f"{len(jobs)} runs in the records; {len(todo)} to run, {args.jobs} at a time", flush=True)  # fmt: skip
+    if args.dry_run:
+        print("\n".join(j["command"] for j in todo))
+        return 0
+    start = time.perf_counter()
+    if todo:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            futures = [pool.submit(execute, j) for j in todo]
+            for future in as_completed(futures):
+                r = future.result()
+                with records_path.open("a") as f:
+                    f.write(json.dumps(r) + "\n")
+                records.append(r)
+                print(f"{args.study}: seed {r['seed']} {r['target']:<10} {r['method']} "
+                      f"{' '.join(r['variant'])} b{r['batch']} s{r['steps']}: final "
+                      f"{r['final_acc']:5.1f} ({r['wall_s']:.0f} s)", flush=True)  # fmt: skip
+    commands = {j["command"] for j in jobs}
+    rows = [r for r in records if r["command"] in commands]
+    write_tables(args.study, rows, records, args, invocation, time.perf_counter() - start)
+    return 0
+
+
+def _domain(name: str) -> str:
+    return canonical_dataset(name, SIX_DOMAINS)
+
+
+def _header(title: str, invocation: str, rows: list[dict[str, Any]], records_path: str) -> str:
+    wall = sum(r["wall_s"] for r in rows)
+    return "\n".join([
+        f"# {title}", "",
+        f"Generated by `{invocation}` from `{_shown(records_path)}` (one line per run, each with the "
+        "exact command that reproduces it). Every run: `examples/train_cmfer.py --preset "
+        "benchmark` (LACMFER.tiny with the synthetic benchmark's stand-in encoder, 48×48 images, "
+        "3000 images per domain, 500 target test images from a separate draw, the paper's loss "
+        "weights and optimiser, lr horizon = steps / 2) with the budget and batch shown; one "
+        f"thread a run. Runs: {len(rows)}, their summed wall time {wall / 3600:.1f} h; machine: "
+        f"{platform.machine()}, {os.cpu_count()} cores.", "", "",
+    ])  # fmt: skip
+
+
+def _shown(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return path
+
+
+def write_tables(study: str, rows: list[dict[str, Any]], records: list[dict[str, Any]],
+                 args: argparse.Namespace, invocation: str, elapsed: float) -> None:  # fmt: skip
+    if study == "short":
+        text = _header(
+            "Synthetic benchmark, short budget: 250 steps of 32 + 32",
+            invocation,
+            rows,
+            args.records,
+        )
+        text += short_tables(rows, args.targets, args.ablation_seeds)
+        notes = args.results / "benchmark_notes.md"
+        text += ("\n" + notes.read_text()) if notes.exists() else ""
+        path = args.results / "synthetic_benchmark.md"
+        vtext = _header(
+            "Unsupervised validators on the short-budget benchmark", invocation, rows, args.records
+        )
+        (args.results / "validators.md").write_text(vtext + validator_tables(rows))
+    elif study == "rule":
+        table, chosen = rule_tables(rows, args.curve_targets)
+        text = _header("The budget rule", invocation, rows, args.records) + table
+        path = args.results / "budget_rule.md"
+        if chosen is not None and trained_budget(args.results) != chosen:
+            (args.results / TRAINED).write_text(json.dumps({"budget": chosen, "rule": RULE_FLAGS, "tolerance": RULE_TOLERANCE,
+                                           "grid": RULE_BUDGETS, "invocation": invocation}, indent=2) + "\n")  # fmt: skip
+    elif study == "curve":
+        table, points = curve_tables(rows)
+        text = _header("Does LA-CMFER help once the sources are learned? The budget curve", invocation,
+                       rows, args.records) + table  # fmt: skip
+        path = args.results / "budget_curve.md"
+        if curve_figure(points, args.figure):
+            text += f"\nFigure: `{_shown(str(args.figure))}`.\n"
+    else:
+        budget = trained_budget(args.results)
+        text = _header(f"Synthetic benchmark at the trained budget: {budget} steps of 32 + 32",
+                       invocation, rows, args.records)  # fmt: skip
+        text += (
+            "\n".join(main_tables(rows, args.targets, f"{budget} steps (the rule's budget)")) + "\n"
+        )
+        path = args.results / "trained_benchmark.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
