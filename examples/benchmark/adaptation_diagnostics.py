@@ -1,41 +1,60 @@
 #!/usr/bin/env python
-"""Why does an adaptation objective help or hurt? Gradient shares and mask statistics along a run.
+"""Why does LA-CMFER help or hurt? Gradient shares and mask statistics along a training run.
 
-Trains exactly as ``examples/train_cmfer.py`` does with the same flags -- it calls that script's
-``build_run``, ``forward_loss`` and ``update``, so the data, seed, model, optimiser, autocast, scaler
-and objective are the script's and so is the trajectory -- and every ``--every`` steps, on that
-step's own batch and before the update, prints one row:
+Reads a run of ``examples/train_cmfer.py`` on the synthetic data that kept periodic checkpoints,
+and for each checkpoint recomputes the objective on the batch the run drew for the next step --
+the samplers are seeded and the augmentation's generator state is in the checkpoint, so this is
+the very batch, and the cross-entropy printed equals the one the run logged at that step. One row
+per checkpoint:
 
 * ``|∇CE|``, ``|∇SID|``, ``|∇CID|``, ``|∇MCC|``, ``|∇MVV|``: the norm of each weighted term's gradient
-  with respect to the model's parameters (SID and CID summed over both branches, each with its
-  weight in the objective, warm-up factor included; from the terms :class:`lacmfer.losses.LACMFERLoss`
-  returns);
-* ``n_eff s/t``: the effective number of samples that carry the global branch's SID, 1/Σw², of the
-  normalised source and target hardness weights (0 when every weight is 0);
-* ``conf t``: fraction of target samples whose global-branch confidence reaches the alignment
-  threshold δ; ``kept``: fraction kept by multi-view voting;
-* ``pl acc``: accuracy of the confident target pseudo-labels (global branch) -- a diagnostic
-  that reads the target labels; nothing computed from them reaches a loss or the update.
+  with respect to the model's parameters (warm-up factor included);
+* ``n_eff s/t``: the effective number of source / target samples the global branch's sample-level
+  alignment rests on, ``(Σw)²/Σw²`` of its normalised hardness weights (0 when all are 0);
+* ``conf t``: the share of target samples whose global-branch confidence reaches the alignment's
+  threshold δ; ``kept``: the share the multi-view vote keeps;
+* ``pl acc``: accuracy of the kept pseudo-labels -- a diagnostic that reads the target labels;
+  nothing computed from them reaches a loss.
 
 Usage::
 
-    python examples/adaptation_diagnostics.py --preset benchmark --target AffectNet --every 20
+    python examples/train_cmfer.py --preset benchmark --target Oulu-CASIA --seed 0 \\
+        --ckpt-every 25 --keep-checkpoints 100 --out runs/diagnostics/oulu
+    python examples/benchmark/adaptation_diagnostics.py runs/diagnostics/oulu
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
 
 import torch
-from cmfer import runtime
-from torch import Tensor
-from train_cmfer import build_run, config_from_args, forward_loss, update
+from torch.utils.data import ConcatDataset
 
-from lacmfer.functional import hardness_weights
+from lacmfer.data import (
+    SIX_DOMAINS,
+    FERAugment,
+    InfiniteSampler,
+    MultiSourceSampler,
+    canonical_dataset,
+    leave_one_domain_out,
+    normalize,
+)
+from lacmfer.data.synthetic import synthetic_domains
+from lacmfer.functional import refine_pseudo_labels
+from lacmfer.losses import LACMFERLoss
+from lacmfer.modules import LACMFER
+
+#: The settings of LACMFERLoss a run's configuration holds under the same names.
+OBJECTIVE = ("label_smoothing", "align_weight", "cid_weight", "consistency_weight",
+             "voting_weight", "align_threshold", "pseudo_threshold", "kernel_num", "kernel_mul",
+             "sid", "cid", "consistency", "consistency_from_logits", "voting", "cluster_ramp",
+             "adapt_after", "adapt_warmup")  # fmt: skip
 
 
-def grad_norm(value: Tensor, params: Sequence[Tensor]) -> float:
+def grad_norm(value: torch.Tensor, params: Sequence[torch.Tensor]) -> float:
     """Norm of ``∇value`` over ``params`` (0 for a term without a graph)."""
     if not value.requires_grad:
         return 0.0
@@ -43,77 +62,114 @@ def grad_norm(value: Tensor, params: Sequence[Tensor]) -> float:
     return float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None)))
 
 
-def effective_size(w: Tensor) -> float:
-    """1/Σw² of normalised weights (0 when all are 0)."""
-    s = float((w.double() ** 2).sum())
-    return 1.0 / s if s > 0 else 0.0
-
-
-def diagnose(argv: Optional[Sequence[str]] = None) -> list[dict[str, float]]:
-    """Run the diagnostics; ``argv`` holds ``--every`` and any train_cmfer flags (``--method
-    lacmfer``, the default, gives every column; a baseline gives the CE and mask columns)."""
-    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--every", type=int, default=20, help="steps between two rows")
-    p.add_argument("--threads", type=int, default=None, help="torch threads")
-    own, rest = p.parse_known_args(argv)
-    if own.threads:
-        torch.set_num_threads(own.threads)
-    cfg = config_from_args([*rest, "--no-progress", "--device", "cpu"])
-    run = build_run(cfg, runtime.DistInfo(), torch.device("cpu"), None)
-    params = [q for q in run.model.parameters() if q.requires_grad]
-    rows: list[dict[str, float]] = []
-    print(f"{cfg.method} → {run.data.target_name}, {cfg.steps} steps, seed {cfg.seed}")
-    print(
-        f"{'step':>5} {'CE':>6} {'|∇CE|':>7} {'|∇SID|':>7} {'|∇CID|':>7} {'|∇MCC|':>7} "
-        f"{'|∇MVV|':>7} {'n_eff s':>7} {'n_eff t':>7} {'conf t':>6} {'kept':>5} {'pl acc':>6}"
+def task_data(cfg: dict[str, Any]) -> tuple[ConcatDataset, Any, int]:
+    """The run's sources and target adaptation set, as ``train_cmfer.py`` builds the synthetic task."""
+    if cfg["data_root"] is not None or cfg["source_val_fraction"] > 0:
+        raise SystemExit(
+            "adaptation_diagnostics.py reads runs on the synthetic data, all sources trained on"
+        )
+    names = tuple(
+        canonical_dataset(d, SIX_DOMAINS)
+        for d in (cfg["domains"] or ",".join(SIX_DOMAINS)).split(",")
     )
-    run.model.train()
-    for step in range(cfg.steps + 1):
-        batch = run.data.next_batch()
-        terms, out_s, out_t = forward_loss(run, batch)
-        if step % own.every == 0 or step == cfg.steps:
-            w = terms.adaptation_weight
-            zero = terms.ce.new_zeros(())
-            sid, cid = getattr(terms, "sid", zero), getattr(terms, "cid", zero)
-            consistency, voting = (
-                getattr(terms, "consistency", zero),
-                getattr(terms, "voting", zero),
-            )
-            prob_t = out_t.logits_g.detach().float().softmax(1)
-            conf = prob_t.amax(1) >= cfg.align_threshold
-            correct = (prob_t.argmax(1) == batch.y_t) & conf
-            w_s, w_t = hardness_weights(
-                out_s.logits_g.float(), batch.y_s, out_t.logits_g.float(),
-                threshold=cfg.align_threshold,
-            )  # fmt: skip
-            row = {
-                "step": float(step),
-                "ce": float(terms.ce.detach()),
-                "grad_ce": grad_norm(terms.ce, params),
-                "grad_sid": grad_norm(w * cfg.align_weight * sid, params),
-                "grad_cid": grad_norm(w * cfg.align_weight * cfg.cid_weight * cid, params),
-                "grad_mcc": grad_norm(w * cfg.consistency_weight * consistency, params),
-                "grad_mvv": grad_norm(w * cfg.voting_weight * voting, params),
-                "n_eff_s": effective_size(w_s),
-                "n_eff_t": effective_size(w_t),
-                "conf_t": float(conf.float().mean()),
-                "kept": float(getattr(terms, "kept_fraction", zero)),
-                "pl_acc": float(correct.sum()) / max(1, int(conf.sum())),
-            }
-            rows.append(row)
-            print(
-                f"{step:>5} {row['ce']:>6.3f} {row['grad_ce']:>7.3f} {row['grad_sid']:>7.3f} "
-                f"{row['grad_cid']:>7.3f} {row['grad_mcc']:>7.3f} {row['grad_mvv']:>7.3f} "
-                f"{row['n_eff_s']:>7.1f} {row['n_eff_t']:>7.1f} {row['conf_t']:>6.2f} "
-                f"{row['kept']:>5.2f} {row['pl_acc']:>6.2f}",
-                flush=True,
-            )
-        if step == cfg.steps:
-            break
-        update(run, terms.loss, batch.x_s.shape[0] + batch.x_t.shape[0])
-    run.data.close()
+    domains = synthetic_domains(cfg["synthetic_train_size"], cfg["synthetic_test_size"], domains=names,
+                                image_size=cfg["image_size"], seed=2 * cfg["split_seed"])  # fmt: skip
+    task = leave_one_domain_out(domains, cfg["target"])
+    return ConcatDataset(list(task.source_sets)), task.target_adapt, len(task.sources)
+
+
+def diagnose(folder: Path) -> list[dict[str, float]]:
+    """One row per ``step_*.pt`` checkpoint of the run in ``folder`` (LA-CMFER or source-only)."""
+    paths = sorted((folder / "checkpoints").glob("step_*.pt"))
+    if not paths:
+        raise SystemExit(
+            f"{folder}: no step_*.pt checkpoints (train with --ckpt-every/--keep-checkpoints)"
+        )
+    cfg = torch.load(paths[0], map_location="cpu", weights_only=True)["config"]
+    if cfg["method"] not in ("lacmfer", "source-only"):
+        raise SystemExit(f"{folder}: a {cfg['method']} run; the diagnostics read LA-CMFER's terms")
+    sources, target, num_sources = task_data(cfg)
+    sizes = [len(d) for d in sources.datasets]
+    on = cfg["method"] == "lacmfer"
+    settings = {k: cfg[k] for k in OBJECTIVE}
+    settings.update(
+        {k: settings[k] and on for k in ("sid", "cid", "voting", "consistency_from_logits")}
+    )
+    settings.update(consistency=cfg["consistency"] if on else "none",
+                    num_domains=num_sources if cfg["per_source"] else None,
+                    ramp_steps=cfg["ramp_steps"] or cfg["steps"])  # fmt: skip
+    rows = []
+    print(f"{cfg['method']} -> {cfg['target']}, seed {cfg['seed']}, {cfg['steps']} steps")
+    print(f"{'step':>5} {'CE':>6} {'|∇CE|':>7} {'|∇SID|':>7} {'|∇CID|':>7} {'|∇MCC|':>7} {'|∇MVV|':>7} "
+          f"{'n_eff s':>7} {'n_eff t':>7} {'conf t':>6} {'kept':>5} {'pl acc':>6}")  # fmt: skip
+    for path in paths:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        step = int(ckpt["step"])
+        if step >= cfg["steps"]:  # the last step: no next batch
+            continue
+        model = (LACMFER.tiny if cfg["width"] == "tiny" else LACMFER)(7, share=cfg["share"])
+        model.load_state_dict(ckpt["model"])
+        loss_fn = LACMFERLoss(**settings)
+        loss_fn.load_state_dict(ckpt["objective"])
+        source = MultiSourceSampler(
+            sizes, cfg["batch_size"], mode=cfg["source_mode"], seed=cfg["seed"]
+        )
+        tgt = InfiniteSampler(
+            len(target), cfg["target_batch_size"] or cfg["batch_size"], seed=cfg["seed"]
+        )
+        for _ in range(step):  # replay the draws of the steps taken
+            source.sample(), tgt.sample()
+        batch = source.sample()
+        x_s = torch.stack([sources[i][0] for i in batch.indices.tolist()])
+        y_s = torch.tensor([sources[i][1] for i in batch.indices.tolist()])
+        idx = tgt.sample().tolist()
+        x_t, y_t = (
+            torch.stack([target[i][0] for i in idx]),
+            torch.tensor([target[i][1] for i in idx]),
+        )
+        if cfg["augment"]:
+            gen = torch.Generator().manual_seed(0)
+            gen.set_state(ckpt["rng"][0]["augment"])
+            x_s, x_t = FERAugment()(x_s, generator=gen), FERAugment()(x_t, generator=gen)
+        model.train()
+        out_s, out_t = model(normalize(x_s)), model(normalize(x_t))
+        terms = loss_fn(out_s, y_s, out_t, batch.domains)
+        params = [p for p in model.parameters() if p.requires_grad]
+        w, c = terms.adaptation_weight, cfg
+        labels, kept = refine_pseudo_labels(out_t.logits_g.detach(), out_t.logits_l.detach(),
+                                            threshold=c["pseudo_threshold"])  # fmt: skip
+        row = {
+            "step": float(step + 1),
+            "ce": float(terms.ce.detach()),
+            "grad_ce": grad_norm(terms.ce, params),
+            "grad_sid": grad_norm(w * c["align_weight"] * terms.sid, params),
+            "grad_cid": grad_norm(w * c["align_weight"] * c["cid_weight"] * terms.cid, params),
+            "grad_mcc": grad_norm(w * c["consistency_weight"] * terms.consistency, params),
+            "grad_mvv": grad_norm(w * c["voting_weight"] * terms.voting, params),
+            "n_eff_s": float(terms.effective_s[0]),
+            "n_eff_t": float(terms.effective_t[0]),
+            "conf_t": float(terms.masked_t[0]) / len(idx),
+            "kept": float(terms.kept_fraction),
+            "pl_acc": float(((labels == y_t) & kept).sum()) / max(1, int(kept.sum())),
+        }
+        rows.append(row)
+        print(f"{step + 1:>5} {row['ce']:>6.3f} {row['grad_ce']:>7.3f} {row['grad_sid']:>7.3f} "
+              f"{row['grad_cid']:>7.3f} {row['grad_mcc']:>7.3f} {row['grad_mvv']:>7.3f} "
+              f"{row['n_eff_s']:>7.1f} {row['n_eff_t']:>7.1f} {row['conf_t']:>6.2f} "
+              f"{row['kept']:>5.2f} {row['pl_acc']:>6.2f}", flush=True)  # fmt: skip
     return rows
 
 
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("run", type=Path, help="the --out folder of a train_cmfer.py run")
+    p.add_argument("--threads", type=int, help="torch threads")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    diagnose(args.run)
+    return 0
+
+
 if __name__ == "__main__":
-    diagnose()
+    raise SystemExit(main())

@@ -143,7 +143,8 @@ def execute(j: dict[str, Any]) -> dict[str, Any]:
     final, selected, oracle = summary["final"], summary["selected"], summary["oracle"]
     return {
         "target": summary["target"], "seed": j["seed"], "method": j["method"],
-        "variant": j["variant"], "steps": j["steps"], "batch": j["batch"],
+        "variant": j["variant"], "steps": summary["config"]["steps"],
+        "batch": summary["config"]["batch_size"],
         "final_acc": 100 * final["acc_fused"], "selected_acc": 100 * selected["acc_fused"],
         "validator": selected["validator"], "oracle_acc": 100 * oracle["acc_fused"],
         "oracle_note": oracle["note"], "evals": evals,
@@ -186,7 +187,7 @@ def study_jobs(study: str, args: argparse.Namespace, extra: Sequence[str]) -> li
                      for v in VARIANTS.values() if not (s in args.ablation_seeds and v in ABLATIONS.values())]  # fmt: skip
     elif study == "rule":
         jobs = [job("source-only", t, 0, RULE_FLAGS, steps=b, extra=extra, device=dev)
-                for b in RULE_BUDGETS for t in args.curve_targets]  # fmt: skip
+                for b in args.budgets or RULE_BUDGETS for t in args.curve_targets]  # fmt: skip
     elif study == "curve":
         for batch in args.batches:
             for steps in args.budgets or CURVE_BUDGETS.get(batch, ()):
@@ -360,14 +361,15 @@ def short_tables(
     return "\n".join(lines) + "\n"
 
 
-def rule_tables(records: list[dict[str, Any]], targets: Sequence[str]) -> tuple[str, Optional[int]]:
+def rule_tables(records: list[dict[str, Any]], targets: Sequence[str],
+                grid: Sequence[int] = RULE_BUDGETS) -> tuple[str, Optional[int]]:  # fmt: skip
     """The held-out source loss of source-only at each budget and the budget the rule picks."""
     runs = [r for r in records if r["method"] == "source-only" and r["variant"] == list(RULE_FLAGS)]
     losses: dict[int, float] = {}
     lines = ["### The budget rule: held-out source loss of source-only (seed 0)", "",
              "| steps | " + " | ".join(targets) + " | mean | held-out source acc (%) | target acc (%) |",
              "|---:|" + "---:|" * (len(targets) + 3)]  # fmt: skip
-    for b in RULE_BUDGETS:
+    for b in grid:
         cell = {r["target"]: r for r in runs if r["steps"] == b}
         if not cell:
             continue
@@ -381,24 +383,25 @@ def rule_tables(records: list[dict[str, Any]], targets: Sequence[str]) -> tuple[
         lines.append(f"| {b} | " + " | ".join("–" if v is None else f"{v:.4f}" for v in vals)
                      + f" | {'–' if mean is None else f'{mean:.4f}'} | {src or 0:.1f} | {tgt or 0:.1f} |")  # fmt: skip
     chosen = None
-    for b in RULE_BUDGETS:
+    for b in grid:
         if b in losses and 2 * b in losses and losses[2 * b] > (1 - RULE_TOLERANCE) * losses[b]:
             chosen = b
             break
-    if chosen is None and len(losses) == len(RULE_BUDGETS):
-        chosen = RULE_BUDGETS[-1]  # still improving at the largest budget the grid affords
+    if chosen is None and len(losses) == len(grid):
+        chosen = grid[-1]  # still improving at the largest budget the grid affords
     lines += ["", f"Rule: the smallest budget B at which doubling it lowers the mean held-out "
               f"source loss by less than {100 * RULE_TOLERANCE:.0f} %. "
               + (f"Chosen: **{chosen} steps**." if chosen else "Not decided yet (runs missing).")]  # fmt: skip
     return "\n".join(lines) + "\n", chosen
 
 
-def curve_tables(records: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+def curve_tables(records: list[dict[str, Any]],
+                 targets: Sequence[str] = CURVE_TARGETS) -> tuple[str, list[dict[str, Any]]]:  # fmt: skip
     """Per budget and batch: each method's accuracy, its paired difference to source-only and to
     MMD, and why (source cross-entropy, SID's effective samples, confident samples)."""
     names = {("lacmfer", ()): "LA-CMFER", ("lacmfer", ("--no-sid",)): "LA-CMFER w/o SID",
              ("source-only", ()): "source-only", ("mmd", ()): "MMD"}  # fmt: skip
-    lines = ["### The budget curve (final step; targets " + ", ".join(CURVE_TARGETS) + ")", "",
+    lines = ["### The budget curve (final step; targets " + ", ".join(targets) + ")", "",
              "Paired differences over the (target, seed) pairs, mean [95 % t-interval]; "
              "`CE` = source cross-entropy of the two heads and `n_eff` = effective number of "
              "source / target samples the sample-level alignment's weights rest on (global "
@@ -406,10 +409,10 @@ def curve_tables(records: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any
              "| batch | steps | method | acc (%) | vs source-only | vs MMD | CE | n_eff s / t | runs |",
              "|---:|---:|---|---:|---|---|---:|---:|---:|"]  # fmt: skip
     points = []
-    for batch in sorted(CURVE_BUDGETS):
+    for batch in sorted({r["batch"] for r in records}):
         for steps in sorted({r["steps"] for r in records if r["batch"] == batch}):
             rows = [{**r, "method": names[(r["method"], tuple(r["variant"]))]} for r in records
-                    if r["batch"] == batch and r["steps"] == steps and r["target"] in CURVE_TARGETS
+                    if r["batch"] == batch and r["steps"] == steps and r["target"] in targets
                     and (r["method"], tuple(r["variant"])) in names]  # fmt: skip
             for name in names.values():
                 mine = [r for r in rows if r["method"] == name]
@@ -498,6 +501,8 @@ def validator_tables(records: list[dict[str, Any]]) -> str:
     for v in VALIDATORS:
         rhos, picked = [], []
         for r in runs:
+            if not all(v in e for e in r["evals"]):
+                continue
             scores, accs = [e[v] for e in r["evals"]], [e["acc"] for e in r["evals"]]
             rho = spearman(scores, accs)
             if math.isfinite(rho):
@@ -530,7 +535,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         default=sorted(CURVE_BUDGETS),
         help="curve: batch sizes (source = target)",
     )
-    p.add_argument("--budgets", type=int, nargs="+", help="curve: budgets (default: per batch)")
+    p.add_argument("--budgets", type=int, nargs="+", help="rule, curve: budgets (default: theirs)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda to run --jobs runs on one GPU")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     p.add_argument("--records", default=str(RESULTS / "benchmark_runs.jsonl"))
@@ -598,6 +603,7 @@ def _shown(path: str) -> str:
 
 def write_tables(study: str, rows: list[dict[str, Any]], records: list[dict[str, Any]],
                  args: argparse.Namespace, invocation: str, elapsed: float) -> None:  # fmt: skip
+    args.results.mkdir(parents=True, exist_ok=True)
     if study == "short":
         text = _header(
             "Synthetic benchmark, short budget: 250 steps of 32 + 32",
@@ -614,14 +620,15 @@ def write_tables(study: str, rows: list[dict[str, Any]], records: list[dict[str,
         )
         (args.results / "validators.md").write_text(vtext + validator_tables(rows))
     elif study == "rule":
-        table, chosen = rule_tables(rows, args.curve_targets)
+        table, chosen = rule_tables(rows, args.curve_targets, args.budgets or RULE_BUDGETS)
         text = _header("The budget rule", invocation, rows, args.records) + table
         path = args.results / "budget_rule.md"
         if chosen is not None and trained_budget(args.results) != chosen:
             (args.results / TRAINED).write_text(json.dumps({"budget": chosen, "rule": RULE_FLAGS, "tolerance": RULE_TOLERANCE,
-                                           "grid": RULE_BUDGETS, "invocation": invocation}, indent=2) + "\n")  # fmt: skip
+                                           "grid": args.budgets or RULE_BUDGETS, "invocation": invocation},
+                                          indent=2) + "\n")  # fmt: skip
     elif study == "curve":
-        table, points = curve_tables(rows)
+        table, points = curve_tables(rows, args.curve_targets)
         text = _header("Does LA-CMFER help once the sources are learned? The budget curve", invocation,
                        rows, args.records) + table  # fmt: skip
         path = args.results / "budget_curve.md"
@@ -635,7 +642,6 @@ def write_tables(study: str, rows: list[dict[str, Any]], records: list[dict[str,
             "\n".join(main_tables(rows, args.targets, f"{budget} steps (the rule's budget)")) + "\n"
         )
         path = args.results / "trained_benchmark.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     print(text)
 

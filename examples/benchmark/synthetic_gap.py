@@ -1,7 +1,8 @@
 """Is the synthetic domain gap like the real one? In-domain vs source-only LA-CMFER, per target.
 
-For every target domain of :data:`lacmfer.data.SYNTHETIC_DOMAINS` this trains ``LACMFER.tiny``
-with the pretrained encoder (``examples/pretrain_encoder.py``; built and cached on first use) and
+For every target domain of :data:`lacmfer.data.synthetic.SYNTHETIC_DOMAINS` this trains
+``LACMFER.tiny`` with the synthetic benchmark's stand-in encoder
+(:func:`lacmfer.data.synthetic.pretrained_encoder`; built and cached on first use) and
 the paper's supervised recipe at the synthetic benchmark's budget, twice:
 
 * ``in_domain`` -- on the target's own labelled training split, tested on its held-out test split
@@ -12,8 +13,8 @@ the paper's supervised recipe at the synthetic benchmark's budget, twice:
 and measures how good the source-only model's **pseudo-labels** on the unlabelled target training
 split are, as LA-CMFER would see them at the start of adaptation (target batches of the training
 batch size, BatchNorm on the target batch's statistics): ``pseudo_label_precision`` is the share of
-the samples the method's vote keeps (both heads agree and one head's max probability > 0.9,
-``docs/method.rst``) whose label is right, ``pseudo_label_kept`` the share kept; the same at a fused
+the samples the method's vote keeps (:func:`lacmfer.functional.refine_pseudo_labels`: both heads
+agree and one head's max probability > 0.9, ``docs/method.rst``) whose label is right, ``pseudo_label_kept`` the share kept; the same at a fused
 max probability >= 0.4 (the alignment's threshold). Pseudo-labels are scored against the rendered
 (true) expressions.
 
@@ -25,14 +26,15 @@ branches and heads and 1e-3 for the encoder, inverse decay ``lr·(1 + 10·min(1,
 ``T = steps/2``, label-smoothed (0.1) cross-entropy on both heads, fused prediction = mean of the
 two heads' logits, ImageNet normalisation, no augmentation (as ``examples/configs/benchmark.yaml``).
 
-Run (writes ``examples/results/synthetic_gap.{json,md}``)::
+The training loop is a plain supervised one on pooled images (no target, no adaptation): the
+calibration measures the data, not a method. Run (writes
+``examples/benchmark/results/synthetic_gap.{json,md}``)::
 
-    OMP_NUM_THREADS=2 python examples/synthetic_gap.py --threads 2 --seeds 0 1
+    OMP_NUM_THREADS=2 python examples/benchmark/synthetic_gap.py --threads 2 --seeds 0 1
 
 Options: ``--targets`` (a subset, e.g. ``ck jaffe``), ``--steps``, ``--image-size``, ``--train`` /
-``--test`` images per domain, ``--encoder PATH`` (default: the cached pretrained encoder;
-``none`` trains from scratch), ``--grid PATH`` (also save the face grid, e.g.
-``docs/_static/synthetic_grid.png``), ``--json`` / ``--md`` (outputs; ``-`` to skip).
+``--test`` images per domain, ``--encoder PATH`` (default: the cached stand-in encoder; ``none``
+trains from scratch), ``--json`` / ``--md`` (outputs; ``-`` to skip).
 """
 
 from __future__ import annotations
@@ -51,11 +53,16 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from cmfer.pretrain import PretrainConfig, ensure_encoder
 from torch import Tensor
 
-from lacmfer.data import SYNTHETIC_DOMAINS, SyntheticFER, canonical_domain, normalize
-from lacmfer.data.synthetic import save_grid
+from lacmfer.data import normalize
+from lacmfer.data.synthetic import (
+    SYNTHETIC_DOMAINS,
+    SyntheticFER,
+    canonical_domain,
+    pretrained_encoder,
+)
+from lacmfer.functional import refine_pseudo_labels
 from lacmfer.modules import LACMFER
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -124,11 +131,10 @@ def pseudo_labels(
     vote, conf04, correct = [], [], []
     for x in images.split(batch):
         out = model(normalize(x))
-        p_g, p_l = out.logits_g.softmax(1), out.logits_l.softmax(1)
-        agree = p_g.argmax(1) == p_l.argmax(1)
-        vote.append(agree & ((p_g.amax(1) > threshold) | (p_l.amax(1) > threshold)))
+        voted, kept = refine_pseudo_labels(out.logits_g, out.logits_l, threshold=threshold)
+        vote.append(kept)
         conf04.append(out.logits.softmax(1).amax(1) >= 0.4)
-        correct.append(p_g.argmax(1).where(vote[-1], out.logits.argmax(1)))
+        correct.append(voted.where(kept, out.logits.argmax(1)))
     for k, v in model.named_buffers():
         v.copy_(buffers[k])
     keep, keep04 = torch.cat(vote), torch.cat(conf04)
@@ -212,7 +218,7 @@ def markdown(result: dict[str, Any]) -> str:
         meta["command"],
         "```",
         "",
-        f"`LACMFER.tiny` with the pretrained encoder (`examples/pretrain_encoder.py`, "
+        f"`LACMFER.tiny` with the stand-in encoder (`lacmfer.data.synthetic.pretrained_encoder`, "
         f"{meta['encoder']}), {meta['image_size']}×{meta['image_size']} images, "
         f"{meta['train']} training and {meta['test']} test images per domain, {meta['steps']} SGD "
         f"steps of {meta['batch']} images per model, the paper's supervised recipe (see the "
@@ -272,19 +278,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--encoder", default=None, help="encoder file (default: cached; 'none')")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--grid", default=None, help="also save a face grid PNG here")
     parser.add_argument("--json", default=str(RESULTS / "synthetic_gap.json"))
     parser.add_argument("--md", default=str(RESULTS / "synthetic_gap.md"))
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.grid:
-        save_grid(args.grid)
-        print(f"saved {args.grid}")
     if args.encoder is None:
-        encoder: Optional[str] = str(
-            ensure_encoder(config=PretrainConfig(image_size=args.image_size))
-        )
+        encoder: Optional[str] = str(pretrained_encoder(image_size=args.image_size))
     else:
         encoder = None if args.encoder.lower() == "none" else args.encoder
     targets = [canonical_domain(t) for t in args.targets]
@@ -321,7 +321,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "meta": {
             "command": " ".join(
                 [f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')}", "python"]
-                + (sys.argv if argv is None else ["examples/synthetic_gap.py", *argv])
+                + (sys.argv if argv is None else ["examples/benchmark/synthetic_gap.py", *argv])
             ),
             "date": datetime.date.today().isoformat(),
             "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs",

@@ -17,5 +17,5 @@ def script() -> ModuleType:
 
 @pytest.fixture(scope="session")
 def benchmark_driver() -> ModuleType:
-    """The benchmark driver as a module."""
-    return importlib.import_module("run_synthetic_benchmark")
+    """The benchmark driver (examples/benchmark/run_benchmark.py) as a module."""
+    return importlib.import_module("run_benchmark")

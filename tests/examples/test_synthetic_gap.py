@@ -1,4 +1,4 @@
-"""``examples/synthetic_gap.py`` end to end at a toy size (the numbers are meaningless here)."""
+"""``examples/benchmark/synthetic_gap.py`` end to end at a toy size (the numbers mean nothing)."""
 
 from __future__ import annotations
 
@@ -25,4 +25,4 @@ def test_writes_the_json_and_the_table(tmp_path: Path) -> None:
     assert precision is None or 0.0 <= precision <= 100.0
     assert len(row["per_seed"]) == 1
     table = out_md.read_text()
-    assert "| CK+ |" in table and "examples/synthetic_gap.py" in table
+    assert "| CK+ |" in table and "examples/benchmark/synthetic_gap.py" in table

@@ -1,0 +1,188 @@
+"""Tests of examples/benchmark/run_benchmark.py: the statistics against hand computations, the
+tables generated from records, the budget rule, and tiny end-to-end studies whose records
+reproduce from their commands."""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_t_quantile_matches_tables(benchmark_driver: ModuleType) -> None:
+    # Student's t, two-sided 95 %: df 1 -> 12.706, 5 -> 2.571, 17 -> 2.110, 100 -> 1.984
+    for df, want in ((1, 12.706), (5, 2.571), (17, 2.110), (100, 1.984)):
+        assert benchmark_driver.t_quantile(0.975, df) == pytest.approx(want, abs=2e-3)
+
+
+def test_spearman_against_definition(benchmark_driver: ModuleType) -> None:
+    x, y = [1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 1.0, 4.0, 3.0, 5.0]
+    assert benchmark_driver.spearman(x, y) == pytest.approx(1 - 6 * 4 / (5 * 24))
+    assert benchmark_driver.spearman(x, [-v for v in x]) == pytest.approx(-1.0)
+    assert math.isnan(benchmark_driver.spearman(x, [1.0] * 5))  # a constant side
+    assert benchmark_driver.spearman([1.0, 1.0, 2.0], [1.0, 2.0, 3.0]) == pytest.approx(
+        statistics.correlation([0.5, 0.5, 2.0], [0.0, 1.0, 2.0])
+    )
+
+
+def record(
+    method: str, target: str, seed: int, acc: float, variant: Any = (), **extra: Any
+) -> dict[str, Any]:
+    evals = [{"step": s, "acc": acc - 3 + s, "entropy": float(s)} for s in range(4)]
+    return {"method": method, "target": target, "seed": seed, "variant": list(variant),
+            "final_acc": acc, "selected_acc": acc - 1, "validator": "snd", "oracle_acc": acc + 1,
+            "evals": evals, "steps": 250, "batch": 32, **extra}  # fmt: skip
+
+
+def test_tables_are_generated_from_records(benchmark_driver: ModuleType) -> None:
+    accs = {("source-only", "A", 0): 50.0, ("source-only", "A", 1): 52.0,
+            ("source-only", "B", 0): 40.0, ("source-only", "B", 1): 42.0,
+            ("lacmfer", "A", 0): 55.0, ("lacmfer", "A", 1): 58.0,
+            ("lacmfer", "B", 0): 41.0, ("lacmfer", "B", 1): 47.0}  # fmt: skip
+    records = [record(m, t, s, a) for (m, t, s), a in accs.items()]
+    text = "\n".join(benchmark_driver.main_tables(records, ["A", "B"], "title"))
+    lac = [55.0, 58.0]
+    assert f"| A | 51.0 ± 1.4 | {statistics.fmean(lac):.1f} ± {statistics.stdev(lac):.1f} |" in text
+    per_seed = [48.0, 52.5]  # mean over targets per seed, then mean ± std over seeds
+    assert f"**{statistics.fmean(per_seed):.1f} ± {statistics.stdev(per_seed):.1f}**" in text
+    diffs = [5.0, 6.0, 1.0, 5.0]
+    half = 3.182 * statistics.stdev(diffs) / 2  # t(0.975, 3) = 3.182
+    mean = statistics.fmean(diffs)
+    assert (
+        f"| LA-CMFER | {mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}] (n = 4, better) |"
+        in text
+    )
+    assert "selection on the test set, NOT a valid result" in text
+    assert "| entropy | 1.0 ± 0.0 |" in benchmark_driver.validator_tables(records)
+
+
+def test_variants_and_ablations_are_reported_apart(benchmark_driver: ModuleType) -> None:
+    warm, no_sid = benchmark_driver.VARIANTS["warm start"], benchmark_driver.VARIANTS["w/o SID"]
+    accs = {("source-only", 0): 50.0, ("source-only", 1): 40.0, ("source-only", 2): 45.0,
+            ("lacmfer", 0): 44.0, ("lacmfer", 1): 41.0, ("lacmfer", 2): 42.0}  # fmt: skip
+    records = [record(m, "A", s, a) for (m, s), a in accs.items()]
+    records += [record("lacmfer", "A", s, a, warm) for s, a in ((0, 52.0), (1, 41.0), (2, 48.0))]
+    records += [record("lacmfer", "A", s, a, no_sid) for s, a in ((0, 57.0), (1, 43.0), (2, 47.0))]
+    text = benchmark_driver.short_tables(records, ["A"], ablation_seeds=[0])
+    cells = [f"{statistics.fmean(v):.1f} ± {statistics.stdev(v):.1f}"
+             for v in ([50, 40, 45], [44, 41, 42], [57, 43, 47], [52, 41, 48])]  # fmt: skip
+    assert "| A | " + " | ".join(cells) + " |" in text  # source-only, LA-CMFER, w/o SID, warm
+    pd = benchmark_driver.paired_difference
+    renamed = [{**r, "method": "x"} for r in records if r["variant"] == warm] + records[:3]
+    assert f"| warm start | {pd(renamed, 'x')} |" in text
+    fresh = [r for r in records if r["seed"] != 0]  # w/o SID was chosen on seed 0
+    fresh = [{**r, "method": "y"} if r["variant"] == no_sid else r for r in fresh]
+    assert f"seeds [1, 2] alone: {pd(fresh, 'y')}" in text and "(n = 2," in text
+    assert "seed(s) [0]" in text and "| A | 44.0 | 57.0 |" in text  # the ablation table
+
+
+def test_the_budget_rule_picks_the_first_budget_that_stops_improving(
+    benchmark_driver: ModuleType,
+) -> None:
+    flags = list(benchmark_driver.RULE_FLAGS)
+    losses = {250: 1.0, 500: 0.8, 1000: 0.7, 2000: 0.69, 4000: 0.60}  # 1000 -> 2000: -1.4 %
+    records = [{**record("source-only", t, 0, 50.0, flags, steps=b),
+                "evals": [{"step": b, "acc": 50.0, "source-acc": 0.8, "source_val_loss": loss}]}
+               for b, loss in losses.items() for t in ("A", "B")]  # fmt: skip
+    text, chosen = benchmark_driver.rule_tables(records, ["A", "B"])
+    assert chosen == 1000 and "Chosen: **1000 steps**" in text
+    _, chosen = benchmark_driver.rule_tables([r for r in records if r["steps"] != 2000], ["A", "B"])
+    assert chosen is None  # the budget after 1000 is missing: not decided yet
+
+
+def test_the_curve_reports_differences_and_why(benchmark_driver: ModuleType) -> None:
+    train = {"ce": 1.5, "effective_s_g": 7.0, "effective_t_g": 3.0}
+    rows = []
+    for steps, gain in ((250, -5.0), (1000, 2.0)):
+        for seed in (0, 1, 2):
+            rows.append(record("source-only", "CK+", seed, 50.0 + seed, steps=steps, train=train))
+            rows.append(
+                record(
+                    "lacmfer",
+                    "CK+",
+                    seed,
+                    50.0 + seed + gain + 0.1 * seed,
+                    steps=steps,
+                    train=train,
+                )
+            )
+    text, points = benchmark_driver.curve_tables(rows)
+    assert "| 32 | 1000 | LA-CMFER | " in text and "| 1.50 | 7.0 / 3.0 | 3 |" in text
+    by_steps = {p["steps"]: p for p in points if p["method"] == "LA-CMFER"}
+    assert by_steps[250]["mean"] == pytest.approx(-5.0 + 0.1) and by_steps[1000][
+        "mean"
+    ] == pytest.approx(2.1)
+    assert by_steps[1000]["lo"] < 2.1 < by_steps[1000]["hi"]
+
+
+TINY = ["--preset", "smoke", "--jobs", "2", "--", "--synthetic-train-size", "16",
+        "--synthetic-test-size", "16", "--no-plots", "--select-by", "entropy"]  # fmt: skip
+
+
+def paths(tmp_path: Path) -> list[str]:
+    return ["--runs", str(tmp_path / "runs"), "--records", str(tmp_path / "runs.jsonl"),
+            "--results", str(tmp_path / "results"), "--figure", str(tmp_path / "curve.png")]  # fmt: skip
+
+
+def test_tiny_short_study_resumes_and_records_reproduce(
+    benchmark_driver: ModuleType, tmp_path: Path
+) -> None:
+    args = ["short", "--seeds", "0", "--targets", "jaffe", "--methods", "source-only", "lacmfer",
+            *paths(tmp_path), *TINY, "--steps", "3", "--eval-every", "1"]  # fmt: skip
+    assert benchmark_driver.main(args) == 0
+    rows = [json.loads(x) for x in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert sorted((r["method"], tuple(r["variant"])) for r in rows) == sorted([
+        ("lacmfer", ()), ("lacmfer", ("--consistency", "none")), ("lacmfer", ("--no-cid",)),
+        ("lacmfer", ("--no-sid",)), ("lacmfer", ("--no-voting",)),
+        ("lacmfer", tuple(benchmark_driver.VARIANTS["warm start"])), ("source-only", ()),
+    ])  # fmt: skip
+    for r in rows:
+        assert r["target"] == "JAFFE" and r["validator"] == "entropy"
+        assert 0 <= r["final_acc"] <= r["oracle_acc"] <= 100
+        assert [e["step"] for e in r["evals"]] == [1, 2, 3] and "snd" in r["evals"][0]
+        assert r["command"].startswith("OMP_NUM_THREADS=1 ") and r["train"]["ce"] > 0
+    text = (tmp_path / "results" / "synthetic_benchmark.md").read_text()
+    assert (
+        "| JAFFE |" in text and "w/o SID" in text and "Variants beyond the paper's recipe" in text
+    )
+    assert "| snd |" in (tmp_path / "results" / "validators.md").read_text()
+    assert benchmark_driver.main(args) == 0  # a second start finds every run in the records
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 7
+    one = next(r for r in rows if r["method"] == "lacmfer" and not r["variant"])
+    again = tmp_path / "again"
+    argv = shlex.split(one["command"].split(" ", 2)[2].replace(str(tmp_path / "runs"), str(again)))
+    argv[0] = sys.executable
+    subprocess.run(
+        argv,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
+    summary = json.loads(next(again.rglob("summary.json")).read_text())
+    assert 100 * summary["final"]["acc_fused"] == pytest.approx(one["final_acc"], abs=1e-9)
+
+
+def test_tiny_rule_and_curve_studies(benchmark_driver: ModuleType, tmp_path: Path) -> None:
+    rule = ["rule", "--curve-targets", "jaffe", "--budgets", "2", "4", "8", *paths(tmp_path), *TINY]
+    assert benchmark_driver.main(rule) == 0
+    rows = [json.loads(x) for x in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert sorted(r["steps"] for r in rows) == [2, 4, 8]
+    assert all("source_val_loss" in r["evals"][-1] for r in rows)
+    assert "--source-val-fraction 0.1" in rows[0]["command"] and "--steps" in rows[0]["command"]
+    assert "budget rule" in (tmp_path / "results" / "budget_rule.md").read_text()
+    curve = ["curve", "--seeds", "0", "--curve-targets", "jaffe", "--batches", "8", "--budgets", "2",
+             *paths(tmp_path), *TINY]  # fmt: skip
+    assert benchmark_driver.main(curve) == 0
+    text = (tmp_path / "results" / "budget_curve.md").read_text()
+    assert "| 8 | 2 | LA-CMFER w/o SID |" in text and "| 8 | 2 | MMD |" in text
