@@ -203,7 +203,8 @@ def test_objective_follows_the_flags(script: ModuleType, flags: list[str]) -> No
         domains = {"domains_s": d_s, "num_domains": 5} if args.per_source else {}
         ref = ref + 1.0 * sum(coral(a, c, **domains) for a, _, c, _ in views)
     elif args.method == "m3sda":
-        ref = ref + 0.5 * sum(moment_matching(a, d_s, c, num_domains=5) for a, _, c, _ in views)
+        weight = script.BASELINE_WEIGHTS["m3sda"]
+        ref = ref + weight * sum(moment_matching(a, d_s, c, num_domains=5) for a, _, c, _ in views)
     elif args.method == "class-confusion":
         ref = ref + 0.3 * sum(minimum_class_confusion(z) for _, _, _, z in views)
     elif args.method == "lacmfer":
