@@ -71,6 +71,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
+from lacmfer.analysis import FeatureCollector, ShiftReport, plot_shift, shift_report
 from lacmfer.data import (
     CLASSES,
     SIX_DOMAINS,
@@ -112,7 +113,8 @@ RENAMED = {"consistency_on_logits": "consistency_from_logits"}
 RENAMED_METHODS = {"mcc": "class-confusion"}
 #: What a run writes into --out: the only names --overwrite removes.
 OUTPUTS = ("metrics.jsonl", "summary.json", "config.json", "checkpoints", "tb", "confusion.png")
-OUTPUTS += ("curves.png", "results.md", "summary_all.json")
+OUTPUTS += ("curves.png", "results.md", "summary_all.json", "analysis.json", "features.png")
+OUTPUTS += ("distances.png",)
 ORACLE_NOTE = "selection on the test set (best over training; not a valid result)"
 SUMMARY_KEYS = ("step", "acc_fused", "acc_global", "acc_local", "macro_f1_fused")
 
@@ -293,6 +295,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
         "otherwise a line every --log-every steps)")  # fmt: skip
     opt("--tensorboard", action=on_off, help="<out>/tb (default: when installed)")
     opt("--plots", action=on_off, default=True, help="confusion.png and curves.png")
+    opt("--analyse", action="store_true", help="the feature space at step 0 and at the end "
+        "(lacmfer.analysis): features.png, distances.png, analysis.json, numbers in summary.json")  # fmt: skip
     opt("--write-weight-hash", action="store_true", help="<out>/weights_rank<r>.json (DDP checks)")
     return p, mutable
 
@@ -778,18 +782,15 @@ class Run:
         """Target test metrics (global, local, fused view), every unsupervised validator on the
         unlabelled adaptation set, and held-out source accuracy and loss. Each rank takes its
         shard; the statistics are combined over ranks."""
-        task, sync, r, w = self.task, self.ranks.world > 1, self.ranks.rank, self.ranks.world
+        task, sync = self.task, self.ranks.world > 1
         self.broadcast_buffers()
         training = self.model.training
         self.model.eval()
-        size = max(64, 2 * self.args.batch_size // w)
 
         def shard(data: Any) -> Iterator[Any]:
-            shard = Subset(data, range(r, len(data), w))
-            for x, y, *_ in DataLoader(shard, batch_size=size, num_workers=self.workers):
+            for x, y, *_ in self.shard(data):
                 with self.autocast():
-                    out = self.model(self.inputs(x.to(self.device, non_blocking=True)))
-                yield out, y.to(self.device)
+                    yield self.model(self.inputs(x.to(self.device))), y.to(self.device)
 
         confusion = torch.zeros(3, 7, 7, dtype=torch.int64, device=self.device)
         for out, y in shard(task.target_test):
@@ -807,12 +808,8 @@ class Run:
                                      loss.new_tensor(len(y))])  # fmt: skip
             if sync:
                 dist.all_reduce(loss)
-            record.update(
-                {
-                    "val_source-acc": float(accuracy.compute()),
-                    "source_val_loss": float(loss[0] / loss[1]),
-                }
-            )
+            record["val_source-acc"] = float(accuracy.compute())
+            record["source_val_loss"] = float(loss[0] / loss[1])
         if sync:
             dist.all_reduce(confusion)
         self.model.train(training)
@@ -823,6 +820,24 @@ class Run:
             "macro_f1_local": l["macro_f1"], "per_class_acc_fused": fused["per_class_accuracy"],
             "confusion_fused": fused["confusion"], "num_test": fused["num_samples"], **record,
         }  # fmt: skip
+
+    def shard(self, data: Any) -> DataLoader:
+        """This rank's part (``rank::world``) of ``data``, in batches, in order."""
+        part = Subset(data, range(self.ranks.rank, len(data), self.ranks.world))
+        size = max(64, 2 * self.args.batch_size // self.ranks.world)
+        return DataLoader(part, batch_size=size, num_workers=self.workers)
+
+    def analyse(self) -> ShiftReport:
+        """Where domains and classes lie in feature space (:mod:`lacmfer.analysis`): at most 200
+        images of each source and of the target's test set (its labels: evaluation only)."""
+        self.broadcast_buffers()
+        sync, target = self.ranks.world > 1, len(self.task.sources)
+        collector = FeatureCollector(features=("feat_g", "feat_l"), max_samples=200,
+                                     seed=self.args.split_seed, sync_dist=sync)  # fmt: skip
+        for data, domain in ((self.task.source, None), (self.task.target_test, target)):
+            batches = ((self.inputs(x), y, *d) for x, y, *d in self.shard(data))
+            collector.collect(self.model, batches, domain=domain, device=self.device)
+        return shift_report(collector.compute(), target=target, seed=self.args.split_seed)
 
     def evaluate_and_log(self) -> dict[str, Any]:
         """Evaluate, log, and update the oracle and the ``--select-by`` choice (the validator's
@@ -951,7 +966,7 @@ def train(args: argparse.Namespace, mutable: set[str], target: str, out: Path, r
         ckpt = read_checkpoint(path, "--resume")
         saved = ckpt["config"]
         args = reconcile(args, saved, ckpt["step"], mutable)
-        summary = read_summary(out)
+        summary = read_json(out / "summary.json")
         if ckpt["step"] == args.steps and summary is not None and summary.get("completed"):
             say(f"{out}: finished (step {args.steps} of {args.steps}); nothing to do", flush=True)
             return summary
@@ -978,6 +993,12 @@ def train(args: argparse.Namespace, mutable: set[str], target: str, out: Path, r
         run.log.keep([r for r in records if (r["step"], r["kind"] != "train") < (run.step, True)])
     run.start_streams()
     last_eval, values = None, None
+    analysis = read_json(out / "analysis.json") or {}
+    if args.analyse and "step_0" not in analysis:  # the feature space before any step
+        tick = time.perf_counter()
+        analysis = {"step_0": run.analyse().to_dict(), "seconds": time.perf_counter() - tick}
+        if run.main:
+            (out / "analysis.json").write_text(json.dumps(analysis) + "\n")
     if ckpt is not None:  # the evaluation of the checkpoint's step, if that step had one
         s, old = run.step, ckpt["config"]
         if any(
@@ -1011,17 +1032,39 @@ def train(args: argparse.Namespace, mutable: set[str], target: str, out: Path, r
         check = {"weights": state_hash(run.model.state_dict()), "last_train": values}
         (out / f"weights_rank{ranks.rank}.json").write_text(json.dumps(check) + "\n")
     summary = make_summary(run, last_eval, time.perf_counter() - start)
+    if args.analyse and summary["completed"]:
+        tick = time.perf_counter()
+        analysis["final"] = run.analyse().to_dict()
+        analysis["seconds"] = analysis.get("seconds", 0.0) + time.perf_counter() - tick
+        summary["analysis"] = write_analysis(run, analysis, out) if run.main else None
     if run.main:
         write_outputs(run, summary)
     run.log.close()
     return summary
 
 
-def read_summary(out: Path) -> Optional[dict[str, Any]]:
+def read_json(path: Path) -> Optional[dict[str, Any]]:
     try:
-        return dict(json.loads((out / "summary.json").read_text()))
+        return dict(json.loads(path.read_text()))
     except (OSError, ValueError):
         return None
+
+
+def write_analysis(
+    run: Run, analysis: dict[str, Any], out: Path, prefix: str = ""
+) -> dict[str, Any]:
+    """``analysis.json`` (every number and the maps), the figures, and the numbers alone (for
+    ``summary.json``) of the reports in ``analysis`` (``step_0`` and ``final``, or one)."""
+    (out / f"{prefix}analysis.json").write_text(json.dumps(analysis) + "\n")
+    reports = [(k, ShiftReport.from_dict(v)) for k, v in analysis.items() if k != "seconds"]
+    names = [*run.task.sources, f"{run.task.target} (target, test set)"]
+    paths = {"features": out / f"{prefix}features.png", "distances": out / f"{prefix}distances.png"}
+    titled = [(k.replace("_", " "), r) for k, r in reports]
+    if run.args.plots and not plot_shift(titled, names, CLASSES, **paths):
+        run.log.notes.append("matplotlib not installed: analysis figures skipped")
+    numbers = {k: {n: v for n, v in r.to_dict().items() if n not in ("points", "domains", "labels")}
+               for k, r in reports}  # fmt: skip
+    return {**numbers, "seconds": analysis["seconds"]}
 
 
 def make_summary(run: Run, last_eval: Optional[dict[str, Any]], wall: float) -> dict[str, Any]:
@@ -1083,6 +1126,18 @@ def result_lines(summary: dict[str, Any]) -> str:
                      f"{selected['step']}, {100 * selected['acc_fused']:.1f}%")  # fmt: skip
     lines.append(f"  best over training {100 * oracle['acc_fused']:.1f}% at step {oracle['step']} "
                  "[selection on the test set: not a result]")  # fmt: skip
+    if "step_0" in (summary.get("analysis") or {}):
+        a, b = summary["analysis"]["step_0"], summary["analysis"]["final"]
+
+        def mean(v: list[Optional[float]]) -> float:
+            kept = [x for x in v if x is not None]
+            return sum(kept) / max(1, len(kept))
+
+        lines.append(f"  feature space, step 0 -> final: proxy A-distance sources/target "
+                     f"{a['proxy_a'][0]:.2f} -> {b['proxy_a'][0]:.2f}; same class across domains "
+                     f"{mean(a['same_class']):.3g} -> {mean(b['same_class']):.3g} (other classes "
+                     f"{a['other_class']:.3g} -> {b['other_class']:.3g}); class separation "
+                     f"{a['separation']:.3f} -> {b['separation']:.3f} [features.png, distances.png]")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -1100,6 +1155,13 @@ def evaluate_checkpoint(args: argparse.Namespace, ranks: Ranks, device: torch.de
     run = Run(saved, build_task(saved, saved.target), ranks, device, path.parent)
     run.model.load_state_dict(ckpt["model"])
     r = run.evaluate()
+    if args.analyse:  # the figures go to --out, named after the checkpoint
+        tick, out = time.perf_counter(), Path(args.out)
+        report = {f"step_{ckpt['step']}": run.analyse().to_dict(), "seconds": 0.0}
+        report["seconds"] = time.perf_counter() - tick
+        if ranks.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            write_analysis(run, report, out, prefix=f"{path.stem}_")
     scores = ", ".join(f"{k[4:]} {v:.4g}" for k, v in r.items() if k.startswith("val_"))
     if ranks.rank == 0:
         print(f"{saved.target} ({'synthetic' if run.task.synthetic else 'real'} data, {saved.method}), "

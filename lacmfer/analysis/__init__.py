@@ -15,6 +15,8 @@ a model, so that a run can be checked beyond its accuracy:
   domain: lower is better separated; a rise while the domain distances fall is the signature of an
   alignment that collapses the classes.
 * :func:`embed_2d`: two-dimensional t-SNE (scikit-learn, optional) or PCA coordinates for plots.
+* :func:`shift_report` and :func:`plot_shift`: all of the above at once on collected features,
+  as one JSON-ready report, and its figures (before and after adaptation side by side).
 
 Conventions: inputs are tensors of features :math:`(N, D)` with integer domain indices and labels
 :math:`(N,)` (negative labels mean "unlabelled" and are left out of class-wise numbers); results
@@ -47,6 +49,7 @@ from ._collector import SUBSAMPLE_MODES, CollectedFeatures, FeatureCollector
 from ._domain_distance import DISTANCE_KINDS, DomainDistances, domain_distance_matrix
 from ._embedding import EMBED_METHODS, Embedding, embed_2d
 from ._proxy_a_distance import ProxyADistance, proxy_a_distance
+from ._report import ShiftReport, plot_shift, shift_report
 
 __all__ = [
     "DISTANCE_KINDS",
@@ -58,8 +61,11 @@ __all__ = [
     "Embedding",
     "FeatureCollector",
     "ProxyADistance",
+    "ShiftReport",
     "class_separation",
     "domain_distance_matrix",
     "embed_2d",
+    "plot_shift",
     "proxy_a_distance",
+    "shift_report",
 ]

@@ -540,6 +540,33 @@ def test_evaluate_a_checkpoint(script: ModuleType, tmp_path: Path,
     assert files(out) == before
 
 
+def test_analyse_measures_the_feature_space_before_and_after(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--analyse writes the figures and numbers of lacmfer.analysis at step 0 and at the end,
+    keeps step 0's across a resume, and changes nothing in the training itself."""
+    common = ["--write-weight-hash", "--steps", "10"]
+    assert run(script, capsys, "--out", str(tmp_path / "plain"), *common)[0] == 0
+    out = tmp_path / "run"
+    assert run(script, capsys, "--out", str(out), *common, "--analyse", "--stop-at", "6")[0] == 0
+    step_0 = json.loads((out / "analysis.json").read_text())["step_0"]
+    assert run(script, capsys, "--out", str(out), *common, "--analyse", "--resume")[0] == 0
+    assert weights(out) == weights(tmp_path / "plain")
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert analysis["step_0"] == step_0 and "final" in analysis
+    numbers = json.loads((out / "summary.json").read_text())["analysis"]
+    for when in ("step_0", "final"):
+        assert 0.0 <= numbers[when]["proxy_a"][0] <= 2.0 and numbers[when]["separation"] > 0
+        assert len(numbers[when]["distances"]) == 6 and "points" not in numbers[when]
+    assert numbers["seconds"] > 0
+    assert (out / "features.png").stat().st_size > 0 and (out / "distances.png").stat().st_size > 0
+    before = files(out)
+    capsys.readouterr()
+    ckpt = out / "checkpoints" / "last.pt"
+    assert script.main(["--evaluate", str(ckpt), "--analyse", "--out", str(tmp_path / "eval")]) == 0
+    assert (tmp_path / "eval" / "last_features.png").exists() and files(out) == before
+
+
 # -------------------------------------------------------------------------------- bad inputs
 def _write_fake_protocol(root: Path) -> tuple[Path, Path]:
     """Image files and list files laid out like the published protocol (paths ../datasets/...)."""
