@@ -123,6 +123,7 @@ API_PACKAGES = (
     "lacmfer.data",
     "lacmfer.data.synthetic",
     "lacmfer.validation",
+    "lacmfer.analysis",
 )
 _AUTODOC_RE = re.compile(
     r"^\s*\.\.\s+auto(?:function|class|data|attribute|exception|method|decorator)::\s+([\w.]+)",

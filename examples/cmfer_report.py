@@ -1,12 +1,11 @@
 """What ``train_cmfer.py`` writes and prints: classification metrics, the metrics log, progress
-lines and plots. Nothing here takes part in training; optional packages (matplotlib, tqdm,
+lines and plots. Nothing here takes part in training; optional packages (matplotlib,
 tensorboard) are imported when used, and a missing one turns its output off."""
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -121,28 +120,21 @@ class MetricsLog:
 
 
 class Progress:
-    """A tqdm bar on stderr when stderr is a terminal (``enabled=None``), else one line on stdout
-    at every logged step (step, losses, images/s, time left), so that a job's log is never silent."""
+    """A line on stdout at every logged step: the losses, images/s and the time left."""
 
-    def __init__(self, total: int, initial: int, *, enabled: Optional[bool], desc: str,
-                 images_per_step: int) -> None:  # fmt: skip
-        self.total, self.desc, self.images_per_step = total, desc, images_per_step
+    def __init__(
+        self, total: int, initial: int, *, enabled: bool, desc: str, images_per_step: int
+    ) -> None:
+        self.total, self.desc, self.images_per_step, self.enabled = (
+            total,
+            desc,
+            images_per_step,
+            enabled,
+        )
         self._start, self._first = time.perf_counter(), initial
-        self._bar: Any = None
-        if enabled or (enabled is None and sys.stderr.isatty()):
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:
-                return
-            self._bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
 
-    def update(self, step: int, values: Optional[dict[str, float]] = None) -> None:
-        if self._bar is not None:
-            self._bar.update(1)
-            if values:
-                self._bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
-            return
-        if not values:
+    def update(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
             return
         elapsed, done = time.perf_counter() - self._start, step - self._first
         rate = done / elapsed if elapsed > 0 and done > 0 else 0.0
@@ -150,10 +142,6 @@ class Progress:
         losses = " ".join(f"{k} {v:.4g}" for k, v in values.items())
         print(f"{self.desc} | step {step}/{self.total} | {losses} | "
               f"{rate * self.images_per_step:.0f} img/s | ETA {_duration(left)}", flush=True)  # fmt: skip
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
 
 def _duration(seconds: float) -> str:

@@ -42,7 +42,6 @@ diagnostics only; they never reach a loss, a validator or the selection.
 from __future__ import annotations
 
 import argparse
-import bisect
 import contextlib
 import functools
 import hashlib
@@ -69,7 +68,7 @@ from cmfer_report import (
 )
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import ConcatDataset, DataLoader, Subset
+from torch.utils.data import DataLoader, Subset
 
 from lacmfer.analysis import FeatureCollector, ShiftReport, plot_shift, shift_report
 from lacmfer.data import (
@@ -78,12 +77,15 @@ from lacmfer.data import (
     FERAugment,
     InfiniteSampler,
     LabelledSubset,
+    LeaveOneDomainOutTask,
     MultiSourceSampler,
     canonical_dataset,
+    check_images,
     fer_list_domains,
     leave_one_domain_out,
     normalize,
     protocol_lists_dir,
+    sampler_loader,
 )
 from lacmfer.data.synthetic import pretrained_encoder, synthetic_domains
 from lacmfer.functional import CONSISTENCY_KINDS, mmd2, refine_pseudo_labels
@@ -291,12 +293,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
     opt("--log-every", type=pos, default=50)
     opt("--ckpt-every", type=pos, default=1000)
     opt("--keep-checkpoints", type=nonneg, default=3, help="periodic ones, beside last.pt")
-    opt("--progress", action=on_off, help="tqdm bar (default: when stderr is a terminal; "
-        "otherwise a line every --log-every steps)")  # fmt: skip
+    opt("--progress", action=on_off, default=True, help="a line every --log-every steps")
     opt("--tensorboard", action=on_off, help="<out>/tb (default: when installed)")
     opt("--plots", action=on_off, default=True, help="confusion.png and curves.png")
     opt("--analyse", action="store_true", help="the feature space at step 0 and at the end "
-        "(lacmfer.analysis): features.png, distances.png, analysis.json, numbers in summary.json")  # fmt: skip
+        "(lacmfer.analysis): features.png, distances.png, analysis.json, summary.json")  # fmt: skip
     opt("--write-weight-hash", action="store_true", help="<out>/weights_rank<r>.json (DDP checks)")
     return p, mutable
 
@@ -406,35 +407,15 @@ def targets(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------------------------------ data
-class Task(NamedTuple):
-    """One leave-one-domain-out task, as the training loop consumes it."""
-
-    target: str
-    sources: tuple[str, ...]
-    source: ConcatDataset  # the sources; items (image, label, source id)
-    target_adapt: Any  # unlabelled for training: its labels feed logged diagnostics only
-    target_test: Any
-    source_val: Optional[Any]  # held-out source images (--source-val-fraction)
-    synthetic: bool
-    notes: list[str]
-
-
-class SourcesWithDomain(ConcatDataset):
-    """The sources, concatenated as :class:`~lacmfer.data.MultiSourceSampler` numbers them."""
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
-        image, label = super().__getitem__(index)
-        return image, label, bisect.bisect_right(self.cumulative_sizes, index)
-
-
 @functools.lru_cache(maxsize=1)  # rendered once per process; training never writes into them
 def synthetic_data(size: int, test: int, side: int, seed: int, names: tuple[str, ...]) -> Any:
     return synthetic_domains(size, test, domains=names, image_size=side, seed=seed)
 
 
-def build_task(args: argparse.Namespace, target: str) -> Task:
-    """The synthetic domains (no ``--data-root``) or the protocol's image lists, ``target`` held
-    out. The data and every split depend on ``--split-seed``, never on ``--seed``."""
+def build_task(args: argparse.Namespace, target: str) -> tuple[LeaveOneDomainOutTask, Any]:
+    """The synthetic domains (no ``--data-root``) or the protocol's image lists with ``target`` held
+    out, and the held-out source images (``--source-val-fraction``) or None. The data and every
+    split depend on ``--split-seed``, never on ``--seed``."""
     names = domain_names(args)
     if args.data_root is None:
         sizes = (args.synthetic_train_size, args.synthetic_test_size, args.image_size)
@@ -444,16 +425,9 @@ def build_task(args: argparse.Namespace, target: str) -> Task:
         task = leave_one_domain_out(real_domains(args, names, target), target,
                                     leakage_free=args.leakage_free is not False,
                                     seed=args.split_seed)  # fmt: skip
-    sources, source_val = list(task.source_sets), None
-    if args.source_val_fraction > 0:
-        gen = torch.Generator().manual_seed(args.split_seed)
-        orders = [torch.randperm(len(ds), generator=gen) for ds in sources]
-        cuts = [max(1, round(args.source_val_fraction * len(ds))) for ds in sources]
-        parts = list(zip(sources, orders, cuts))
-        source_val = ConcatDataset([LabelledSubset(ds, o[:c]) for ds, o, c in parts])
-        sources = [LabelledSubset(ds, o[c:]) for ds, o, c in parts]
-    return Task(task.target, task.sources, SourcesWithDomain(sources), task.target_adapt,
-                task.target_test, source_val, args.data_root is None, list(task.notes))  # fmt: skip
+    if args.source_val_fraction == 0:
+        return task, None
+    return task.split_sources(args.source_val_fraction, seed=args.split_seed)
 
 
 def real_domains(args: argparse.Namespace, names: tuple[str, ...], target: str) -> dict[str, Any]:
@@ -476,7 +450,7 @@ def real_domains(args: argparse.Namespace, names: tuple[str, ...], target: str) 
     except ValueError as err:  # the file, then its first bad line
         raise UsageError(f"--lists {lists}: {' '.join(str(err).split(chr(10))[:2])}") from None
     used = [s.adapt for s in domains.values()] + [domains[target].test]
-    bad = {p: e for ds in used for p, e in unreadable(ds.paths).items()}
+    bad = {p: e for ds in used for p, e in check_images(ds.paths).items()}
     if bad and not args.skip_unreadable:
         raise UsageError(f"--data-root {args.data_root}: {len(bad)} images of the lists in use "
                          f"are missing or do not decode (e.g. {', '.join(list(bad)[:3])}); fix "
@@ -492,36 +466,6 @@ def real_domains(args: argparse.Namespace, names: tuple[str, ...], target: str) 
     }
     return {n: type(s)(kept.get(id(s.adapt), s.adapt), kept.get(id(s.test), s.test))
             for n, s in domains.items()}  # fmt: skip
-
-
-def unreadable(paths: Sequence[str]) -> dict[str, str]:
-    """``path -> error`` for the files that are missing or whose image header does not decode."""
-    from PIL import Image  # Pillow, in the `example` extra
-
-    bad = {}
-    for path in paths:
-        try:
-            with Image.open(path) as img:
-                img.size  # noqa: B018 -- parsed from the header on open
-        except Exception as err:  # any file or decoder error
-            bad[path] = type(err).__name__
-    return bad
-
-
-def batches(
-    data: Any, draw: Callable[[], Tensor], skip: int, workers: int, pin: bool
-) -> Iterator[Any]:
-    """Batches of ``data`` at the indices ``draw()`` returns, loaded by a DataLoader. The first
-    ``skip`` draws are replayed without loading anything: a resumed run continues with the very
-    batches it would have drawn (the samplers are seeded; index arithmetic only)."""
-    for _ in range(skip):
-        draw()
-
-    def indices() -> Iterator[list[int]]:
-        while True:
-            yield draw().tolist()
-
-    return iter(DataLoader(data, batch_sampler=indices(), num_workers=workers, pin_memory=pin))
 
 
 # -------------------------------------------------------------------------- model and objective
@@ -568,11 +512,11 @@ class TrainStep(nn.Module):
     the model in two calls (per-domain BatchNorm). ``loss = CE + w·weight·Σ_b baseline_b`` for a
     baseline, with ``w`` the objective's adaptation schedule."""
 
-    def __init__(self, model: nn.Module, objective: LACMFERLoss, baseline: nn.ModuleList,
-                 method: str, weight: float, kernel: tuple[int, float]) -> None:  # fmt: skip
+    def __init__(self, run: Run, weight: float) -> None:
         super().__init__()
-        self.model, self.objective, self.baseline = model, objective, baseline
-        self.method, self.weight, self.kernel = method, weight, kernel
+        self.model, self.objective, self.baseline = run.model, run.objective, run.baseline
+        self.method, self.weight, self.kernel = run.args.method, weight, run.args.kernel_num
+        self.kernel_mul = run.args.kernel_mul
 
     def forward(
         self, x_s: Tensor, y_s: Tensor, d_s: Tensor, x_t: Tensor
@@ -585,7 +529,7 @@ class TrainStep(nn.Module):
         for b, view in enumerate(("g", "l")):
             f_s, f_t = getattr(out_s, f"feat_{view}"), getattr(out_t, f"feat_{view}")
             if self.method == "mmd":
-                align = align + mmd2(f_s, f_t, kernel_num=self.kernel[0], kernel_mul=self.kernel[1])
+                align = align + mmd2(f_s, f_t, kernel_num=self.kernel, kernel_mul=self.kernel_mul)
             elif self.method == "m3sda":
                 align = align + self.baseline[b](f_s, d_s, f_t)
             elif self.method == "class-confusion":
@@ -610,8 +554,9 @@ def load_encoder(args: argparse.Namespace, rank: int, world: int) -> Optional[di
     try:
         return None if path is None else torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # missing, truncated, not a tensor file
+        reason = type(err).__name__
         raise UsageError(
-            f"--encoder-weights {path}: not a readable state dict ({type(err).__name__})"
+            f"--encoder-weights {path}: not a readable state dict ({reason})"
         ) from None
 
 
@@ -624,13 +569,11 @@ class Ranks(NamedTuple):
 
 def setup_device(args: argparse.Namespace) -> tuple[Ranks, torch.device]:
     """The device and, under ``torchrun``, the process group (NCCL on CUDA, else gloo)."""
-    env = os.environ
-    ranks = Ranks(
-        int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
-    )
-    name = (
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    )
+    env = [
+        int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0))
+    ]
+    ranks = Ranks(*env)
+    name = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: CUDA is not available")
     device = torch.device(f"cuda:{ranks.local}" if name == "cuda" else name)
@@ -647,9 +590,10 @@ def setup_device(args: argparse.Namespace) -> tuple[Ranks, torch.device]:
 class Run:
     """Everything one training run holds: data, model, objective, optimiser, counters, log."""
 
-    def __init__(self, args: argparse.Namespace, task: Task, ranks: Ranks, device: torch.device,
-                 out: Path) -> None:  # fmt: skip
-        self.args, self.task, self.ranks, self.device, self.out = args, task, ranks, device, out
+    def __init__(self, args: argparse.Namespace, task: LeaveOneDomainOutTask, source_val: Any,
+                 ranks: Ranks, device: torch.device, out: Path) -> None:  # fmt: skip
+        self.args, self.task, self.source_val, self.ranks = args, task, source_val, ranks
+        self.device, self.out = device, out
         self.main, sync = ranks.rank == 0, ranks.world > 1
         cl = args.channels_last if args.channels_last is not None else device.type == "cuda"
         self.memory_format = torch.channels_last if cl else torch.contiguous_format
@@ -657,10 +601,9 @@ class Run:
         # The model and the discriminators get the same initialisation on every rank; the
         # augmentation a per-rank seed; the samplers split one global stream over the ranks.
         torch.manual_seed(args.seed)
+        build = LACMFER.tiny if args.width == "tiny" else LACMFER
         try:
-            self.model = (LACMFER.tiny if args.width == "tiny" else LACMFER)(
-                7, share=args.share, encoder_weights=encoder
-            )
+            self.model = build(7, share=args.share, encoder_weights=encoder)
         except (KeyError, ValueError, RuntimeError) as err:
             raise UsageError(f"--encoder-weights {args.encoder_weights}: not a torchvision "
                              f"resnet18 state dict ({type(err).__name__})") from None  # fmt: skip
@@ -671,14 +614,10 @@ class Run:
         self.baseline = baseline_losses(args, dims, len(task.sources), sync).to(device)
         weight = args.baseline_weight
         weight = BASELINE_WEIGHTS.get(args.method, 0.0) if weight is None else weight
-        kernel = (args.kernel_num, args.kernel_mul)
-        step: nn.Module = TrainStep(
-            self.model, self.objective, self.baseline, args.method, weight, kernel
-        )
+        step: nn.Module = TrainStep(self, weight)
         if sync:
-            step = DistributedDataParallel(
-                step, device_ids=[device.index] if device.index is not None else None
-            )
+            ids = None if device.index is None else [device.index]
+            step = DistributedDataParallel(step, device_ids=ids)
         self.step_fn = torch.compile(step) if args.compile else step
         groups = self.model.parameter_groups(args.lr, encoder_lr_scale=args.encoder_lr_scale,
                                              weight_decay=args.weight_decay)  # fmt: skip
@@ -686,17 +625,13 @@ class Run:
             groups.append({"params": list(self.baseline.parameters()), "lr": args.lr,
                            "weight_decay": args.weight_decay})  # fmt: skip
         nesterov = args.nesterov and args.momentum > 0
-        self.optimizer = torch.optim.SGD(
-            groups, lr=args.lr, momentum=args.momentum, nesterov=nesterov
-        )
-        horizon, gamma, power = (
-            args.decay_steps or max(1, args.steps // 2),
-            args.decay_gamma,
-            args.decay_power,
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda t: (1.0 + gamma * min(1.0, t / horizon)) ** -power
-        )
+        self.optimizer = torch.optim.SGD(groups, args.lr, args.momentum, nesterov=nesterov)
+        horizon = args.decay_steps or max(1, args.steps // 2)
+
+        def decay(t: int) -> float:  # the paper's inverse decay
+            return float((1.0 + args.decay_gamma * min(1.0, t / horizon)) ** -args.decay_power)
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, decay)
         self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
         self.augment = FERAugment() if args.augment else None
         self.aug_gen = torch.Generator(device).manual_seed(args.seed * 1000 + ranks.rank + 1)
@@ -705,27 +640,21 @@ class Run:
         self.oracle: Optional[dict[str, Any]] = None  # best test accuracy (test-set selection)
         self.selected: Optional[dict[str, Any]] = None  # what --select-by prefers so far
         self.log = MetricsLog(out, enabled=self.main, tensorboard=args.tensorboard)
-        self.workers = 0 if task.synthetic else 4 if args.num_workers is None else args.num_workers
+        self.synthetic = args.data_root is None
+        self.workers = 0 if self.synthetic else 4 if args.num_workers is None else args.num_workers
 
     def start_streams(self) -> None:
         """The training streams from ``self.step`` on (this rank's part of each global batch)."""
-        a, r, w, sizes = (
-            self.args,
-            self.ranks.rank,
-            self.ranks.world,
-            self.task.source.cumulative_sizes,
-        )
-        sizes = [b - a for a, b in zip([0, *sizes[:-1]], sizes)]
+        a, r, w, task = self.args, self.ranks.rank, self.ranks.world, self.task
+        sizes = [len(d) for d in task.source.datasets]
         source = MultiSourceSampler(sizes, a.batch_size // w, mode=a.source_mode, seed=a.seed,
                                     rank=r, world_size=w)  # fmt: skip
-        target = InfiniteSampler(len(self.task.target_adapt), (a.target_batch_size or a.batch_size) // w,
+        target = InfiniteSampler(len(task.target_adapt), (a.target_batch_size or a.batch_size) // w,
                                  seed=a.seed, rank=r, world_size=w)  # fmt: skip
         pin = self.device.type == "cuda"
-        self.source_stream = batches(self.task.source, lambda: source.sample().indices, self.step,
-                                     self.workers, pin)  # fmt: skip
-        self.target_stream = batches(
-            self.task.target_adapt, target.sample, self.step, self.workers, pin
-        )
+        loader = {"start": self.step, "num_workers": self.workers, "pin_memory": pin}
+        self.source_stream = sampler_loader(task.source, source, **loader)  # images, labels, ids
+        self.target_stream = sampler_loader(task.target_adapt, target, **loader)
 
     def autocast(self) -> Any:
         if self.args.amp == "none":
@@ -800,9 +729,9 @@ class Run:
         for out, _ in shard(task.target_adapt):  # the labels are dropped here
             validators.update(out.logits.float(), out.logits_g.float(), out.logits_l.float())
         record = {f"val_{k}": float(v) for k, v in validators.compute().items()}
-        if task.source_val is not None:
+        if self.source_val is not None:
             accuracy, loss = SourceAccuracy(sync_dist=sync), torch.zeros(2, device=self.device)
-            for out, y in shard(task.source_val):
+            for out, y in shard(self.source_val):
                 accuracy.update(out.logits.float(), y)
                 loss += torch.stack([F.cross_entropy(out.logits.float(), y, reduction="sum"),
                                      loss.new_tensor(len(y))])  # fmt: skip
@@ -813,11 +742,11 @@ class Run:
         if sync:
             dist.all_reduce(confusion)
         self.model.train(training)
-        g, l, fused = (classification_metrics(confusion[v]) for v in range(3))
+        glob, loc, fused = (classification_metrics(confusion[v]) for v in range(3))
         return {
-            "acc_fused": fused["accuracy"], "acc_global": g["accuracy"], "acc_local": l["accuracy"],
-            "macro_f1_fused": fused["macro_f1"], "macro_f1_global": g["macro_f1"],
-            "macro_f1_local": l["macro_f1"], "per_class_acc_fused": fused["per_class_accuracy"],
+            "acc_fused": fused["accuracy"], "acc_global": glob["accuracy"], "acc_local": loc["accuracy"],
+            "macro_f1_fused": fused["macro_f1"], "macro_f1_global": glob["macro_f1"],
+            "macro_f1_local": loc["macro_f1"], "per_class_acc_fused": fused["per_class_accuracy"],
             "confusion_fused": fused["confusion"], "num_test": fused["num_samples"], **record,
         }  # fmt: skip
 
@@ -828,16 +757,17 @@ class Run:
         return DataLoader(part, batch_size=size, num_workers=self.workers)
 
     def analyse(self) -> ShiftReport:
-        """Where domains and classes lie in feature space (:mod:`lacmfer.analysis`): at most 200
-        images of each source and of the target's test set (its labels: evaluation only)."""
+        """Where domains and classes lie in feature space (:mod:`lacmfer.analysis`): 200 images of
+        each source and of the target's test set (its labels: evaluation only), a seeded draw."""
         self.broadcast_buffers()
-        sync, target = self.ranks.world > 1, len(self.task.sources)
-        collector = FeatureCollector(features=("feat_g", "feat_l"), max_samples=200,
-                                     seed=self.args.split_seed, sync_dist=sync)  # fmt: skip
-        for data, domain in ((self.task.source, None), (self.task.target_test, target)):
-            batches = ((self.inputs(x), y, *d) for x, y, *d in self.shard(data))
+        gen = torch.Generator().manual_seed(self.args.split_seed)
+        domains = [*self.task.source_sets, self.task.target_test]
+        collector = FeatureCollector(features=("feat_g", "feat_l"), sync_dist=self.ranks.world > 1)
+        for domain, data in enumerate(domains):
+            part = Subset(data, torch.randperm(len(data), generator=gen)[:200].tolist())
+            batches = ((self.inputs(x), y) for x, y in self.shard(part))
             collector.collect(self.model, batches, domain=domain, device=self.device)
-        return shift_report(collector.compute(), target=target, seed=self.args.split_seed)
+        return shift_report(collector.compute(), target=len(domains) - 1, seed=self.args.split_seed)
 
     def evaluate_and_log(self) -> dict[str, Any]:
         """Evaluate, log, and update the oracle and the ``--select-by`` choice (the validator's
@@ -972,16 +902,12 @@ def train(args: argparse.Namespace, mutable: set[str], target: str, out: Path, r
             return summary
     elif args.resume is not None:
         say(f"--resume: no checkpoint in {out / 'checkpoints'} yet; starting at step 0", flush=True)
-    task, stop = build_task(args, target), args.stop_at or args.steps
-    data = (
-        "the built-in synthetic data (procedural faces, not real images)"
-        if task.synthetic
-        else args.data_root
-    )
+    (task, source_val), stop = build_task(args, target), args.stop_at or args.steps
+    data = args.data_root or "the built-in synthetic data (procedural faces, not real images)"
     batch = f"{args.batch_size} + {args.target_batch_size or args.batch_size} images"
     say(f"{args.method} -> {task.target} on {data}; sources {', '.join(task.sources)}; "
         f"{args.steps} steps of {batch}; out {out}", flush=True)  # fmt: skip
-    run = Run(args, task, ranks, device, out)
+    run = Run(args, task, source_val, ranks, device, out)
     if ckpt is not None:
         run.load(ckpt)
         say(f"resuming from {path} at step {run.step} of {args.steps}", flush=True)
@@ -1001,32 +927,25 @@ def train(args: argparse.Namespace, mutable: set[str], target: str, out: Path, r
             (out / "analysis.json").write_text(json.dumps(analysis) + "\n")
     if ckpt is not None:  # the evaluation of the checkpoint's step, if that step had one
         s, old = run.step, ckpt["config"]
-        if any(
-            s % e == 0 or s == n
-            for e, n in ((old["eval_every"], old["steps"]), (args.eval_every, args.steps))
-        ):
+        due = ((old["eval_every"], old["steps"]), (args.eval_every, args.steps))
+        if any(s % every == 0 or s == steps for every, steps in due):
             last_eval = run.evaluate_and_log()
         del ckpt
     images = args.batch_size + (args.target_batch_size or args.batch_size)
     progress = Progress(stop, run.step, enabled=args.progress if run.main else False,
                         desc=f"{args.method} -> {task.target}", images_per_step=images)  # fmt: skip
     run.model.train()
-    try:
-        while run.step < stop:
-            tick = time.perf_counter()
-            terms, out_t, labels_t = run.train_step()
-            logged = run.step % args.log_every == 0 or run.step == stop
-            values = run.log_step(terms, out_t, labels_t) if logged else values
-            run.train_time += time.perf_counter() - tick
-            progress.update(
-                run.step, {k: values[k] for k in ("loss", "ce", "align")} if logged else None
-            )
-            if run.step % args.ckpt_every == 0 or run.step == stop:
-                run.save()  # before the step's evaluation: a crash there keeps the step
-            if run.step % args.eval_every == 0 or run.step == args.steps:
-                last_eval = run.evaluate_and_log()
-    finally:
-        progress.close()
+    while run.step < stop:
+        tick = time.perf_counter()
+        terms, out_t, labels_t = run.train_step()
+        if run.step % args.log_every == 0 or run.step == stop:
+            values = run.log_step(terms, out_t, labels_t)
+            progress.update(run.step, {k: values[k] for k in ("loss", "ce", "align")})
+        run.train_time += time.perf_counter() - tick
+        if run.step % args.ckpt_every == 0 or run.step == stop:
+            run.save()  # before the step's evaluation: a crash there keeps the step
+        if run.step % args.eval_every == 0 or run.step == args.steps:
+            last_eval = run.evaluate_and_log()
     if args.write_weight_hash:  # DDP checks: the ranks must agree on the weights
         run.broadcast_buffers()
         check = {"weights": state_hash(run.model.state_dict()), "last_train": values}
@@ -1083,7 +1002,7 @@ def make_summary(run: Run, last_eval: Optional[dict[str, Any]], wall: float) -> 
         }
     return {
         "target": run.task.target, "sources": list(run.task.sources), "method": args.method,
-        "data": "synthetic" if run.task.synthetic else "real", "completed": completed,
+        "data": "synthetic" if run.synthetic else "real", "completed": completed,
         "step": run.step, "final": final, "selected": selected,
         "oracle": None if run.oracle is None else {**run.oracle, "note": ORACLE_NOTE},
         "wall_time_s": wall, "train_time_s": run.train_time,
@@ -1126,18 +1045,6 @@ def result_lines(summary: dict[str, Any]) -> str:
                      f"{selected['step']}, {100 * selected['acc_fused']:.1f}%")  # fmt: skip
     lines.append(f"  best over training {100 * oracle['acc_fused']:.1f}% at step {oracle['step']} "
                  "[selection on the test set: not a result]")  # fmt: skip
-    if "step_0" in (summary.get("analysis") or {}):
-        a, b = summary["analysis"]["step_0"], summary["analysis"]["final"]
-
-        def mean(v: list[Optional[float]]) -> float:
-            kept = [x for x in v if x is not None]
-            return sum(kept) / max(1, len(kept))
-
-        lines.append(f"  feature space, step 0 -> final: proxy A-distance sources/target "
-                     f"{a['proxy_a'][0]:.2f} -> {b['proxy_a'][0]:.2f}; same class across domains "
-                     f"{mean(a['same_class']):.3g} -> {mean(b['same_class']):.3g} (other classes "
-                     f"{a['other_class']:.3g} -> {b['other_class']:.3g}); class separation "
-                     f"{a['separation']:.3f} -> {b['separation']:.3f} [features.png, distances.png]")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -1152,7 +1059,7 @@ def evaluate_checkpoint(args: argparse.Namespace, ranks: Ranks, device: torch.de
         **{**ckpt["config"], **where, "encoder_weights": None, "tensorboard": False}
     )
     check_args(saved)
-    run = Run(saved, build_task(saved, saved.target), ranks, device, path.parent)
+    run = Run(saved, *build_task(saved, saved.target), ranks, device, path.parent)
     run.model.load_state_dict(ckpt["model"])
     r = run.evaluate()
     if args.analyse:  # the figures go to --out, named after the checkpoint
@@ -1164,10 +1071,10 @@ def evaluate_checkpoint(args: argparse.Namespace, ranks: Ranks, device: torch.de
             write_analysis(run, report, out, prefix=f"{path.stem}_")
     scores = ", ".join(f"{k[4:]} {v:.4g}" for k, v in r.items() if k.startswith("val_"))
     if ranks.rank == 0:
-        print(f"{saved.target} ({'synthetic' if run.task.synthetic else 'real'} data, {saved.method}), "
+        print(f"{saved.target} ({'synthetic' if run.synthetic else 'real'} data, {saved.method}), "
               f"{path} at step {ckpt['step']}: target accuracy {100 * r['acc_fused']:.1f}% fused "
               f"(global {100 * r['acc_global']:.1f}%, local {100 * r['acc_local']:.1f}%, macro-F1 "
-              f"{r['macro_f1_fused']:.3f})\n  validators (no target labels): {scores}", flush=True)  # fmt: skip
+              f"{r['macro_f1_fused']:.3f})\n  validators (no target labels): {scores}")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------- main

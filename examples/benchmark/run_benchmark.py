@@ -98,8 +98,8 @@ def job(method: str, target: str, seed: int, variant: Sequence[str] = (), steps:
         preset: str = "benchmark", runs: str = "runs/synthetic_benchmark") -> dict[str, Any]:  # fmt: skip
     """One run: its identity and the shell command that reproduces it from a fresh clone. The
     preset's own budget keeps the command (and folder) of the original 250-step records."""
-    budget = [] if (steps, batch) == (PRESET_STEPS, PRESET_BATCH) else [
-        "--steps", str(steps), "--eval-every", str(max(1, steps // 5)), "--batch-size", str(batch)]  # fmt: skip
+    budget = ["--steps", str(steps), "--eval-every", str(max(1, steps // 5)), "--batch-size"]
+    budget = [] if (steps, batch) == (PRESET_STEPS, PRESET_BATCH) else [*budget, str(batch)]
     name = method + "".join(f"_{v.strip('-')}" for v in variant)
     folder = Path(runs) / ("" if not budget else f"b{batch}_s{steps}")
     folder = folder / ("" if device == "cpu" else device) / f"seed{seed}" / target / name
@@ -183,8 +183,14 @@ def study_jobs(study: str, args: argparse.Namespace, extra: Sequence[str]) -> li
                 jobs += [job("lacmfer", t, s, v, extra=extra, device=dev) for t in targets
                          for v in ABLATIONS.values()]  # fmt: skip
         for s in seeds:
-            jobs += [job("lacmfer", t, s, v, extra=extra, device=dev) for t in targets
-                     for v in VARIANTS.values() if not (s in args.ablation_seeds and v in ABLATIONS.values())]  # fmt: skip
+            fresh = [
+                v
+                for v in VARIANTS.values()
+                if not (s in args.ablation_seeds and v in ABLATIONS.values())
+            ]
+            jobs += [
+                job("lacmfer", t, s, v, extra=extra, device=dev) for t in targets for v in fresh
+            ]
     elif study == "rule":
         jobs = [job("source-only", t, 0, RULE_FLAGS, steps=b, extra=extra, device=dev)
                 for b in args.budgets or RULE_BUDGETS for t in args.curve_targets]  # fmt: skip
@@ -380,8 +386,8 @@ def rule_tables(records: list[dict[str, Any]], targets: Sequence[str],
             losses[b] = mean
         src = _mean([100 * cell[t]["evals"][-1]["source-acc"] for t in targets if t in cell])
         tgt = _mean([cell[t]["final_acc"] for t in targets if t in cell])
-        lines.append(f"| {b} | " + " | ".join("–" if v is None else f"{v:.4f}" for v in vals)
-                     + f" | {'–' if mean is None else f'{mean:.4f}'} | {src or 0:.1f} | {tgt or 0:.1f} |")  # fmt: skip
+        cells = ["–" if v is None else f"{v:.4f}" for v in [*vals, mean]]
+        lines.append(f"| {b} | " + " | ".join(cells) + f" | {src or 0:.1f} | {tgt or 0:.1f} |")
     chosen = None
     for b in grid:
         if b in losses and 2 * b in losses and losses[2 * b] > (1 - RULE_TOLERANCE) * losses[b]:
@@ -389,9 +395,9 @@ def rule_tables(records: list[dict[str, Any]], targets: Sequence[str],
             break
     if chosen is None and len(losses) == len(grid):
         chosen = grid[-1]  # still improving at the largest budget the grid affords
+    verdict = f"Chosen: **{chosen} steps**." if chosen else "Not decided yet (runs missing)."
     lines += ["", f"Rule: the smallest budget B at which doubling it lowers the mean held-out "
-              f"source loss by less than {100 * RULE_TOLERANCE:.0f} %. "
-              + (f"Chosen: **{chosen} steps**." if chosen else "Not decided yet (runs missing).")]  # fmt: skip
+              f"source loss by less than {100 * RULE_TOLERANCE:.0f} %. {verdict}"]  # fmt: skip
     return "\n".join(lines) + "\n", chosen
 
 
@@ -423,9 +429,10 @@ def curve_tables(records: list[dict[str, Any]],
                 eff_t = _mean([r.get("train", {}).get("effective_t_g") for r in mine])
                 vs_so = paired_difference(rows, name) if name != "source-only" else "—"
                 vs_mmd = paired_difference(rows, name, "MMD") if name != "MMD" else "—"
-                lines.append(f"| {batch} | {steps} | {name} | {mean_std([r['final_acc'] for r in mine])} | "
-                             f"{vs_so} | {vs_mmd} | {'–' if ce is None else f'{ce:.2f}'} | "
-                             + ("–" if eff_s is None else f"{eff_s:.1f} / {eff_t:.1f}") + f" | {len(mine)} |")  # fmt: skip
+                acc = mean_std([r["final_acc"] for r in mine])
+                eff = "–" if eff_s is None else f"{eff_s:.1f} / {eff_t:.1f}"
+                lines.append(f"| {batch} | {steps} | {name} | {acc} | {vs_so} | {vs_mmd} | "
+                             f"{'–' if ce is None else f'{ce:.2f}'} | {eff} | {len(mine)} |")  # fmt: skip
                 ci = interval(differences(rows, name)) if name != "source-only" else None
                 if ci is not None:
                     points.append({"batch": batch, "steps": steps, "method": name, "mean": ci[0],
@@ -553,8 +560,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     jobs = study_jobs(args.study, args, extra)
     todo = [] if args.tables_only else [j for j in jobs if j["command"] not in done]
     todo = todo[: args.max_runs] if args.max_runs is not None else todo
-    print(f"{args.study}: {len(jobs) - len([j for j in jobs if j['command'] not in done])} of "
-          f"{len(jobs)} runs in the records; {len(todo)} to run, {args.jobs} at a time", flush=True)  # fmt: skip
+    recorded = sum(j["command"] in done for j in jobs)
+    print(f"{args.study}: {recorded} of {len(jobs)} runs in the records; {len(todo)} to run, "
+          f"{args.jobs} at a time", flush=True)  # fmt: skip
     if args.dry_run:
         print("\n".join(j["command"] for j in todo))
         return 0
@@ -624,9 +632,9 @@ def write_tables(study: str, rows: list[dict[str, Any]], records: list[dict[str,
         text = _header("The budget rule", invocation, rows, args.records) + table
         path = args.results / "budget_rule.md"
         if chosen is not None and trained_budget(args.results) != chosen:
-            (args.results / TRAINED).write_text(json.dumps({"budget": chosen, "rule": RULE_FLAGS, "tolerance": RULE_TOLERANCE,
-                                           "grid": args.budgets or RULE_BUDGETS, "invocation": invocation},
-                                          indent=2) + "\n")  # fmt: skip
+            rule = {"budget": chosen, "rule": RULE_FLAGS, "tolerance": RULE_TOLERANCE,
+                    "grid": args.budgets or RULE_BUDGETS, "invocation": invocation}  # fmt: skip
+            (args.results / TRAINED).write_text(json.dumps(rule, indent=2) + "\n")
     elif study == "curve":
         table, points = curve_tables(rows, args.curve_targets)
         text = _header("Does LA-CMFER help once the sources are learned? The budget curve", invocation,

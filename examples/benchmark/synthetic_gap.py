@@ -14,9 +14,9 @@ and measures how good the source-only model's **pseudo-labels** on the unlabelle
 split are, as LA-CMFER would see them at the start of adaptation (target batches of the training
 batch size, BatchNorm on the target batch's statistics): ``pseudo_label_precision`` is the share of
 the samples the method's vote keeps (:func:`lacmfer.functional.refine_pseudo_labels`: both heads
-agree and one head's max probability > 0.9, ``docs/method.rst``) whose label is right, ``pseudo_label_kept`` the share kept; the same at a fused
-max probability >= 0.4 (the alignment's threshold). Pseudo-labels are scored against the rendered
-(true) expressions.
+agree and one head's max probability > 0.9, ``docs/method.rst``) whose label is right,
+``pseudo_label_kept`` the share kept; the same at a fused max probability >= 0.4 (the alignment's
+threshold). Pseudo-labels are scored against the rendered (true) expressions.
 
 Accuracy is measured against the test labels as given (noisy in the in-the-wild domains, like the
 real test sets) and against the clean rendered expressions (``*_clean``).

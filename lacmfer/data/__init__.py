@@ -17,7 +17,13 @@ Synthetic FER data in the six datasets' styles (procedural faces, no download) l
 Pillow (``pip install lacmfer[images]``) is needed only to decode image files.
 """
 
-from ._check import ListReport, check_image_list, check_image_lists, check_protocol_lists
+from ._check import (
+    ListReport,
+    check_image_list,
+    check_image_lists,
+    check_images,
+    check_protocol_lists,
+)
 from .datasets import (
     FER2013_USAGE,
     FER2013CSV,
@@ -59,7 +65,7 @@ from .protocol import (
     protocol_lists_dir,
     subject_of,
 )
-from .samplers import InfiniteSampler, MultiSourceSampler, SourceBatch
+from .samplers import InfiniteSampler, MultiSourceSampler, SourceBatch, sampler_loader
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -105,6 +111,7 @@ __all__ = [
     "canonical_dataset",
     "check_image_list",
     "check_image_lists",
+    "check_images",
     "check_protocol_lists",
     "class_histogram",
     "decode_image",
@@ -125,6 +132,7 @@ __all__ = [
     "resolve_list_path",
     "rgb_to_grayscale",
     "sample_augment_params",
+    "sampler_loader",
     "subject_of",
     "to_rgb",
 ]

@@ -15,7 +15,14 @@ from .._checks import check_positive_int
 from .labels import CLASSES, NUM_CLASSES
 from .lists import ImageList, parse_image_list, resolve_list_path
 
-__all__ = ["ListReport", "check_image_list", "check_image_lists", "check_protocol_lists", "main"]
+__all__ = [
+    "ListReport",
+    "check_image_list",
+    "check_image_lists",
+    "check_images",
+    "check_protocol_lists",
+    "main",
+]
 
 PathLike = Union[str, "os.PathLike[str]"]
 _SHOW = 10  # examples printed per kind of problem
@@ -174,6 +181,47 @@ def _read_check(path: str, decode: bool) -> Optional[str]:
     except Exception as err:  # any decoder error means unreadable
         return f"{type(err).__name__}: {err}"
     return None
+
+
+def check_images(paths: Sequence[PathLike], *, decode: bool = False) -> dict[str, str]:
+    """The image files of ``paths`` that a training run could not read, before it starts.
+
+    Every file must exist and, with Pillow installed, open as an image: its header is parsed
+    (fast: the pixels are not read); ``decode=True`` decodes every pixel as well (slower, and
+    catches a file cut short after its header). Without Pillow only existence and a non-empty
+    start are checked.
+
+    Args:
+        paths: Image files (e.g. an :class:`~lacmfer.data.ImageListDataset`'s ``paths``).
+        decode: Decode the pixels too.
+
+    Returns:
+        ``path -> reason`` for each file that fails, in the order given; empty when all read.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / "bad.jpg").write_bytes(b"not an image")
+        >>> sorted(check_images([d / "bad.jpg", d / "gone.png"]).values())
+        ['FileNotFoundError', 'UnidentifiedImageError']
+    """
+    pillow = _pillow_available()
+    bad = {}
+    for path in paths:
+        try:
+            if pillow:
+                from PIL import Image
+
+                with Image.open(path) as img:
+                    if decode:
+                        img.load()
+            else:
+                with open(path, "rb") as fh:
+                    if not fh.read(16):
+                        raise OSError("empty file")
+        except Exception as err:  # any file or decoder error means unreadable
+            bad[os.fspath(path)] = type(err).__name__
+    return bad
 
 
 def _pillow_available() -> bool:

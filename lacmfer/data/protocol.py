@@ -38,6 +38,7 @@ from the protocol's list files (:data:`FER_LIST_FILES`), and
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import os
 import pathlib
@@ -226,6 +227,53 @@ class LeaveOneDomainOutTask:
     def target_sampler(self, batch_size: int, **kwargs: Any) -> InfiniteSampler:
         """An :class:`InfiniteSampler` over ``target_adapt``."""
         return InfiniteSampler(len(self.target_adapt), batch_size, **kwargs)
+
+    def split_sources(
+        self, fraction: float, *, seed: int = 0
+    ) -> tuple[LeaveOneDomainOutTask, ConcatDataset[Any]]:
+        """Hold out a share of every source, e.g. to score checkpoints by source accuracy.
+
+        Each source loses ``max(1, round(fraction * n))`` of its ``n`` samples, drawn by one
+        generator seeded with ``seed`` (sources in order).
+
+        Args:
+            fraction: Share of each source held out, in ``(0, 1)``.
+            seed: Seed of the draw.
+
+        Returns:
+            The task with the remaining source samples, and the held-out samples pooled.
+
+        Raises:
+            ValueError: If ``fraction`` is outside ``(0, 1)`` or would leave a source empty.
+
+        Example:
+            >>> from lacmfer.data.synthetic import synthetic_domains
+            >>> task = leave_one_domain_out(synthetic_domains(10, 4, image_size=16), "JAFFE")
+            >>> train, held = task.split_sources(0.2)
+            >>> train.source_sizes, len(held)
+            ([8, 8, 8, 8, 8], 10)
+        """
+        check_probability(fraction, "fraction", high_inclusive=False)
+        gen = torch.Generator().manual_seed(seed)
+        kept, held = [], []
+        for name, ds in zip(self.sources, self.source_sets):
+            order = torch.randperm(len(ds), generator=gen)
+            cut = max(1, round(fraction * len(ds)))
+            if cut >= len(ds):
+                raise ValueError(
+                    f"`fraction` ({fraction}) would hold out all {len(ds)} samples of {name}"
+                )
+            held.append(LabelledSubset(ds, order[:cut]))
+            kept.append(LabelledSubset(ds, order[cut:]))
+        sizes = torch.tensor([len(ds) for ds in kept])
+        task = dataclasses.replace(
+            self,
+            source_sets=tuple(kept),
+            source=ConcatDataset(kept),
+            source_labels=torch.cat([ds.labels for ds in kept]),
+            domain_ids=torch.repeat_interleave(torch.arange(len(kept)), sizes),
+        )
+        return task, ConcatDataset(held)
 
 
 def _split_by_group(

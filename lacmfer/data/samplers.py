@@ -35,15 +35,18 @@ indices; note that a loader prefetches, so the sampler state is ahead of the bat
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
 from .._checks import check_choice, check_positive_int
 
-__all__ = ["InfiniteSampler", "MultiSourceSampler", "SourceBatch"]
+__all__ = ["InfiniteSampler", "MultiSourceSampler", "SourceBatch", "sampler_loader"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -448,3 +451,73 @@ class InfiniteSampler:
             f"shuffle={self.shuffle}, seed={self.seed}, rank={self.rank}, "
             f"world_size={self.world_size})"
         )
+
+
+class _WithSource(Dataset[Any]):
+    """``(image, label, source id)`` items of a concatenation of sources (ids by index range)."""
+
+    def __init__(self, dataset: Any, sizes: Sequence[int]) -> None:
+        self.dataset, self.bounds = dataset, list(itertools.accumulate(sizes))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        return (*self.dataset[index], bisect.bisect_right(self.bounds, index))
+
+
+def sampler_loader(
+    dataset: Any,
+    sampler: Union[MultiSourceSampler, InfiniteSampler],
+    *,
+    start: int = 0,
+    **loader_kwargs: Any,
+) -> Iterator[Any]:
+    r"""An endless stream of batches: a :class:`~torch.utils.data.DataLoader` over ``dataset``
+    whose batches are the draws of ``sampler``.
+
+    Resuming is exact, also with loader workers that prefetch ahead: the first ``start`` draws are
+    made and dropped first (index arithmetic, no item is read), so a run resumed after ``start``
+    steps continues with the very batches it would have drawn, without saving the sampler's
+    state. With a :class:`MultiSourceSampler`, ``dataset`` is the concatenation of the sources in
+    the sampler's order (as :class:`torch.utils.data.ConcatDataset` numbers it) and every item
+    also carries its source id, so batches are ``(images, labels, sources)``.
+
+    Args:
+        dataset: Indexable dataset (the sources concatenated, for a multi-source sampler).
+        sampler: A fresh sampler (its stream at the start).
+        start: Draws to skip: the steps already taken (int >= 0).
+        **loader_kwargs: Passed to the DataLoader (``num_workers``, ``pin_memory``, ...).
+
+    Returns:
+        An iterator over collated batches; it never ends.
+
+    Raises:
+        TypeError: If ``sampler`` is neither sampler of this module.
+        ValueError: If ``start`` is negative or the dataset's size does not match a multi-source
+            sampler's.
+
+    Example:
+        >>> data = torch.utils.data.TensorDataset(torch.arange(10.0), torch.arange(10))
+        >>> first = sampler_loader(data, InfiniteSampler(10, 4, seed=1))
+        >>> _ = next(first); expected = next(first)
+        >>> resumed = sampler_loader(data, InfiniteSampler(10, 4, seed=1), start=1)
+        >>> torch.equal(next(resumed)[0], expected[0])
+        True
+    """
+    if not isinstance(sampler, (MultiSourceSampler, InfiniteSampler)):
+        raise TypeError(
+            f"`sampler` must be a MultiSourceSampler or an InfiniteSampler, got {type(sampler).__name__}"
+        )
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise ValueError(f"`start` must be an int >= 0, got {start!r}")
+    if isinstance(sampler, MultiSourceSampler):
+        if len(dataset) != sampler.total_size:
+            raise ValueError(
+                f"`dataset` has {len(dataset)} items, the sampler's sources {sampler.total_size} "
+                f"(domain_sizes={list(sampler.domain_sizes)})"
+            )
+        dataset = _WithSource(dataset, sampler.domain_sizes)
+    for _ in range(start):
+        sampler.sample()
+    return iter(DataLoader(dataset, batch_sampler=sampler, **loader_kwargs))

@@ -10,7 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lacmfer.data import FER_LIST_FILES, check_image_list, check_protocol_lists, protocol_lists_dir
+from lacmfer.data import (
+    FER_LIST_FILES,
+    check_image_list,
+    check_images,
+    check_protocol_lists,
+    protocol_lists_dir,
+)
 from lacmfer.data.check import main
 
 
@@ -226,3 +232,22 @@ def test_protocol_flag_usage_errors(
         main(list(argv))
     assert info.value.code == 2
     assert match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("decode", [False, True])
+def test_check_images_names_the_files_a_run_could_not_read(tmp_path: Path, decode: bool) -> None:
+    image = pytest.importorskip("PIL.Image")
+    good, cut, junk = tmp_path / "good.png", tmp_path / "cut.png", tmp_path / "junk.jpg"
+    image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(good)
+    image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        cut
+    )
+    cut.write_bytes(cut.read_bytes()[:120])  # a valid header, the pixels cut short
+    junk.write_bytes(b"not an image at all")
+    bad = check_images([good, cut, junk, tmp_path / "gone.png"], decode=decode)
+    assert (
+        bad[str(junk)] == "UnidentifiedImageError"
+        and bad[str(tmp_path / "gone.png")] == "FileNotFoundError"
+    )
+    assert str(good) not in bad
+    assert (str(cut) in bad) == decode  # only decoding the pixels finds a truncated file

@@ -156,3 +156,26 @@ def test_split_notes_say_whether_subjects_were_kept_apart(real: dict[str, Domain
     assert "no shared subject" not in note
     # Disjoint by image all the same.
     assert not set(_keys(jaffe.target_adapt)) & set(_keys(jaffe.target_test))
+
+
+def test_split_sources_holds_out_a_seeded_share_of_each_source() -> None:
+    domains = synthetic_domains(10, 4, domains=("CK+", "JAFFE", "RAF-DB"), image_size=16)
+    task = leave_one_domain_out(domains, "RAF-DB")
+    train, held = task.split_sources(0.3, seed=5)
+    assert train.source_sizes == [7, 7] and len(held) == 6
+    gen = torch.Generator().manual_seed(5)
+    for ds, part, start in zip(task.source_sets, train.source_sets, (0, 3)):
+        order = torch.randperm(len(ds), generator=gen)  # the draw, written out
+        assert part.keys == [ds.keys[i] for i in order[3:].tolist()]
+        assert [held[start + i][1] for i in range(3)] == [int(ds.labels[i]) for i in order[:3]]
+    assert torch.equal(train.source_labels, torch.cat([ds.labels for ds in train.source_sets]))
+    assert train.domain_ids.tolist() == [0] * 7 + [1] * 7
+    assert train.target_test is task.target_test and train.target == "RAF-DB"
+    again, _ = task.split_sources(0.3, seed=5)
+    assert again.source_sets[0].keys == train.source_sets[0].keys
+    with pytest.raises(ValueError, match="`fraction`"):
+        task.split_sources(1.0)
+    with pytest.raises(ValueError, match="would hold out all"):
+        leave_one_domain_out(
+            synthetic_domains(1, 1, domains=("CK+", "JAFFE"), image_size=16), "CK+"
+        ).split_sources(0.5)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
 
-from lacmfer.data import InfiniteSampler, MultiSourceSampler
+from lacmfer.data import InfiniteSampler, MultiSourceSampler, sampler_loader
 
 # The six protocol datasets' sizes: JAFFE 213 ... AffectNet ~34k (about 160x apart).
 SIZES = (1050, 213, 2988, 33800, 15206, 28709)
@@ -252,3 +252,47 @@ def test_infinite_sampler_resume_and_ranks() -> None:
     assert all(isinstance(x, list) and len(x) == 3 for x in batches)
     with pytest.raises(ValueError, match="rank"):
         InfiniteSampler(4, 2, rank=-1)
+
+
+# ------------------------------------------------------------------------------ sampler_loader
+def _tensor_sources(sizes: list[int]) -> torch.utils.data.ConcatDataset:
+    parts, start = [], 0
+    for n in sizes:
+        values = torch.arange(start, start + n, dtype=torch.float32)
+        parts.append(torch.utils.data.TensorDataset(values, values.long() % 7))
+        start += n
+    return torch.utils.data.ConcatDataset(parts)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sampler_loader_yields_the_sampler_draws_with_source_ids(workers: int) -> None:
+    sizes = [5, 3, 7]
+    data = _tensor_sources(sizes)
+    draws = MultiSourceSampler(sizes, 4, seed=3)
+    stream = sampler_loader(data, MultiSourceSampler(sizes, 4, seed=3), num_workers=workers)
+    for _ in range(6):
+        want = draws.sample()
+        images, labels, sources = next(stream)
+        assert images.tolist() == want.indices.float().tolist()  # item i holds the value i
+        assert labels.tolist() == (want.indices % 7).tolist()
+        assert sources.tolist() == want.domains.tolist()
+
+
+@pytest.mark.parametrize("start", [0, 1, 5])
+def test_sampler_loader_resumes_after_start_draws(start: int) -> None:
+    data = torch.utils.data.TensorDataset(torch.arange(11.0))
+    whole = sampler_loader(data, InfiniteSampler(11, 4, seed=2))
+    batches = [next(whole)[0] for _ in range(start + 3)]
+    resumed = sampler_loader(data, InfiniteSampler(11, 4, seed=2), start=start, num_workers=2)
+    for want in batches[start:]:
+        assert torch.equal(next(resumed)[0], want)
+
+
+def test_sampler_loader_checks_its_arguments() -> None:
+    data = _tensor_sources([2, 2])
+    with pytest.raises(ValueError, match="`dataset` has 4 items"):
+        sampler_loader(data, MultiSourceSampler([2, 3], 2))
+    with pytest.raises(ValueError, match="`start`"):
+        sampler_loader(data, InfiniteSampler(4, 2), start=-1)
+    with pytest.raises(TypeError, match="`sampler`"):
+        sampler_loader(data, [0, 1])  # type: ignore[arg-type]
