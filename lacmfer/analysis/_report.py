@@ -216,6 +216,10 @@ def plot_shift(
     plt.close(fig)
     fig, axes = plt.subplots(2, n, figsize=(4.6 * n, 8), squeeze=False)
     top = max(float(r.distances.nan_to_num().max()) for _, r in reports) or 1.0
+    bars = max(
+        max(float(r.same_class.nan_to_num().max()), float(r.other_class.nan_to_num()))
+        for _, r in reports
+    )
     for col, (title, r) in enumerate(reports):
         ax = axes[0][col]
         im = ax.imshow(r.distances.numpy(), vmin=0.0, vmax=top, cmap="viridis")
@@ -228,6 +232,7 @@ def plot_shift(
         ax.bar(range(len(class_names)), r.same_class.nan_to_num().numpy(), label="same class")
         ax.axhline(float(r.other_class), color="red", linestyle="--", label="other classes (mean)")
         ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right", fontsize=7)
+        ax.set_ylim(0.0, 1.15 * bars or 1.0)
         ax.set_title(f"same class across domains; class separation {float(r.separation):.2f}",
                      fontsize=8)  # fmt: skip
         ax.legend(fontsize=7)
