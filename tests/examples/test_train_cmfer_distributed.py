@@ -42,7 +42,7 @@ def rank_check(out: Path, rank: int) -> dict[str, Any]:
 
 def test_ranks_hold_identical_weights_and_resume(tmp_path: Path) -> None:
     full = tmp_path / "full"
-    torchrun(full)
+    torchrun(full, "--analyse")
     r0, r1 = rank_check(full, 0), rank_check(full, 1)
     assert r0["weights"] == r1["weights"]
     # ... although each rank trained on its own half of the batch (rank-local CE differs), so
@@ -61,6 +61,9 @@ def test_ranks_hold_identical_weights_and_resume(tmp_path: Path) -> None:
     # the validators see the whole (sharded) adaptation set; the choice is made without labels
     assert summary["selected"]["validator"] == "entropy" and summary["selected"]["step"] == 3
     assert (full / "checkpoints" / "selected.pt").exists()
+    # --analyse gathers the features of both ranks: 64 test images of the target, 64 of each source
+    report = json.loads((full / "analysis.json").read_text())["final"]
+    assert len(report["domains"]) == 6 * 64 and report["domains"].count(5) == 64
 
     # stop after step 2, resume under DDP: the same weights as the uninterrupted run
     split = tmp_path / "split"
