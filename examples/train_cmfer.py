@@ -35,7 +35,8 @@ and unsupervised validators every ``--eval-every`` steps), ``summary.json`` (``f
 step, THE result; ``selected``: the evaluation ``--select-by`` prefers, chosen without target
 labels; ``oracle``: best test accuracy over training -- selection on the test set, not a result),
 ``checkpoints/`` (``last.pt``, periodic copies, ``selected.pt``), ``confusion.png`` and
-``curves.png`` (matplotlib), ``tb/`` (TensorBoard). Target labels serve evaluation and logged
+``curves.png`` (matplotlib), ``tb/`` (TensorBoard), and with ``--analyse`` the feature space at step
+0 and at the end (``docs/guides/shift_analysis.rst``). Target labels serve evaluation and logged
 diagnostics only; they never reach a loss, a validator or the selection.
 """
 
