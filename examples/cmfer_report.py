@@ -1,6 +1,6 @@
-"""What ``train_cmfer.py`` writes and prints: classification metrics, the metrics log, progress
-lines and plots. Nothing here takes part in training; optional packages (matplotlib,
-tensorboard) are imported when used, and a missing one turns its output off."""
+"""What ``train_cmfer.py`` writes and prints: the metrics log, progress lines and the curves.
+Nothing here takes part in training; optional packages (matplotlib, tensorboard) are imported
+when used, and a missing one turns its output off."""
 
 from __future__ import annotations
 
@@ -8,57 +8,9 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
-import torch
-from torch import Tensor
-
-__all__ = [
-    "MetricsLog",
-    "Progress",
-    "classification_metrics",
-    "confusion_matrix",
-    "json_safe",
-    "plot_confusion",
-    "plot_curves",
-    "read_jsonl",
-]
-
-
-# ----------------------------------------------------------------------------------------- metrics
-def confusion_matrix(preds: Tensor, labels: Tensor, num_classes: int) -> Tensor:
-    """``C[i, j]`` = samples of true class ``i`` predicted as ``j``; additive over batches and ranks.
-
-    Example:
-        >>> confusion_matrix(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]), 2)
-        tensor([[1, 1],
-                [0, 1]])
-    """
-    flat = labels.long() * num_classes + preds.long()
-    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
-
-
-def classification_metrics(confusion: Tensor) -> dict[str, Any]:
-    """Accuracy, per-class accuracy (``nan`` for a class absent from the labels), macro-F1 over the
-    classes present in labels or predictions (scikit-learn's convention) and the matrix.
-
-    Example:
-        >>> m = classification_metrics(torch.tensor([[3, 1], [0, 4]]))
-        >>> round(m["accuracy"], 4), m["per_class_accuracy"], round(m["macro_f1"], 4)
-        (0.875, [0.75, 1.0], 0.873)
-    """
-    c = confusion.double()
-    tp, support, predicted, total = c.diagonal(), c.sum(1), c.sum(0), c.sum()
-    per_class = torch.where(support > 0, tp / support.clamp_min(1), torch.full_like(tp, math.nan))
-    present = (support + predicted) > 0
-    f1 = 2 * tp / (support + predicted).clamp_min(1)
-    return {
-        "accuracy": float(tp.sum() / total) if total > 0 else math.nan,
-        "per_class_accuracy": per_class.tolist(),
-        "macro_f1": float(f1[present].mean()) if bool(present.any()) else math.nan,
-        "confusion": confusion.long().tolist(),
-        "num_samples": int(total),
-    }
+__all__ = ["MetricsLog", "Progress", "json_safe", "plot_curves", "read_jsonl"]
 
 
 # -------------------------------------------------------------------------------------------- log
@@ -122,76 +74,29 @@ class MetricsLog:
 class Progress:
     """A line on stdout at every logged step: the losses, images/s and the time left."""
 
-    def __init__(
-        self, total: int, initial: int, *, enabled: bool, desc: str, images_per_step: int
-    ) -> None:
-        self.total, self.desc, self.images_per_step, self.enabled = (
-            total,
-            desc,
-            images_per_step,
-            enabled,
-        )
-        self._start, self._first = time.perf_counter(), initial
+    def __init__(self, total: int, initial: int, *, enabled: bool, desc: str, images_per_step: int):
+        self.total, self.initial, self.enabled, self.desc = total, initial, enabled, desc
+        self.images_per_step, self.start = images_per_step, time.perf_counter()
 
     def update(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
-        elapsed, done = time.perf_counter() - self._start, step - self._first
-        rate = done / elapsed if elapsed > 0 and done > 0 else 0.0
-        left = (self.total - step) / rate if rate > 0 else math.nan
+        rate = (step - self.initial) / max(time.perf_counter() - self.start, 1e-9)
+        minutes, seconds = divmod(round((self.total - step) / rate) if rate > 0 else 0, 60)
         losses = " ".join(f"{k} {v:.4g}" for k, v in values.items())
-        print(f"{self.desc} | step {step}/{self.total} | {losses} | "
-              f"{rate * self.images_per_step:.0f} img/s | ETA {_duration(left)}", flush=True)  # fmt: skip
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "-"
-    minutes, sec = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{sec:02d}s"
+        print(f"{self.desc} | step {step}/{self.total} | {losses} | {rate * self.images_per_step:.0f}"
+              f" img/s | ETA {minutes // 60}h{minutes % 60:02d}m{seconds:02d}s", flush=True)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- plots
-def _pyplot() -> Any:
+def plot_curves(records: list[dict[str, Any]], path: Path, title: str) -> bool:
+    """Training losses (left) and target accuracies (right) over the steps."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return None
-    return plt
-
-
-def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: Path,
-                   title: str) -> bool:  # fmt: skip
-    """Row-normalised confusion matrix with counts; False when matplotlib is missing."""
-    plt = _pyplot()
-    if plt is None:
-        return False
-    k = len(class_names)
-    norm = [[c / max(1, sum(row)) for c in row] for row in confusion]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * k, 0.6 + 0.7 * k))
-    ax.imshow(norm, vmin=0.0, vmax=1.0, cmap="Blues")
-    for i in range(k):
-        for j in range(k):
-            colour = "white" if norm[i][j] > 0.5 else "black"
-            ax.text(j, i, str(confusion[i][j]), ha="center", va="center", fontsize=8, color=colour)
-    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(k), class_names)
-    ax.set(xlabel="predicted", ylabel="true")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
-
-
-def plot_curves(records: list[dict[str, Any]], path: Path, title: str) -> bool:
-    """Training losses (left) and target accuracies (right) over the steps."""
-    plt = _pyplot()
-    if plt is None:
         return False
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]

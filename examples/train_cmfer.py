@@ -58,20 +58,20 @@ from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from cmfer_report import (
-    MetricsLog,
-    Progress,
-    classification_metrics,
-    confusion_matrix,
-    json_safe,
-    plot_confusion,
-    plot_curves,
-)
+from cmfer_report import MetricsLog, Progress, json_safe, plot_curves
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-from lacmfer.analysis import FeatureCollector, ShiftReport, plot_shift, shift_report
+from lacmfer.analysis import (
+    FeatureCollector,
+    ShiftReport,
+    classification_metrics,
+    confusion_matrix,
+    plot_confusion,
+    plot_shift,
+    shift_report,
+)
 from lacmfer.data import (
     CLASSES,
     SIX_DOMAINS,
@@ -120,6 +120,9 @@ OUTPUTS += ("curves.png", "results.md", "summary_all.json", "analysis.json", "fe
 OUTPUTS += ("distances.png",)
 ORACLE_NOTE = "selection on the test set (best over training; not a valid result)"
 SUMMARY_KEYS = ("step", "acc_fused", "acc_global", "acc_local", "macro_f1_fused")
+#: What a checkpoint holds for an exact resume: state dicts, and the run's counters.
+STATEFUL = ("model", "optimizer", "scheduler", "scaler", "objective", "baseline")
+COUNTERS = ("step", "oracle", "selected", "train_time", "images")
 
 
 class UsageError(Exception):
@@ -743,12 +746,14 @@ class Run:
         if sync:
             dist.all_reduce(confusion)
         self.model.train(training)
-        glob, loc, fused = (classification_metrics(confusion[v]) for v in range(3))
+        m = dict(zip(("global", "local", "fused"), map(classification_metrics, confusion)))
+        order = ("fused", "global", "local")
         return {
-            "acc_fused": fused["accuracy"], "acc_global": glob["accuracy"], "acc_local": loc["accuracy"],
-            "macro_f1_fused": fused["macro_f1"], "macro_f1_global": glob["macro_f1"],
-            "macro_f1_local": loc["macro_f1"], "per_class_acc_fused": fused["per_class_accuracy"],
-            "confusion_fused": fused["confusion"], "num_test": fused["num_samples"], **record,
+            **{f"acc_{v}": float(m[v].accuracy) for v in order},
+            **{f"macro_f1_{v}": float(m[v].macro_f1) for v in order},
+            "per_class_acc_fused": m["fused"].per_class_accuracy.tolist(),
+            "confusion_fused": confusion[2].tolist(), "num_test": int(m["fused"].num_samples),
+            **record,
         }  # fmt: skip
 
     def shard(self, data: Any) -> DataLoader:
@@ -810,13 +815,9 @@ class Run:
             dist.all_gather_object(rngs, rng)
         if not self.main:
             return
-        modules = {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler,
-                   "scaler": self.scaler, "objective": self.objective, "baseline": self.baseline}  # fmt: skip
-        state = {k: m.state_dict() for k, m in modules.items()}
+        state = {k: getattr(self, k).state_dict() for k in STATEFUL}
+        state.update({k: getattr(self, k) for k in COUNTERS})
         state.update(config=vars(self.args), rng=rngs, world_size=self.ranks.world)
-        state.update(
-            {k: getattr(self, k) for k in ("step", "oracle", "selected", "train_time", "images")}
-        )
         folder = self.out / "checkpoints"
         save_atomic(state, folder / "last.pt")
         if self.step % self.args.ckpt_every == 0 and self.args.keep_checkpoints > 0:
@@ -828,9 +829,9 @@ class Run:
         if ckpt["world_size"] != self.ranks.world:
             raise UsageError(f"--resume: the run was trained on {ckpt['world_size']} ranks; resume "
                              f"it on as many, not {self.ranks.world}")  # fmt: skip
-        for key in ("model", "optimizer", "scheduler", "scaler", "objective", "baseline"):
+        for key in STATEFUL:
             getattr(self, key).load_state_dict(ckpt[key])
-        for key in ("step", "oracle", "selected", "train_time", "images"):
+        for key in COUNTERS:
             setattr(self, key, ckpt[key])
         rng = ckpt["rng"][self.ranks.rank]
         torch.set_rng_state(rng["torch"])
@@ -1016,8 +1017,9 @@ def write_outputs(run: Run, summary: dict[str, Any]) -> None:
     final, out = summary["final"], run.out
     if run.args.plots and final is not None:
         title = f"{run.args.method} -> {run.task.target}, step {summary['step']}"
-        cm_title = f"{title}, fused acc {final['acc_fused']:.3f}"
-        ok = plot_confusion(final["confusion_fused"], CLASSES, out / "confusion.png", cm_title)
+        cm = final["confusion_fused"]
+        ok = plot_confusion(cm, CLASSES, out / "confusion.png",
+                            title=f"{title}, fused acc {final['acc_fused']:.3f}")  # fmt: skip
         if not (ok and plot_curves(run.log.records(), out / "curves.png", title)):
             summary["notes"].append("matplotlib not installed: plots skipped")
     (out / "summary.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")

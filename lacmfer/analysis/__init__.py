@@ -15,6 +15,9 @@ a model, so that a run can be checked beyond its accuracy:
   domain: lower is better separated; a rise while the domain distances fall is the signature of an
   alignment that collapses the classes.
 * :func:`embed_2d`: two-dimensional t-SNE (scikit-learn, optional) or PCA coordinates for plots.
+* :func:`confusion_matrix`, :func:`classification_metrics` and :func:`plot_confusion`: the
+  labelled side of an evaluation (accuracy, per-class accuracy, macro-F1), additive over batches
+  and ranks.
 * :func:`shift_report` and :func:`plot_shift`: all of the above at once on collected features,
   as one JSON-ready report, and its figures (before and after adaptation side by side).
 
@@ -48,6 +51,12 @@ from ._class_separation import ClassSeparation, class_separation
 from ._collector import SUBSAMPLE_MODES, CollectedFeatures, FeatureCollector
 from ._domain_distance import DISTANCE_KINDS, DomainDistances, domain_distance_matrix
 from ._embedding import EMBED_METHODS, Embedding, embed_2d
+from ._metrics import (
+    ClassificationMetrics,
+    classification_metrics,
+    confusion_matrix,
+    plot_confusion,
+)
 from ._proxy_a_distance import ProxyADistance, proxy_a_distance
 from ._report import ShiftReport, plot_shift, shift_report
 
@@ -56,6 +65,7 @@ __all__ = [
     "EMBED_METHODS",
     "SUBSAMPLE_MODES",
     "ClassSeparation",
+    "ClassificationMetrics",
     "CollectedFeatures",
     "DomainDistances",
     "Embedding",
@@ -63,8 +73,11 @@ __all__ = [
     "ProxyADistance",
     "ShiftReport",
     "class_separation",
+    "classification_metrics",
+    "confusion_matrix",
     "domain_distance_matrix",
     "embed_2d",
+    "plot_confusion",
     "plot_shift",
     "proxy_a_distance",
     "shift_report",
