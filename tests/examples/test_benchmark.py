@@ -186,3 +186,9 @@ def test_tiny_rule_and_curve_studies(benchmark_driver: ModuleType, tmp_path: Pat
     assert benchmark_driver.main(curve) == 0
     text = (tmp_path / "results" / "budget_curve.md").read_text()
     assert "| 8 | 2 | LA-CMFER w/o SID |" in text and "| 8 | 2 | MMD |" in text
+    assert "Still to run" not in text
+    more = ["curve", "--tables-only", *curve[1 : curve.index("--budgets") + 2], "4"]
+    more += curve[curve.index("--budgets") + 2 :]
+    assert benchmark_driver.main(more) == 0  # a partial table says so
+    text = (tmp_path / "results" / "budget_curve.md").read_text()
+    assert "**Still to run: 4 of 8 runs** (4 at 4 steps of 8 + 8)" in text
