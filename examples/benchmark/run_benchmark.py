@@ -416,8 +416,8 @@ def curve_tables(records: list[dict[str, Any]],
              "`CE` = source cross-entropy of the two heads and `n_eff` = effective number of "
              "source / target samples the sample-level alignment's weights rest on (global "
              "branch), both averaged over the last fifth of the logged steps.", "",
-             "| batch | steps | method | acc (%) | vs source-only | vs MMD | CE | n_eff s / t | runs |",
-             "|---:|---:|---|---:|---|---|---:|---:|---:|"]  # fmt: skip
+             "| batch | steps | method | acc (%) | vs source-only | vs MMD | vs w/o SID | CE | "
+             "n_eff s / t | runs |", "|---:|---:|---|---:|---|---|---|---:|---:|---:|"]  # fmt: skip
     points = []
     for batch in sorted({r["batch"] for r in records}):
         for steps in sorted({r["steps"] for r in records if r["batch"] == batch}):
@@ -433,14 +433,26 @@ def curve_tables(records: list[dict[str, Any]],
                 eff_t = _mean([r.get("train", {}).get("effective_t_g") for r in mine])
                 vs_so = paired_difference(rows, name) if name != "source-only" else "—"
                 vs_mmd = paired_difference(rows, name, "MMD") if name != "MMD" else "—"
+                vs_sid = "—"  # SID's own effect: LA-CMFER against its ablation
+                if name == "LA-CMFER":
+                    vs_sid = paired_difference(rows, name, "LA-CMFER w/o SID")
                 acc = mean_std([r["final_acc"] for r in mine])
                 eff = "–" if eff_s is None else f"{eff_s:.1f} / {eff_t:.1f}"
-                lines.append(f"| {batch} | {steps} | {name} | {acc} | {vs_so} | {vs_mmd} | "
+                lines.append(f"| {batch} | {steps} | {name} | {acc} | {vs_so} | {vs_mmd} | {vs_sid} | "
                              f"{'–' if ce is None else f'{ce:.2f}'} | {eff} | {len(mine)} |")  # fmt: skip
                 ci = interval(differences(rows, name)) if name != "source-only" else None
                 if ci is not None:
                     points.append({"batch": batch, "steps": steps, "method": name, "mean": ci[0],
                                    "lo": ci[1], "hi": ci[2]})  # fmt: skip
+    lines += ["", "Per target: final accuracy (%), mean ± std over the seeds.", "",
+              "| batch | steps | target | " + " | ".join(names.values()) + " |",
+              "|---:|---:|---|" + "---:|" * len(names)]  # fmt: skip
+    for batch, steps, target in sorted({(r["batch"], r["steps"], r["target"]) for r in records
+                                        if r["target"] in targets}):  # fmt: skip
+        cells = [mean_std([r["final_acc"] for r in records if (r["batch"], r["steps"], r["target"],
+                           r["method"], tuple(r["variant"])) == (batch, steps, target, *key)])
+                 for key in names]  # fmt: skip
+        lines.append(f"| {batch} | {steps} | {target} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n", points
 
 

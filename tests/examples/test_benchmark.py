@@ -123,6 +123,14 @@ def test_the_curve_reports_differences_and_why(benchmark_driver: ModuleType) -> 
         "mean"
     ] == pytest.approx(2.1)
     assert by_steps[1000]["lo"] < 2.1 < by_steps[1000]["hi"]
+    # per target: the mean ± std over the seeds of each method (source-only: 50, 51, 52)
+    assert "| 32 | 1000 | CK+ | 53.1 ± 1.1 | – | 51.0 ± 1.0 | – |" in text
+    # SID's own effect: LA-CMFER against its ablation, paired over the (target, seed) pairs
+    for seed in (0, 1, 2):
+        rows.append(record("lacmfer", "CK+", seed, 50.0 + seed, ["--no-sid"], steps=1000))
+    text, _ = benchmark_driver.curve_tables(rows)
+    row = next(x for x in text.splitlines() if x.startswith("| 32 | 1000 | LA-CMFER |"))
+    assert row.split(" | ")[6].startswith("+2.1 [")  # the "vs w/o SID" column
 
 
 TINY = ["--preset", "smoke", "--jobs", "2", "--", "--synthetic-train-size", "16",
