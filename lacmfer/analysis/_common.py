@@ -29,6 +29,16 @@ __all__: list[str] = []
 TINY_SCALE = 1e-30
 
 
+def new_figure(width: float, height: float) -> Any:
+    """A matplotlib ``Figure`` of that size, or None when matplotlib is not installed. Made without
+    pyplot, so drawing neither switches the caller's backend nor registers a window."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    return Figure(figsize=(width, height))
+
+
 def shape_str(x: Tensor) -> str:
     """``(2, 3)``-style shape for messages."""
     return "(" + ", ".join(str(s) for s in x.shape) + ")"

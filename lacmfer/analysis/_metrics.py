@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_index_range, check_labels, check_positive_int, check_size
+from ._common import new_figure
 
 __all__ = ["ClassificationMetrics", "classification_metrics", "confusion_matrix", "plot_confusion"]
 
@@ -109,15 +110,11 @@ def plot_confusion(
             f"`confusion` must be (K, K) with K = len(class_names) = {len(class_names)}, got "
             f"{tuple(counts.shape)}"
         )
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    fig = new_figure(1.0 + 0.75 * k, 0.6 + 0.7 * k)
+    if fig is None:
         return False
     share = (counts / counts.sum(1, keepdim=True).clamp_min(1)).tolist()
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * k, 0.6 + 0.7 * k))
+    ax = fig.subplots()
     ax.imshow(share, vmin=0.0, vmax=1.0, cmap="Blues")
     for i in range(k):
         for j in range(k):
@@ -129,5 +126,4 @@ def plot_confusion(
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return True

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from ._class_separation import class_separation
 from ._collector import CollectedFeatures
+from ._common import new_figure
 from ._domain_distance import domain_distance_matrix
 from ._embedding import embed_2d
 from ._proxy_a_distance import proxy_a_distance
@@ -188,15 +189,11 @@ def plot_shift(
     Returns:
         ``False`` when matplotlib is not installed (nothing drawn), else ``True``.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
     n, target = len(reports), len(domain_names) - 1
-    fig, axes = plt.subplots(n, 2, figsize=(10, 4.4 * n), squeeze=False)
+    fig = new_figure(10, 4.4 * n)
+    if fig is None:
+        return False
+    axes = fig.subplots(n, 2, squeeze=False)
     for row, (title, r) in enumerate(reports):
         xy = r.points.numpy()
         for d, name in enumerate(domain_names):
@@ -213,8 +210,8 @@ def plot_shift(
             ax.legend(fontsize=6, markerscale=2)
     fig.tight_layout()
     fig.savefig(features, dpi=110)
-    plt.close(fig)
-    fig, axes = plt.subplots(2, n, figsize=(4.6 * n, 8), squeeze=False)
+    fig = new_figure(4.6 * n, 8)
+    axes = fig.subplots(2, n, squeeze=False)
     top = max(float(r.distances.nan_to_num().max()) for _, r in reports) or 1.0
     bars = max(
         max(float(r.same_class.nan_to_num().max()), float(r.other_class.nan_to_num()))
@@ -238,5 +235,4 @@ def plot_shift(
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(distances, dpi=110)
-    plt.close(fig)
     return True

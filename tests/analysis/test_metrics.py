@@ -78,3 +78,14 @@ def test_plot_confusion_draws_a_png(tmp_path: Path) -> None:
     path = tmp_path / "cm.png"
     assert plot_confusion(torch.tensor([[3, 1], [0, 4]]), ["a", "b"], path, title="t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plotting_leaves_the_callers_backend_alone(tmp_path: Path) -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        assert plot_confusion([[1, 0], [0, 1]], ["a", "b"], tmp_path / "cm.png")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
