@@ -600,15 +600,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       f"{r['final_acc']:5.1f} ({r['wall_s']:.0f} s)", flush=True)  # fmt: skip
     commands = {j["command"] for j in jobs}
     rows = [r for r in records if r["command"] in commands]
-    write_tables(args.study, rows, records, args, invocation, time.perf_counter() - start)
     done = {r["command"] for r in records}
-    pending = Counter((j["steps"], j["batch"]) for j in jobs if j["command"] not in done)
-    if pending:  # said in the table, so a partial table cannot pass for a finished one
-        cells = ", ".join(f"{n} at {s} steps of {b} + {b}" for (s, b), n in sorted(pending.items()))
-        path = args.results / TABLES[args.study]
-        path.write_text(path.read_text() + f"\n**Still to run: {sum(pending.values())} of "
-                        f"{len(jobs)} runs** ({cells}); `run_benchmark.py {args.study}` "
-                        "resumes them.\n")  # fmt: skip
+    missing = [j for j in jobs if j["command"] not in done]
+    write_tables(args.study, rows, records, args, invocation, time.perf_counter() - start)
+    if missing:  # said in the table, so a partial table cannot pass for a finished one
+        cells = Counter((j["steps"], j["batch"]) for j in missing)
+        where = ", ".join(f"{n} at {s} steps of {b} + {b}" for (s, b), n in sorted(cells.items()))
+        with (args.results / TABLES[args.study]).open("a") as f:
+            f.write(f"\n**Still to run: {len(missing)} of {len(jobs)} runs** ({where}); "
+                    f"`run_benchmark.py {args.study}` resumes them.\n")  # fmt: skip
     return 0
 
 
