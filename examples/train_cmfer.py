@@ -28,16 +28,14 @@ A run never loses what it made: an ``--out`` that holds a run is refused unless 
 ``--resume`` a larger ``--steps`` extends a run; every image of the lists in use is checked before
 the first step; a mistake is one line on stderr naming the flag (exit status 2).
 
-Presets are YAML files in ``examples/configs/`` (``--preset NAME``, or ``--config FILE``); flags
-override them; without either the script picks ``cpu`` or ``gpu`` by the device. Outputs in
-``--out``: ``metrics.jsonl`` (the objective's terms every ``--log-every`` steps; target evaluation
-and unsupervised validators every ``--eval-every`` steps), ``summary.json`` (``final``: the last
-step, THE result; ``selected``: the evaluation ``--select-by`` prefers, chosen without target
-labels; ``oracle``: best test accuracy over training -- selection on the test set, not a result),
-``checkpoints/`` (``last.pt``, periodic copies, ``selected.pt``), ``confusion.png`` and
-``curves.png`` (matplotlib), ``tb/`` (TensorBoard), and with ``--analyse`` the feature space at step
-0 and at the end (``docs/guides/shift_analysis.rst``). Target labels serve evaluation and logged
-diagnostics only; they never reach a loss, a validator or the selection.
+Presets are YAML files in ``examples/configs/`` (``--preset NAME`` or ``--config FILE``; without
+either: ``cpu`` or ``gpu`` by the device); flags override them. ``--out`` receives
+``metrics.jsonl`` (the objective's terms every ``--log-every`` steps, target evaluation and the
+unsupervised validators every ``--eval-every``), ``summary.json`` (``final``: the last step, THE
+result; ``selected``: chosen by ``--select-by`` without target labels; ``oracle``: best test
+accuracy over training, a selection on the test set and not a result), ``checkpoints/``, the plots,
+``tb/`` and with ``--analyse`` the feature space (``docs/guides/shift_analysis.rst``). Target labels
+serve evaluation and logged diagnostics only, never a loss, a validator or the selection.
 """
 
 from __future__ import annotations
@@ -45,7 +43,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import re
@@ -58,7 +55,6 @@ from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from cmfer_report import MetricsLog, Progress, json_safe, plot_curves
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
@@ -99,6 +95,17 @@ from lacmfer.losses import (
     MomentMatchingLoss,
 )
 from lacmfer.modules import LACMFER, SHARE_MODES
+from lacmfer.utils import (
+    MetricsLog,
+    Progress,
+    get_rng_state,
+    json_safe,
+    load_checkpoint,
+    plot_metrics,
+    save_checkpoint,
+    set_rng_state,
+    state_dict_hash,
+)
 from lacmfer.validation import SourceAccuracy, ValidatorSuite
 
 PRESETS = {p.stem: p for p in sorted((Path(__file__).resolve().parent / "configs").glob("*.yaml"))}
@@ -545,23 +552,16 @@ class TrainStep(nn.Module):
         return loss, terms._replace(loss=loss, align=align), out_t
 
 
-def load_encoder(args: argparse.Namespace, rank: int, world: int) -> Optional[dict[str, Tensor]]:
+def encoder_file(args: argparse.Namespace, rank: int, world: int) -> Optional[str]:
     """The encoder's torchvision-format weights: the user's file, the synthetic stand-in (rank 0
-    builds it on first use while the others wait), or None."""
-    path = args.encoder_weights
-    if path == "synthetic":
-        if rank == 0:
-            pretrained_encoder(image_size=args.image_size)
-        if world > 1:
-            dist.barrier()
-        path = str(pretrained_encoder(image_size=args.image_size))
-    try:
-        return None if path is None else torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # missing, truncated, not a tensor file
-        reason = type(err).__name__
-        raise UsageError(
-            f"--encoder-weights {path}: not a readable state dict ({reason})"
-        ) from None
+    builds it on first use while the others wait), or None (random initialisation)."""
+    if args.encoder_weights != "synthetic":
+        return args.encoder_weights
+    if rank == 0:
+        pretrained_encoder(image_size=args.image_size)
+    if world > 1:
+        dist.barrier()
+    return str(pretrained_encoder(image_size=args.image_size))
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -601,16 +601,18 @@ class Run:
         self.main, sync = ranks.rank == 0, ranks.world > 1
         cl = args.channels_last if args.channels_last is not None else device.type == "cuda"
         self.memory_format = torch.channels_last if cl else torch.contiguous_format
-        encoder = load_encoder(args, ranks.rank, ranks.world)
+        encoder = encoder_file(args, ranks.rank, ranks.world)
         # The model and the discriminators get the same initialisation on every rank; the
         # augmentation a per-rank seed; the samplers split one global stream over the ranks.
         torch.manual_seed(args.seed)
         build = LACMFER.tiny if args.width == "tiny" else LACMFER
         try:
             self.model = build(7, share=args.share, encoder_weights=encoder)
-        except (KeyError, ValueError, RuntimeError) as err:
-            raise UsageError(f"--encoder-weights {args.encoder_weights}: not a torchvision "
-                             f"resnet18 state dict ({type(err).__name__})") from None  # fmt: skip
+        except Exception as err:  # missing, truncated, not a resnet18 state dict
+            if encoder is None:
+                raise
+            raise UsageError(f"--encoder-weights {encoder}: not a readable torchvision resnet18 "
+                             f"state dict ({type(err).__name__})") from None  # fmt: skip
         self.model.to(device, memory_format=self.memory_format)
         settings = objective_settings(args, len(task.sources))
         self.objective = LACMFERLoss(**settings, sync_dist=sync).to(device)
@@ -792,7 +794,7 @@ class Run:
                         "step": self.step,
                         "model": self.model.state_dict(),
                     }
-                    save_atomic(state, self.out / "checkpoints" / "selected.pt")
+                    save_checkpoint(state, self.out / "checkpoints" / "selected.pt")
         return record
 
     def broadcast_buffers(self) -> None:
@@ -807,19 +809,14 @@ class Run:
         ``torch.load(weights_only=True)`` reads. The samplers need no state: they replay ``step``
         draws. A collective under DDP; rank 0 writes."""
         self.broadcast_buffers()
-        rng = {"torch": torch.get_rng_state(), "augment": self.aug_gen.get_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        rngs: list[Any] = [rng] * self.ranks.world
-        if self.ranks.world > 1:
-            dist.all_gather_object(rngs, rng)
+        rngs = get_rng_state(self.aug_gen, device=self.device, sync_dist=self.ranks.world > 1)
         if not self.main:
             return
         state = {k: getattr(self, k).state_dict() for k in STATEFUL}
         state.update({k: getattr(self, k) for k in COUNTERS})
         state.update(config=vars(self.args), rng=rngs, world_size=self.ranks.world)
         folder = self.out / "checkpoints"
-        save_atomic(state, folder / "last.pt")
+        save_checkpoint(state, folder / "last.pt")
         if self.step % self.args.ckpt_every == 0 and self.args.keep_checkpoints > 0:
             shutil.copyfile(folder / "last.pt", folder / f"step_{self.step:07d}.pt")
             for old in sorted(folder.glob("step_*.pt"))[: -self.args.keep_checkpoints]:
@@ -833,33 +830,17 @@ class Run:
             getattr(self, key).load_state_dict(ckpt[key])
         for key in COUNTERS:
             setattr(self, key, ckpt[key])
-        rng = ckpt["rng"][self.ranks.rank]
-        torch.set_rng_state(rng["torch"])
-        self.aug_gen.set_state(rng["augment"])
-        if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """Save to a temporary name, then rename: a crash never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(obj, path.with_name(path.name + ".tmp"))
-    os.replace(path.with_name(path.name + ".tmp"), path)
+        for rng in ckpt["rng"]:  # checkpoints of lacmfer 0.1.0 named the augmentation's state
+            rng.setdefault("generators", [rng.pop("augment")] if "augment" in rng else [])
+        set_rng_state(ckpt["rng"], self.aug_gen, device=self.device)
 
 
 def read_checkpoint(path: Path, flag: str) -> dict[str, Any]:
     """A checkpoint of this script, read without running any code a file might hold."""
-    if not path.is_file():
-        raise UsageError(f"{flag} {path}: no such file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, corrupt, or not a tensor file
-        raise UsageError(
-            f"{flag} {path}: not a readable checkpoint ({type(err).__name__})"
-        ) from None
-    if not isinstance(ckpt, dict) or not {"config", "step", "model"} <= set(ckpt):
-        raise UsageError(f"{flag} {path}: not a checkpoint of train_cmfer.py")
-    return ckpt
+        return load_checkpoint(path, required=("config", "step", "model"))
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{flag} {err}") from None
 
 
 def reconcile(
@@ -950,7 +931,7 @@ def train(args: argparse.Namespace, mutable: set[str], target: str, out: Path, r
             last_eval = run.evaluate_and_log()
     if args.write_weight_hash:  # DDP checks: the ranks must agree on the weights
         run.broadcast_buffers()
-        check = {"weights": state_hash(run.model.state_dict()), "last_train": values}
+        check = {"weights": state_dict_hash(run.model.state_dict()), "last_train": values}
         (out / f"weights_rank{ranks.rank}.json").write_text(json.dumps(check) + "\n")
     summary = make_summary(run, last_eval, time.perf_counter() - start)
     if args.analyse and summary["completed"]:
@@ -1020,19 +1001,9 @@ def write_outputs(run: Run, summary: dict[str, Any]) -> None:
         cm = final["confusion_fused"]
         ok = plot_confusion(cm, CLASSES, out / "confusion.png",
                             title=f"{title}, fused acc {final['acc_fused']:.3f}")  # fmt: skip
-        if not (ok and plot_curves(run.log.records(), out / "curves.png", title)):
+        if not (ok and plot_metrics(run.log.records(), out / "curves.png", title=title)):
             summary["notes"].append("matplotlib not installed: plots skipped")
     (out / "summary.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")
-
-
-def state_hash(state_dict: dict[str, Tensor]) -> str:
-    """SHA-256 over the names, dtypes, shapes and bytes of a state dict's tensors."""
-    h = hashlib.sha256()
-    for key in sorted(state_dict):
-        t = state_dict[key].detach().cpu().contiguous()
-        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def result_lines(summary: dict[str, Any]) -> str:
@@ -1108,19 +1079,16 @@ def write_overall(out: Path, summaries: Sequence[dict[str, Any]]) -> str:
     """``results.md`` and ``summary_all.json`` of ``--target all`` (rewritten only if they change)."""
     done = [s for s in summaries if s["final"] is not None]
     mean = sum(s["final"]["acc_fused"] for s in done) / len(done) if done else None
-    lines = ["| target | final acc (fused) | best over training (selection on the test set) |",
+    table = ["| target | final acc (fused) | best over training (selection on the test set) |",
              "|---|---|---|"]  # fmt: skip
-    lines += [
-        f"| {s['target']} | {s['final']['acc_fused']:.4f} | {s['oracle']['acc_fused']:.4f} |"
-        for s in done
-    ]
-    lines.append(
-        f"| **mean of {len(done)} of {len(summaries)}** | **{'-' if mean is None else f'{mean:.4f}'}** | |"
-    )
+    table += [f"| {s['target']} | {s['final']['acc_fused']:.4f} | {s['oracle']['acc_fused']:.4f} |"
+              for s in done]  # fmt: skip
+    table.append(f"| **mean of {len(done)} of {len(summaries)}** | "
+                 f"**{'-' if mean is None else f'{mean:.4f}'}** | |")  # fmt: skip
     overall = {"mean_final_acc_fused": mean, "finished": [s["target"] for s in done],
                "targets": [s["target"] for s in summaries]}  # fmt: skip
     texts = {
-        "results.md": "\n".join(lines) + "\n",
+        "results.md": "\n".join(table) + "\n",
         "summary_all.json": json.dumps(overall, indent=2) + "\n",
     }
     for name, text in texts.items():

@@ -13,6 +13,7 @@ Subpackages:
     :mod:`lacmfer.data.synthetic` -- synthetic FER data in the six datasets' styles.
     :mod:`lacmfer.validation` -- unsupervised model selection (scores without target labels).
     :mod:`lacmfer.analysis` -- feature-space diagnostics: domain distances, class separation, maps.
+    :mod:`lacmfer.utils` -- run bookkeeping: atomic checkpoints, random states, metrics log.
 
 Conventions shared by the whole package: tensors follow the inputs' device; argument errors are
 ``TypeError`` (types, dtypes) or ``ValueError`` (shapes, values) with messages that name the argument

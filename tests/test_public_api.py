@@ -18,6 +18,7 @@ PACKAGES = [
     "lacmfer.data.synthetic",
     "lacmfer.validation",
     "lacmfer.analysis",
+    "lacmfer.utils",
 ]
 
 

@@ -31,6 +31,7 @@ from lacmfer.data.synthetic import synthetic_domains
 from lacmfer.functional import LACMFERTerms
 from lacmfer.losses import LACMFERLoss
 from lacmfer.modules import LACMFER
+from lacmfer.utils import load_checkpoint, save_checkpoint
 
 
 class TrainStep(nn.Module):
@@ -116,7 +117,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     start = 0
     if args.resume is not None:
-        ckpt = torch.load(args.resume, map_location=device)
+        ckpt = load_checkpoint(args.resume, required=("world_size", "model", "step"))
         if ckpt["world_size"] != world_size:  # each rank's share of the streams would change
             raise ValueError(
                 f"{args.resume} was written by {ckpt['world_size']} ranks, this run has "
@@ -167,8 +168,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             "source_sampler": source_sampler.state_dict(),
             "target_sampler": target_sampler.state_dict(),
         }
-        args.out.mkdir(parents=True, exist_ok=True)
-        torch.save(state, args.out / "checkpoint.pt")
+        save_checkpoint(state, args.out / "checkpoint.pt")  # atomic: a crash keeps the old one
 
     # Free the DDP module before the process group: a reducer that outlives its group can abort
     # the process at exit.

@@ -1,0 +1,190 @@
+"""Checkpoints that survive a crash and resume exactly: atomic saves, safe loads, random states."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .._distributed import is_distributed
+
+__all__: list[str] = []
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def save_checkpoint(state: Any, path: PathLike) -> Path:
+    """Save ``state`` with :func:`torch.save` to a temporary name beside ``path``, then rename it.
+
+    The rename is atomic on POSIX and Windows file systems, so a crash or a full disk during the
+    save leaves the previous checkpoint at ``path`` intact, never half a file. Missing parent
+    folders are created. To be read back by :func:`load_checkpoint`, ``state`` should hold only
+    what ``torch.load(weights_only=True)`` accepts: tensors, numbers, strings, ``None`` and
+    dicts, lists and tuples of them (state dicts, counters, a configuration as a dict).
+
+    Args:
+        state: the object to save.
+        path: where it goes.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from lacmfer.utils import load_checkpoint, save_checkpoint
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = save_checkpoint({"step": 3, "w": torch.ones(2)}, f"{folder}/ckpt/last.pt")
+        ...     load_checkpoint(path, required=("step",))["step"]
+        3
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(
+    path: PathLike, *, required: Sequence[str] = (), map_location: Any = "cpu"
+) -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``: a file from elsewhere cannot run
+    code when it is loaded.
+
+    Args:
+        path: the file.
+        required: keys the checkpoint must hold.
+        map_location: as for :func:`torch.load` (default: every tensor on the CPU).
+
+    Returns:
+        The checkpoint, a dict.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: the file is truncated, corrupt, not a tensor file, holds objects that
+            ``weights_only`` refuses, is not a dict, or lacks a ``required`` key. The message names
+            the file and the reason.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated, corrupt, not a tensor file, refused by weights_only
+        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: expected a dict, the file holds a {type(ckpt).__name__}")
+    missing = [k for k in required if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: the checkpoint lacks {', '.join(map(repr, missing))}")
+    return ckpt
+
+
+def get_rng_state(
+    *generators: torch.Generator, device: Optional[Any] = None, sync_dist: bool = False
+) -> list[dict[str, Any]]:
+    """The random states an exact resume needs, one dict per rank.
+
+    Each dict holds torch's global CPU state (``"torch"``), the CUDA state of ``device`` when it is
+    a CUDA device (``"cuda"``) and the state of each of ``generators`` (``"generators"``, in order).
+    With ``sync_dist=True`` under an initialised process group every rank's states are gathered
+    (a collective: call it on every rank), so one file written by rank 0 resumes every rank; else
+    the list holds this process's states alone.
+
+    Args:
+        *generators: explicit generators the run draws from (augmentation, dropout masks...).
+        device: the device whose CUDA generator to include (none for a CPU device or ``None``).
+        sync_dist: gather the states of every rank.
+
+    Returns:
+        A list with one dict per rank, index = rank; :func:`set_rng_state` restores it.
+
+    Example:
+        >>> import torch
+        >>> from lacmfer.utils import get_rng_state, set_rng_state
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> states = get_rng_state(gen)
+        >>> a = torch.rand(2, generator=gen)
+        >>> set_rng_state(states, gen)
+        >>> torch.equal(a, torch.rand(2, generator=gen))
+        True
+    """
+    for i, g in enumerate(generators):
+        if not isinstance(g, torch.Generator):
+            raise TypeError(f"generators[{i}] must be a torch.Generator, got {type(g).__name__}")
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    dev = None if device is None else torch.device(device)
+    if dev is not None and dev.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(dev)
+    state["generators"] = [g.get_state() for g in generators]
+    if not (sync_dist and is_distributed()):
+        return [state]
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
+
+
+def set_rng_state(
+    states: Sequence[Mapping[str, Any]], *generators: torch.Generator, device: Optional[Any] = None
+) -> None:
+    """Restore what :func:`get_rng_state` returned: this rank's entry of ``states``.
+
+    Args:
+        states: one dict per rank, as :func:`get_rng_state` returns them.
+        *generators: the same generators, in the same order.
+        device: the CUDA device whose generator to restore (when the states hold one).
+
+    Raises:
+        ValueError: ``states`` holds another number of ranks than this run has, or another number
+            of generators than given.
+    """
+    world = dist.get_world_size() if is_distributed() else 1
+    rank = dist.get_rank() if world > 1 else 0
+    if len(states) != world:
+        raise ValueError(
+            f"states holds the random states of {len(states)} ranks; this run has {world}: "
+            "resume on as many ranks as the run was saved from"
+        )
+    state = states[rank]
+    saved = state.get("generators", [])
+    if len(saved) != len(generators):
+        raise ValueError(
+            f"states holds {len(saved)} generator states, got {len(generators)} generators"
+        )
+    torch.set_rng_state(state["torch"])
+    for g, s in zip(generators, saved):
+        g.set_state(s)
+    dev = None if device is None else torch.device(device)
+    if "cuda" in state and dev is not None and dev.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], dev)
+
+
+def state_dict_hash(state_dict: Mapping[str, Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of a state dict's tensors (in name order).
+
+    Two models hash alike exactly when they hold bit-identical tensors under the same names: the
+    check that the ranks of a distributed run agree, or that a resumed run matches an uninterrupted
+    one. Entries that are not tensors are ignored.
+
+    Example:
+        >>> import torch
+        >>> from lacmfer.utils import state_dict_hash
+        >>> a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+        >>> _ = b.load_state_dict(a.state_dict())
+        >>> state_dict_hash(a.state_dict()) == state_dict_hash(b.state_dict())
+        True
+    """
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key]
+        if not isinstance(t, Tensor):
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

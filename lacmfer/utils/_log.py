@@ -1,0 +1,227 @@
+"""What a training run writes and prints: a JSON-lines metrics log mirrored to TensorBoard,
+progress lines, and the curves of the log. Optional packages (tensorboard, matplotlib) are imported
+when used; a missing one turns its output off and says so."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+from ..analysis._common import new_figure
+
+__all__: list[str] = []
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: The curves :func:`plot_metrics` draws by default: the terms of
+#: :class:`~lacmfer.losses.LACMFERLoss` (left) and the accuracies of the three views (right).
+LOSS_KEYS = ("loss", "ce", "align", "consistency", "voting")
+ACCURACY_KEYS = ("acc_fused", "acc_global", "acc_local")
+
+
+def json_safe(value: Any) -> Any:
+    """A copy of ``value`` (nested dicts, lists, tuples) with NaN and infinities, which JSON lacks,
+    as ``None``.
+
+    Example:
+        >>> from lacmfer.utils import json_safe
+        >>> json_safe({"a": float("nan"), "b": [1.0, float("inf")]})
+        {'a': None, 'b': [1.0, None]}
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file, one dict a line (blank lines skipped); ``[]`` when the
+    file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsLog:
+    """A metrics log: ``<folder>/metrics.jsonl``, one record a line, mirrored to TensorBoard.
+
+    Each record is a dict with a ``"step"`` (int) and usually a ``"kind"`` (``"train"``,
+    ``"eval"``...); its finite numbers go to TensorBoard as ``<kind>/<key>`` at that step. Non-finite
+    numbers are written as ``null``. Under DDP, enable it on the writing rank only.
+
+    Args:
+        folder: where ``metrics.jsonl`` (and ``tb/``) go; created on the first write.
+        enabled: ``False`` makes every method a no-op (the other ranks).
+        tensorboard: write ``<folder>/tb`` too: ``None`` when ``torch.utils.tensorboard`` can be
+            imported, ``True`` always (a note in :attr:`notes` when it cannot), ``False`` never.
+
+    Attributes:
+        notes: what was skipped and why, for the run's summary.
+
+    Example:
+        >>> import tempfile
+        >>> from lacmfer.utils import MetricsLog
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     log = MetricsLog(folder, tensorboard=False)
+        ...     log.write({"kind": "train", "step": 1, "loss": 2.5})
+        ...     log.write({"kind": "train", "step": 2, "loss": float("nan")})
+        ...     log.records()
+        [{'kind': 'train', 'step': 1, 'loss': 2.5}, {'kind': 'train', 'step': 2, 'loss': None}]
+    """
+
+    def __init__(
+        self, folder: PathLike, *, enabled: bool = True, tensorboard: Optional[bool] = None
+    ) -> None:
+        self.folder, self.enabled = Path(folder), enabled
+        self.path = self.folder / "metrics.jsonl"
+        self.notes: list[str] = []
+        self._tb: Any = None
+        if enabled and tensorboard is not False:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                if tensorboard:
+                    self.notes.append("tensorboard requested but not installed: skipped")
+            else:
+                self._tb = SummaryWriter(str(self.folder / "tb"))
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every record written so far (also by an earlier process into the same folder)."""
+        return read_jsonl(self.path)
+
+    def keep(self, records: Sequence[dict[str, Any]]) -> None:
+        """Rewrite the log with ``records`` alone: on resume, drop what an interrupted run logged
+        after its checkpoint, since those steps are taken again."""
+        if self.enabled:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("".join(json.dumps(json_safe(r)) + "\n" for r in records))
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record (a dict with an int ``"step"``)."""
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise ValueError(f"record must be a dict with an int 'step', got {record!r:.80}")
+        if not self.enabled:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(json_safe(record)) + "\n")
+        if self._tb is not None:
+            kind = record.get("kind")
+            for key, value in record.items():
+                if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
+                    continue
+                if math.isfinite(value):
+                    tag = f"{kind}/{key}" if kind else key
+                    self._tb.add_scalar(tag, value, record["step"])
+
+    def close(self) -> None:
+        """Flush and close TensorBoard's writer."""
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+class Progress:
+    """A progress line on stdout at each :meth:`update`: step, the values given, images per second
+    and the time left at the current rate. Plain lines, not a redrawn bar: they read the same in a
+    terminal, a log file or a batch system's output.
+
+    Args:
+        total: the last step.
+        initial: the step the run (or its resume) starts at; the rate counts from here.
+        enabled: ``False`` prints nothing (the other ranks; ``--no-progress``).
+        desc: what runs, at the start of each line.
+        images_per_step: images one step reads (all ranks), for the rate; ``None`` for steps/s.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        initial: int = 0,
+        *,
+        enabled: bool = True,
+        desc: str = "",
+        images_per_step: Optional[int] = None,
+    ) -> None:
+        self.total, self.initial, self.enabled, self.desc = total, initial, enabled, desc
+        self.images_per_step, self.start = images_per_step, time.perf_counter()
+
+    def line(self, step: int, values: dict[str, float], elapsed: float) -> str:
+        """The line :meth:`update` prints, ``elapsed`` seconds after the start."""
+        rate = (step - self.initial) / max(elapsed, 1e-9)
+        minutes, seconds = divmod(round((self.total - step) / rate) if rate > 0 else 0, 60)
+        shown = " ".join(f"{k} {v:.4g}" for k, v in values.items())
+        speed = (
+            f"{rate * self.images_per_step:.0f} img/s"
+            if self.images_per_step
+            else f"{rate:.3g} it/s"
+        )
+        parts = [self.desc, f"step {step}/{self.total}", shown, speed]
+        parts.append(f"ETA {minutes // 60}h{minutes % 60:02d}m{seconds:02d}s")
+        return " | ".join(p for p in parts if p)
+
+    def update(self, step: int, values: Optional[dict[str, float]] = None) -> None:
+        """Print the line of ``step``."""
+        if self.enabled:
+            print(self.line(step, values or {}, time.perf_counter() - self.start), flush=True)
+
+
+def plot_metrics(
+    records: Sequence[dict[str, Any]],
+    path: PathLike,
+    *,
+    losses: Sequence[str] = LOSS_KEYS,
+    accuracies: Sequence[str] = ACCURACY_KEYS,
+    diagnostics: Sequence[str] = ("pseudo_label_acc",),
+    title: str = "",
+) -> bool:
+    """Training curves of a metrics log: ``losses`` of the ``"train"`` records against the step
+    (left), ``accuracies`` of the ``"eval"`` records with markers and ``diagnostics`` of the
+    ``"train"`` records dotted (right, in [0, 1]). Keys a record lacks, or holds as ``None``, are
+    skipped. Drawn without pyplot (the caller's matplotlib backend is left alone).
+
+    Args:
+        records: the log, as :meth:`MetricsLog.records` returns it.
+        path: the image file to write (its suffix picks the format).
+        losses, accuracies, diagnostics: the keys to draw.
+        title: the figure's title.
+
+    Returns:
+        ``False`` when matplotlib is not installed (nothing written), else ``True``.
+    """
+    fig = new_figure(11, 4)
+    if fig is None:
+        return False
+    left, right = fig.subplots(1, 2)
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+
+    def curve(axes: Any, rows: Sequence[dict[str, Any]], key: str, *style: str, **kw: Any) -> None:
+        rows = [r for r in rows if r.get(key) is not None]
+        if rows:
+            axes.plot([r["step"] for r in rows], [r[key] for r in rows], *style, label=key, **kw)
+
+    for key in losses:
+        curve(left, train, key)
+    for key in accuracies:
+        curve(right, evals, key, marker="o")
+    for key in diagnostics:
+        curve(right, train, key, ":")
+    left.set(xlabel="step", ylabel="loss")
+    right.set(xlabel="step", ylabel="accuracy", ylim=(0.0, 1.0))
+    for axes in (left, right):
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True

@@ -1,0 +1,183 @@
+"""lacmfer.utils checkpoints: atomic saves, safe loads, random states for an exact resume, hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from lacmfer.utils import (
+    get_rng_state,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+    state_dict_hash,
+)
+
+
+# ------------------------------------------------------------------------------- save and load
+def test_save_then_load_round_trips_a_training_state(tmp_path: Path) -> None:
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": 7,
+             "config": {"lr": 0.1, "name": "x", "none": None}, "rng": get_rng_state()}  # fmt: skip
+    path = save_checkpoint(state, tmp_path / "a" / "b" / "last.pt")
+    assert path == tmp_path / "a" / "b" / "last.pt" and path.is_file()
+    back = load_checkpoint(str(path), required=("model", "step"))
+    assert back["step"] == 7 and back["config"] == state["config"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(back["model"][k], v)
+    opt2 = torch.optim.SGD(torch.nn.Linear(3, 2).parameters(), lr=0.1, momentum=0.9)
+    opt2.load_state_dict(back["optimizer"])  # loadable as it comes back
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
+    path = save_checkpoint({"step": 1}, tmp_path / "last.pt")
+    before = path.read_bytes()
+
+    class Unpicklable:
+        def __reduce__(self) -> Any:
+            raise RuntimeError("cannot pickle this")
+
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        save_checkpoint({"step": 2, "bad": Unpicklable()}, path)
+    assert path.read_bytes() == before
+    assert load_checkpoint(path)["step"] == 1
+
+
+def test_load_refuses_code_in_the_file(tmp_path: Path) -> None:
+    # A pickle that would call os.system when unpickled without weights_only.
+    class Payload:
+        def __reduce__(self) -> Any:
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"step": 1, "x": Payload()}, path)
+    with pytest.raises(ValueError, match=r"evil\.pt: not a readable checkpoint"):
+        load_checkpoint(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "plain pickle of a list"])
+def test_load_names_the_file_of_a_damaged_checkpoint(tmp_path: Path, damage: str) -> None:
+    good = save_checkpoint({"step": 1, "w": torch.ones(100)}, tmp_path / "good.pt").read_bytes()
+    blob = {"truncated": good[: len(good) // 2], "garbage": b"\x00not a checkpoint" * 10,
+            "empty": b"", "plain pickle of a list": pickle.dumps([1, 2])}[damage]  # fmt: skip
+    path = tmp_path / "bad.pt"
+    path.write_bytes(blob)
+    with pytest.raises(ValueError, match=r"bad\.pt: (not a readable checkpoint|expected a dict)"):
+        load_checkpoint(path)
+
+
+def test_load_errors_for_a_missing_file_a_non_dict_and_missing_keys(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"nothere\.pt: no such file"):
+        load_checkpoint(tmp_path / "nothere.pt")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_checkpoint(tmp_path)  # a folder is not a checkpoint
+    torch.save([torch.ones(1)], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match=r"list\.pt: expected a dict, the file holds a list"):
+        load_checkpoint(tmp_path / "list.pt")
+    save_checkpoint({"step": 1}, tmp_path / "c.pt")
+    with pytest.raises(ValueError, match=r"c\.pt: the checkpoint lacks 'model', 'config'"):
+        load_checkpoint(tmp_path / "c.pt", required=("step", "model", "config"))
+
+
+# ----------------------------------------------------------------------------------- rng states
+def draws(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.rand(5), torch.randint(0, 100, (5,), generator=gen)
+
+
+def test_restored_states_replay_the_same_draws(tmp_path: Path) -> None:
+    gen = torch.Generator().manual_seed(123)
+    torch.manual_seed(9)
+    draws(gen)  # somewhere in the middle of a run
+    states = get_rng_state(gen)
+    assert len(states) == 1 and set(states[0]) == {"torch", "generators"}
+    expected = draws(gen)
+    draws(gen)  # the run goes on, then stops
+    path = save_checkpoint({"rng": states}, tmp_path / "rng.pt")
+    gen2 = torch.Generator().manual_seed(0)  # a new process: fresh generators
+    torch.manual_seed(0)
+    set_rng_state(load_checkpoint(path)["rng"], gen2)
+    for a, b in zip(expected, draws(gen2)):
+        assert torch.equal(a, b)
+
+
+def test_several_generators_keep_their_order() -> None:
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    states = get_rng_state(g1, g2)
+    a1, a2 = torch.rand(3, generator=g1), torch.rand(3, generator=g2)
+    set_rng_state(states, g1, g2)
+    assert torch.equal(torch.rand(3, generator=g1), a1)
+    assert torch.equal(torch.rand(3, generator=g2), a2)
+
+
+def test_rng_state_errors() -> None:
+    gen = torch.Generator()
+    with pytest.raises(TypeError, match=r"generators\[1\] must be a torch.Generator, got int"):
+        get_rng_state(gen, 3)  # type: ignore[arg-type]
+    states = get_rng_state(gen)
+    with pytest.raises(ValueError, match="random states of 2 ranks; this run has 1"):
+        set_rng_state(states * 2, gen)
+    with pytest.raises(ValueError, match="holds 1 generator states, got 0 generators"):
+        set_rng_state(states)
+
+
+def test_a_cpu_device_or_none_adds_no_cuda_state() -> None:
+    assert "cuda" not in get_rng_state(device="cpu")[0]
+    assert "cuda" not in get_rng_state(device=torch.device("cpu"))[0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_state_replays() -> None:
+    device = torch.device("cuda")
+    states = get_rng_state(device=device)
+    a = torch.rand(4, device=device)
+    set_rng_state(states, device=device)
+    assert torch.equal(torch.rand(4, device=device), a)
+
+
+# ----------------------------------------------------------------------------------------- hash
+def hash_reference(state_dict: dict[str, Any]) -> str:
+    """The same digest, written out one tensor at a time through numpy's bytes."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key]
+        if isinstance(t, torch.Tensor):
+            h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(bytes(t.detach().cpu().contiguous().view(-1).view(torch.uint8).tolist()))
+    return h.hexdigest()
+
+
+def test_hash_equals_the_reference_and_sees_every_change() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    sd = model.state_dict()
+    assert state_dict_hash(sd) == hash_reference(sd)
+    assert state_dict_hash(dict(reversed(list(sd.items())))) == state_dict_hash(sd)  # key order
+    changed = {k: v.clone() for k, v in sd.items()}
+    changed["0.weight"][1, 2] = torch.nextafter(changed["0.weight"][1, 2], torch.tensor(2.0))
+    assert state_dict_hash(changed) != state_dict_hash(sd)  # one ulp
+    renamed = {("x" + k if k == "0.bias" else k): v for k, v in sd.items()}
+    assert state_dict_hash(renamed) != state_dict_hash(sd)
+    as_double = {k: v.double() if v.is_floating_point() else v for k, v in sd.items()}
+    assert state_dict_hash(as_double) != state_dict_hash(sd)  # the dtype counts
+    reshaped = {**sd, "0.weight": sd["0.weight"].reshape(4, 3)}
+    assert state_dict_hash(reshaped) != state_dict_hash(sd)  # the shape counts
+
+
+def test_hash_of_odd_tensors() -> None:
+    sd = {"b": torch.tensor([True, False]), "h": torch.ones(3, dtype=torch.bfloat16),
+          "s": torch.tensor(2.0), "t": torch.arange(6.0).reshape(2, 3).t(), "n": 5}  # fmt: skip
+    assert state_dict_hash(sd) == hash_reference(sd)  # non-contiguous, 0-d, bool, bf16
+    assert state_dict_hash({k: v for k, v in sd.items() if k != "n"}) == state_dict_hash(sd)
