@@ -830,7 +830,7 @@ class Run:
             getattr(self, key).load_state_dict(ckpt[key])
         for key in COUNTERS:
             setattr(self, key, ckpt[key])
-        for rng in ckpt["rng"]:  # checkpoints of lacmfer 0.1.0 named the augmentation's state
+        for rng in ckpt["rng"]:  # older checkpoints of this script: {"torch", "augment", "cuda"}
             rng.setdefault("generators", [rng.pop("augment")] if "augment" in rng else [])
         set_rng_state(ckpt["rng"], self.aug_gen, device=self.device)
 

@@ -342,6 +342,22 @@ def test_resume_is_exact(script: ModuleType, tmp_path: Path, capsys: pytest.Capt
     assert records(tmp_path / "a", "eval") == records(tmp_path / "b", "eval")
 
 
+def test_checkpoints_of_earlier_versions_resume_exactly(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before lacmfer.utils, a checkpoint kept each rank's random states as
+    # {"torch", "augment"[, "cuda"]}; such a run must still resume bit for bit.
+    common = ["--write-weight-hash", "--augment"]
+    assert run(script, capsys, "--out", str(tmp_path / "a"), *common)[0] == 0
+    assert run(script, capsys, "--out", str(tmp_path / "b"), "--stop-at", "7", *common)[0] == 0
+    path = tmp_path / "b" / "checkpoints" / "last.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["rng"] = [{"torch": r["torch"], "augment": r["generators"][0]} for r in ckpt["rng"]]
+    torch.save(ckpt, path)
+    assert run(script, capsys, "--out", str(tmp_path / "b"), "--resume", *common)[0] == 0
+    assert weights(tmp_path / "a") == weights(tmp_path / "b")
+
+
 def test_a_finished_run_is_left_untouched(
     script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
