@@ -46,6 +46,7 @@ from lacmfer.data.synthetic import synthetic_domains
 from lacmfer.functional import refine_pseudo_labels
 from lacmfer.losses import LACMFERLoss
 from lacmfer.modules import LACMFER
+from lacmfer.utils import load_checkpoint
 
 #: The settings of LACMFERLoss a run's configuration holds under the same names.
 OBJECTIVE = ("label_smoothing", "align_weight", "cid_weight", "consistency_weight",
@@ -85,7 +86,7 @@ def diagnose(folder: Path) -> list[dict[str, float]]:
         raise SystemExit(
             f"{folder}: no step_*.pt checkpoints (train with --ckpt-every/--keep-checkpoints)"
         )
-    cfg = torch.load(paths[0], map_location="cpu", weights_only=True)["config"]
+    cfg = load_checkpoint(paths[0], required=("config",))["config"]
     if cfg["method"] not in ("lacmfer", "source-only"):
         raise SystemExit(f"{folder}: a {cfg['method']} run; the diagnostics read LA-CMFER's terms")
     sources, target, num_sources = task_data(cfg)
@@ -103,7 +104,7 @@ def diagnose(folder: Path) -> list[dict[str, float]]:
     print(f"{'step':>5} {'CE':>6} {'|∇CE|':>7} {'|∇SID|':>7} {'|∇CID|':>7} {'|∇MCC|':>7} {'|∇MVV|':>7} "
           f"{'n_eff s':>7} {'n_eff t':>7} {'conf t':>6} {'kept':>5} {'pl acc':>6}")  # fmt: skip
     for path in paths:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_checkpoint(path, required=("step", "model", "objective", "rng"))
         step = int(ckpt["step"])
         if step >= cfg["steps"]:  # the last step: no next batch
             continue
@@ -129,7 +130,8 @@ def diagnose(folder: Path) -> list[dict[str, float]]:
         )
         if cfg["augment"]:
             gen = torch.Generator().manual_seed(0)
-            gen.set_state(ckpt["rng"][0]["augment"])
+            rng = ckpt["rng"][0]  # the augmentation's generator (older runs: "augment")
+            gen.set_state(rng["generators"][0] if "generators" in rng else rng["augment"])
             x_s, x_t = FERAugment()(x_s, generator=gen), FERAugment()(x_t, generator=gen)
         model.train()
         out_s, out_t = model(normalize(x_s)), model(normalize(x_t))
