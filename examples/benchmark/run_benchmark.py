@@ -221,10 +221,12 @@ def trained_budget(results: Path) -> Optional[int]:
 
 # ----------------------------------------------------------------------------------- statistics
 def mean_std(values: Sequence[float]) -> str:
+    """Mean ± sample standard deviation; one value has no spread to show."""
     if not values:
         return "–"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.1f} ± {std:.1f}"
+    if len(values) == 1:
+        return f"{values[0]:.1f} (1 run)"
+    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def t_quantile(p: float, df: int) -> float:

@@ -25,6 +25,12 @@ def test_t_quantile_matches_tables(benchmark_driver: ModuleType) -> None:
         assert benchmark_driver.t_quantile(0.975, df) == pytest.approx(want, abs=2e-3)
 
 
+def test_mean_std_shows_no_spread_for_one_run(benchmark_driver: ModuleType) -> None:
+    assert benchmark_driver.mean_std([80.0, 82.0, 87.0]) == "83.0 ± 3.6"  # sample std: sqrt(13)
+    assert benchmark_driver.mean_std([93.8]) == "93.8 (1 run)"  # not "± 0.0"
+    assert benchmark_driver.mean_std([]) == "–"
+
+
 def test_spearman_against_definition(benchmark_driver: ModuleType) -> None:
     x, y = [1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 1.0, 4.0, 3.0, 5.0]
     assert benchmark_driver.spearman(x, y) == pytest.approx(1 - 6 * 4 / (5 * 24))
