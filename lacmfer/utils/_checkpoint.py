@@ -45,8 +45,12 @@ def save_checkpoint(state: Any, path: PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # also KeyboardInterrupt: no half-written file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -51,6 +51,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
         save_checkpoint({"step": 2, "bad": Unpicklable()}, path)
     assert path.read_bytes() == before
     assert load_checkpoint(path)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no half-written temp file
 
 
 def test_load_refuses_code_in_the_file(tmp_path: Path) -> None:
