@@ -13,8 +13,10 @@ per checkpoint:
   alignment rests on, ``(Σw)²/Σw²`` of its normalised hardness weights (0 when all are 0);
 * ``conf t``: the share of target samples whose global-branch confidence reaches the alignment's
   threshold δ; ``kept``: the share the multi-view vote keeps;
-* ``pl acc``: accuracy of the kept pseudo-labels -- a diagnostic that reads the target labels;
-  nothing computed from them reaches a loss.
+* ``conf acc``: accuracy of the global branch's predictions on the confident target samples (the
+  ones the alignment weights); ``pl acc``: accuracy of the kept pseudo-labels; ``–`` where there
+  are none. Both read the target labels, as a diagnostic: nothing computed from them reaches a
+  loss.
 
 Usage::
 
@@ -26,6 +28,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -101,8 +104,9 @@ def diagnose(folder: Path) -> list[dict[str, float]]:
                     ramp_steps=cfg["ramp_steps"] or cfg["steps"])  # fmt: skip
     rows = []
     print(f"{cfg['method']} -> {cfg['target']}, seed {cfg['seed']}, {cfg['steps']} steps")
-    print(f"{'step':>5} {'CE':>6} {'|∇CE|':>7} {'|∇SID|':>7} {'|∇CID|':>7} {'|∇MCC|':>7} {'|∇MVV|':>7} "
-          f"{'n_eff s':>7} {'n_eff t':>7} {'conf t':>6} {'kept':>5} {'pl acc':>6}")  # fmt: skip
+    print(f"{'step':>5} {'CE':>6} {'|∇CE|':>7} {'|∇SID|':>7} {'|∇CID|':>7} {'|∇MCC|':>7} "
+          f"{'|∇MVV|':>7} {'n_eff s':>7} {'n_eff t':>7} {'conf t':>6} {'kept':>5} {'conf acc':>8} "
+          f"{'pl acc':>6}")  # fmt: skip
     for path in paths:
         ckpt = load_checkpoint(path, required=("step", "model", "objective", "rng"))
         step = int(ckpt["step"])
@@ -140,6 +144,8 @@ def diagnose(folder: Path) -> list[dict[str, float]]:
         w, c = terms.adaptation_weight, cfg
         labels, kept = refine_pseudo_labels(out_t.logits_g.detach(), out_t.logits_l.detach(),
                                             threshold=c["pseudo_threshold"])  # fmt: skip
+        probs_t = out_t.logits_g.detach().softmax(1)
+        confident = probs_t.amax(1) >= c["align_threshold"]  # the alignment's target mask
         row = {
             "step": float(step + 1),
             "ce": float(terms.ce.detach()),
@@ -152,14 +158,26 @@ def diagnose(folder: Path) -> list[dict[str, float]]:
             "n_eff_t": float(terms.effective_t[0]),
             "conf_t": float(terms.masked_t[0]) / len(idx),
             "kept": float(terms.kept_fraction),
-            "pl_acc": float(((labels == y_t) & kept).sum()) / max(1, int(kept.sum())),
+            "conf_acc": share_right(out_t.logits_g.detach().argmax(1), y_t, confident),
+            "pl_acc": share_right(labels, y_t, kept),
         }
         rows.append(row)
         print(f"{step + 1:>5} {row['ce']:>6.3f} {row['grad_ce']:>7.3f} {row['grad_sid']:>7.3f} "
               f"{row['grad_cid']:>7.3f} {row['grad_mcc']:>7.3f} {row['grad_mvv']:>7.3f} "
               f"{row['n_eff_s']:>7.1f} {row['n_eff_t']:>7.1f} {row['conf_t']:>6.2f} "
-              f"{row['kept']:>5.2f} {row['pl_acc']:>6.2f}", flush=True)  # fmt: skip
+              f"{row['kept']:>5.2f} {share(row['conf_acc']):>8} {share(row['pl_acc']):>6}",
+              flush=True)  # fmt: skip
     return rows
+
+
+def share_right(labels: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> float:
+    """The share of the masked samples whose label is right; NaN when the mask is empty."""
+    n = int(mask.sum())
+    return float(((labels == truth) & mask).sum()) / n if n else math.nan
+
+
+def share(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:.2f}"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -47,6 +47,12 @@ def test_rows_recompute_the_batch_the_run_drew(
         assert r["n_eff_t"] == pytest.approx(want["effective_t_g"], rel=1e-6)
         assert r["grad_ce"] > 0 and all(math.isfinite(r[k]) and r[k] >= 0 for k in ADAPTATION)
         assert 0.0 <= r["conf_t"] <= 1.0 and 0.0 <= r["kept"] <= 1.0
+        # the kept pseudo-labels' accuracy is the one the run logged (null there: nothing kept)
+        if want["pseudo_label_acc"] is None:
+            assert math.isnan(r["pl_acc"])
+        else:
+            assert r["pl_acc"] == pytest.approx(want["pseudo_label_acc"], rel=1e-6)
+        assert math.isnan(r["conf_acc"]) == (r["conf_t"] == 0.0)  # no confident sample: no share
 
 
 def test_source_only_has_no_adaptation_gradient(
@@ -56,3 +62,12 @@ def test_source_only_has_no_adaptation_gradient(
     assert rows and all(r[k] == 0.0 for r in rows for k in ADAPTATION)
     with pytest.raises(SystemExit, match="no step_"):
         diagnostics.diagnose(tmp_path / "nothing")
+
+
+def test_share_right_is_nan_on_an_empty_mask(diagnostics: ModuleType) -> None:
+    import torch
+
+    labels, truth = torch.tensor([0, 1, 2, 2]), torch.tensor([0, 2, 2, 1])
+    assert diagnostics.share_right(labels, truth, torch.tensor([True, True, True, False])) == 2 / 3
+    assert math.isnan(diagnostics.share_right(labels, truth, torch.zeros(4, dtype=torch.bool)))
+    assert diagnostics.share(math.nan) == "–" and diagnostics.share(0.875) == "0.88"
