@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lacmfer.data import SIX_DOMAINS, canonical_dataset
+from lacmfer.utils import read_jsonl
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -163,9 +164,7 @@ def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(path)
     for r in rows:  # records made before budgets were recorded ran the preset's
         r.setdefault("steps", PRESET_STEPS)
         r.setdefault("batch", PRESET_BATCH)

@@ -64,6 +64,7 @@ from lacmfer.data.synthetic import (
 )
 from lacmfer.functional import refine_pseudo_labels
 from lacmfer.modules import LACMFER
+from lacmfer.utils import json_safe
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -182,14 +183,6 @@ def measure(
     row["seconds_in_domain_training"] = round(t1 - t0, 1)
     row["seconds_source_only_training"] = round(t2 - t1, 1)
     return row
-
-
-def _no_nan(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _no_nan(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_no_nan(v) for v in obj]
-    return None if isinstance(obj, float) and obj != obj else obj
 
 
 def _fmt(x: Optional[float]) -> str:
@@ -345,7 +338,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         mean["per_seed"] = rows
         result[target] = mean
     if args.json != "-":  # nan (nothing kept) is written as null
-        Path(args.json).write_text(json.dumps(_no_nan(result), indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(json_safe(result), indent=2) + "\n")
     if args.md != "-":
         Path(args.md).write_text(markdown(result))
     print(markdown(result))
