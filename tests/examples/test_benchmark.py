@@ -187,6 +187,40 @@ def test_tiny_short_study_resumes_and_records_reproduce(
     assert 100 * summary["final"]["acc_fused"] == pytest.approx(one["final_acc"], abs=1e-9)
 
 
+def test_an_interrupted_run_resumes_to_the_record_of_one_uninterrupted_run(
+    benchmark_driver: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rule = ["rule", "--curve-targets", "jaffe", "--budgets", "8"]
+    assert benchmark_driver.main([*rule, *paths(tmp_path / "whole"), *TINY]) == 0
+    (whole,) = [json.loads(x) for x in (tmp_path / "whole" / "runs.jsonl").read_text().splitlines()]
+    # the same run stopped after step 5, as an interruption after that step's checkpoint leaves it
+    cut_runs = str(tmp_path / "cut" / "runs")
+    argv = shlex.split(
+        whole["command"].split(" ", 2)[2].replace(str(tmp_path / "whole" / "runs"), cut_runs)
+    )
+    argv[0] = sys.executable
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    subprocess.run([*argv, "--stop-at", "5"], cwd=ROOT, check=True, capture_output=True, env=env)
+    calls: list[list[str]] = []
+    real_run = subprocess.run
+
+    def spy(args: list[str], **kwargs: Any) -> Any:
+        calls.append(list(args))
+        return real_run(args, **kwargs)
+
+    monkeypatch.setattr(benchmark_driver.subprocess, "run", spy)
+    assert benchmark_driver.main([*rule, *paths(tmp_path / "cut"), *TINY]) == 0
+    (cut,) = [json.loads(x) for x in (tmp_path / "cut" / "runs.jsonl").read_text().splitlines()]
+    (call,) = calls
+    assert call[-3:] == ["--ckpt-every", "1", "--resume"]  # 8 steps: a checkpoint every step
+    assert cut["resumed"] is True and "resumed" not in whole
+    assert cut["command"] == whole["command"].replace(str(tmp_path / "whole" / "runs"), cut_runs)
+    for key in ("final_acc", "selected_acc", "oracle_acc", "evals", "train"):
+        assert cut[key] == whole[key], key
+    text = (tmp_path / "cut" / "results" / "budget_rule.md").read_text()
+    assert "1 resumed after an interruption" in text
+
+
 def test_tiny_rule_and_curve_studies(benchmark_driver: ModuleType, tmp_path: Path) -> None:
     rule = ["rule", "--curve-targets", "jaffe", "--budgets", "2", "4", "8", *paths(tmp_path), *TINY]
     assert benchmark_driver.main(rule) == 0
