@@ -450,10 +450,11 @@ def curve_tables(records: list[dict[str, Any]],
                 eff = "–" if eff_s is None else f"{eff_s:.1f} / {eff_t:.1f}"
                 lines.append(f"| {batch} | {steps} | {name} | {acc} | {vs_so} | {vs_mmd} | {vs_sid} | "
                              f"{'–' if ce is None else f'{ce:.2f}'} | {eff} | {len(mine)} |")  # fmt: skip
-                ci = interval(differences(rows, name)) if name != "source-only" else None
+                diffs = differences(rows, name) if name != "source-only" else []
+                ci = interval(diffs)
                 if ci is not None:
                     points.append({"batch": batch, "steps": steps, "method": name, "mean": ci[0],
-                                   "lo": ci[1], "hi": ci[2]})  # fmt: skip
+                                   "lo": ci[1], "hi": ci[2], "n": len(diffs)})  # fmt: skip
     lines += ["", "Per target: final accuracy (%), mean ± std over the seeds.", "",
               "| batch | steps | target | " + " | ".join(names.values()) + " |",
               "|---:|---:|---|" + "---:|" * len(names)]  # fmt: skip
@@ -468,7 +469,8 @@ def curve_tables(records: list[dict[str, Any]],
 
 def curve_figure(points: list[dict[str, Any]], path: Path) -> bool:
     """Difference to source-only against steps: one curve per batch size, LA-CMFER solid, without
-    SID dashed, MMD dotted, with the 95 % intervals."""
+    SID dashed, MMD dotted, with the 95 % intervals; a point resting on fewer (target, seed) pairs
+    than the most any point has is labelled with its count."""
     try:
         import matplotlib
 
@@ -479,19 +481,25 @@ def curve_figure(points: list[dict[str, Any]], path: Path) -> bool:
     if not points:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    styles = {"LA-CMFER": "-", "LA-CMFER w/o SID": "--", "MMD": ":"}
+    styles = {"LA-CMFER": ("-", "o"), "LA-CMFER w/o SID": ("--", "s"), "MMD": (":", "^")}
     shift = {"LA-CMFER": 1.0, "LA-CMFER w/o SID": 1.04, "MMD": 0.96}  # keeps the bars apart
     colours = {32: "tab:blue", 128: "tab:orange"}
-    for (batch, method), style in ((k, v) for k in sorted({(p["batch"], p["method"]) for p in points})
-                                   for v in [styles.get(k[1], "-")]):  # fmt: skip
+    most = max(p["n"] for p in points)
+    for batch, method in sorted({(p["batch"], p["method"]) for p in points}):
         pts = sorted(
             (p for p in points if p["batch"] == batch and p["method"] == method),
             key=lambda p: p["steps"],
         )
         xs = [p["steps"] * shift.get(method, 1.0) for p in pts]
-        ax.errorbar(xs, [p["mean"] for p in pts], yerr=[[p["mean"] - p["lo"] for p in pts],
-                    [p["hi"] - p["mean"] for p in pts]], linestyle=style, marker="o", capsize=3,
+        ys = [p["mean"] for p in pts]
+        line, marker = styles.get(method, ("-", "o"))
+        ax.errorbar(xs, ys, yerr=[[p["mean"] - p["lo"] for p in pts],
+                    [p["hi"] - p["mean"] for p in pts]], linestyle=line, marker=marker, capsize=3,
                     color=colours.get(batch, "grey"), label=f"{method}, {batch} + {batch}")  # fmt: skip
+        for x, y, p in zip(xs, ys, pts):
+            if p["n"] < most:
+                ax.annotate(f"n = {p['n']}", (x, y), xytext=(4, 4), textcoords="offset points",
+                            fontsize=6)  # fmt: skip
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
     budgets = sorted({p["steps"] for p in points})
