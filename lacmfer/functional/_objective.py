@@ -22,6 +22,7 @@ from .._checks import (
     require_domains,
     resolve_validate_args,
 )
+from .._distributed import all_reduce_sum
 from .._precision import compute_dtype, no_autocast
 from ._alignment import dual_level_alignment, hardness_weights
 from ._consistency import multi_view_clustering_consistency
@@ -105,7 +106,19 @@ def _views(out: Any, name: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     views = (out.feat_g, out.logits_g, out.feat_l, out.logits_l)
     for attr, value in zip(("feat_g", "logits_g", "feat_l", "logits_l"), views):
         check_float(value, f"{name}.{attr}", ndim=2, axes="(B, D)" if "feat" in attr else "(B, K)")
+    for attr, value in zip(("feat_g", "feat_l", "logits_l"), views[0::2] + views[3:]):
+        check_size(value, f"{name}.{attr}", 0, out.logits_g, f"{name}.logits_g", 0, "Batch sizes")
+    check_size(out.logits_l, f"{name}.logits_l", 1, out.logits_g, f"{name}.logits_g", 1,
+               "Class counts (dim 1)")  # fmt: skip
     return views
+
+
+def _check_domains_match(out_s: Any, out_t: Any) -> None:
+    """Source and target views share the feature and class sizes of each branch."""
+    for attr in ("feat_g", "logits_g", "feat_l", "logits_l"):
+        a, b = getattr(out_s, attr), getattr(out_t, attr)
+        what = "Feature sizes (dim 1)" if "feat" in attr else "Class counts (dim 1)"
+        check_size(a, f"out_s.{attr}", 1, b, f"out_t.{attr}", 1, what)
 
 
 def _view_discrepancy(logits_g: Tensor, logits_l: Tensor, kind: str, from_logits: bool) -> Tensor:
@@ -313,6 +326,7 @@ def lacmfer_loss(
     """
     feat_gs, logits_gs, feat_ls, logits_ls = _views(out_s, "out_s")
     feat_gt, logits_gt, feat_lt, logits_lt = _views(out_t, "out_t")
+    _check_domains_match(out_s, out_t)
     check_labels(labels_s, "labels_s", axes="(B_s,)")
     check_size(labels_s, "labels_s", 0, logits_gs, "out_s.logits_g", 0, "Batch sizes (dim 0)")
     settings = check_settings(
@@ -330,9 +344,10 @@ def lacmfer_loss(
     if resolve_validate_args(validate_args, labels_s):
         check_label_range(labels_s, "labels_s", logits_gs.shape[1])
 
-    ce = F.cross_entropy(logits_gs, labels_s, label_smoothing=label_smoothing) + F.cross_entropy(
-        logits_ls, labels_s, label_smoothing=label_smoothing
-    )
+    dtype, targets = compute_dtype(logits_gs, logits_ls), labels_s.long()  # float32 for half inputs
+    ce = F.cross_entropy(
+        logits_gs.to(dtype), targets, label_smoothing=label_smoothing
+    ) + F.cross_entropy(logits_ls.to(dtype), targets, label_smoothing=label_smoothing)
     zero = ce.new_zeros(())
     sid_sum, cid_sum, align = zero, zero, zero
     if sid or cid:
@@ -371,8 +386,12 @@ def lacmfer_loss(
         voting_term, kept_fraction = refined.loss, refined.kept_fraction
     else:
         voting_term = zero
-        _, mask = refine_pseudo_labels(logits_gt, logits_lt, threshold=pseudo_threshold)
-        kept_fraction = mask.to(zero.dtype).mean()
+        with torch.no_grad():
+            _, mask = refine_pseudo_labels(logits_gt, logits_lt, threshold=pseudo_threshold)
+            counts = torch.stack([mask.sum().to(zero.dtype), zero.new_tensor(mask.shape[0])])
+            if sync_dist:  # the fraction of the global batch, as with the voting loss on
+                counts = all_reduce_sum(counts, process_group)
+            kept_fraction = counts[0] / counts[1]
 
     adaptation = (
         align_weight * align + consistency_weight * consistency_term + voting_weight * voting_term
@@ -398,7 +417,7 @@ def lacmfer_loss(
                 validate_args=False,
             )  # fmt: skip
             if num_domains is not None:  # per-source: w_s sums to 1 within each source
-                one_hot = F.one_hot(domains_s, num_domains).to(w_s.dtype)  # type: ignore[arg-type]
+                one_hot = F.one_hot(domains_s.long(), num_domains).to(w_s.dtype)  # type: ignore[union-attr]
                 eff_s = _effective((w_s[:, None] * one_hot).T).sum()
             else:
                 eff_s = _effective(w_s)

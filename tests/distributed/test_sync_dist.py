@@ -9,6 +9,7 @@ directly with a DDP-wrapped model. Ranks hold different batch sizes.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 
 from lacmfer.functional import (
     dual_level_alignment,
+    lacmfer_loss,
     multi_view_clustering_consistency,
     pseudo_label_refinement,
 )
@@ -35,6 +37,7 @@ SOURCE_SPLIT = [5, 7]  # uneven on purpose
 TARGET_SPLIT = [6, 4]
 K = 4
 DIM = 6
+PSEUDO_THRESHOLD = 0.95  # keeps 5 of 6 samples on rank 0, 2 of 4 on rank 1: 7 of 10 in all
 
 
 def global_batch() -> dict[str, torch.Tensor]:
@@ -72,11 +75,19 @@ def objective(net: torch.nn.Module, b: dict[str, torch.Tensor], sync: bool) -> d
         ),
         "mcc": multi_view_clustering_consistency(zt, zl, sync_dist=sync),
         "mcc_logits": MultiViewClusteringConsistency(from_logits=True, sync_dist=sync)(zt, zl),
-        "mvv": pseudo_label_refinement(zt, zl, threshold=0.6, sync_dist=sync).loss,
+        "mvv": pseudo_label_refinement(zt, zl, threshold=PSEUDO_THRESHOLD, sync_dist=sync).loss,
     }
-    refiner = PseudoLabelRefiner(threshold=0.6, sync_dist=sync)
+    refiner = PseudoLabelRefiner(threshold=PSEUDO_THRESHOLD, sync_dist=sync)
     refiner(zt, zl)
     out["kept"] = refiner.kept_fraction
+    views = SimpleNamespace(feat_g=fs, logits_g=b["logits_s"], feat_l=fs, logits_l=b["logits_s"])
+    target = SimpleNamespace(feat_g=ft, logits_g=zt, feat_l=ft, logits_l=zl)
+    for voting in (True, False):  # the objective's kept fraction, with the voting loss on and off
+        terms = lacmfer_loss(
+            views, b["labels_s"], target, pseudo_threshold=PSEUDO_THRESHOLD, voting=voting,
+            sync_dist=sync,
+        )  # fmt: skip
+        out[f"objective_kept_voting_{voting}"] = terms.kept_fraction
     return out
 
 
@@ -95,7 +106,8 @@ def _rank_results(rank: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name in ("pooled", "per_source", "mcc", "mcc_logits", "mvv"):
         results[name] = value_and_input_grads(objective, model(), local, name, sync=True)
-    results["kept"] = objective(model(), local, sync=True)["kept"]
+    computed = objective(model(), local, sync=True)
+    results.update({k: v for k, v in computed.items() if "kept" in k})
     results["ddp_grads"] = _ddp_grads(local)
     return results
 
@@ -135,11 +147,15 @@ def test_sync_dist_equals_concatenated_batch(rank_results: list[dict[str, Any]],
         torch.testing.assert_close(got_t, want_t, rtol=1e-6, atol=1e-8)
 
 
-def test_kept_fraction_is_global(rank_results: list[dict[str, Any]]) -> None:
-    b = global_batch()
-    want = objective(model(), b, sync=False)["kept"]
+@pytest.mark.parametrize(
+    "key", ["kept", "objective_kept_voting_True", "objective_kept_voting_False"]
+)
+def test_kept_fraction_is_global(rank_results: list[dict[str, Any]], key: str) -> None:
+    want = objective(model(), global_batch(), sync=False)[key]
+    local = [objective(model(), _local(global_batch(), r), sync=False)[key] for r in range(WORLD)]
+    assert all(float(x) != float(want) for x in local), "the ranks' own fractions must differ"
     for res in rank_results:
-        torch.testing.assert_close(res["kept"], want)
+        torch.testing.assert_close(res[key], want)
 
 
 def test_ddp_parameter_gradients_equal_single_process(rank_results: list[dict[str, Any]]) -> None:

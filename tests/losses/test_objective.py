@@ -370,6 +370,28 @@ def test_errors_name_the_argument() -> None:
         LACMFERLoss(voting=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="`adapt_after` must be an int >= 0"):
         LACMFERLoss(adapt_after=-1)
+    # shapes are named as the caller passed them: the fields of `out_s` / `out_t`
+    with pytest.raises(ValueError, match=r"`out_s.logits_l` and `out_s.logits_g` must match"):
+        lacmfer_loss(out_s._replace(logits_l=out_s.logits_l[:9]), y, out_t)
+    with pytest.raises(ValueError, match=r"Class counts.*`out_t.logits_l` and `out_t.logits_g`"):
+        lacmfer_loss(out_s, y, out_t._replace(logits_l=out_t.logits_l[:, :3]))
+    with pytest.raises(ValueError, match=r"Feature sizes.*`out_s.feat_l` and `out_t.feat_l`"):
+        lacmfer_loss(out_s, y, out_t._replace(feat_l=out_t.feat_l[:, :3]))
+    with pytest.raises(ValueError, match=r"Class counts.*`out_s.logits_g` and `out_t.logits_g`"):
+        lacmfer_loss(
+            out_s, y, out_t._replace(logits_g=out_t.logits_g[:, :3], logits_l=out_t.logits_l[:, :3])
+        )
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_any_integer_dtype_of_labels_and_domains_gives_the_int64_result(dtype: torch.dtype) -> None:
+    b = make_batch(18)
+    want = lacmfer_loss(b["out_s"], b["labels_s"], b["out_t"], b["domains_s"], num_domains=3)
+    got = lacmfer_loss(
+        b["out_s"], b["labels_s"].to(dtype), b["out_t"], b["domains_s"].to(dtype), num_domains=3
+    )
+    for name, value in want._asdict().items():
+        torch.testing.assert_close(getattr(got, name), value, rtol=0, atol=0, msg=name)
 
 
 BAD_SETTINGS = [
@@ -454,5 +476,23 @@ def test_with_the_model_under_bf16_autocast() -> None:
         assert isinstance(out_s, LACMFEROutput)
         terms = LACMFERLoss()(out_s, y, out_t)
     assert terms.loss.dtype == torch.float32 and torch.isfinite(terms.loss)
+    assert terms.ce.dtype == torch.float32
     terms.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_half_precision_outputs_give_float32_terms_computed_in_float32(half: torch.dtype) -> None:
+    b = make_batch(19)
+    out_s, out_t = (Out(*(t.to(half) for t in b[k])) for k in ("out_s", "out_t"))
+    source_only = {"sid": False, "cid": False, "consistency": "none", "voting": False}
+    for settings in ({}, source_only):
+        got = lacmfer_loss(out_s, b["labels_s"], out_t, **settings)
+        want = lacmfer_loss(
+            Out(*(t.float() for t in out_s)), b["labels_s"], Out(*(t.float() for t in out_t)),
+            **settings,
+        )  # fmt: skip
+        for name in ("loss", "ce", "effective_s", "effective_t"):
+            value = getattr(got, name)
+            assert value.dtype == torch.float32, name
+            torch.testing.assert_close(value, getattr(want, name), msg=name)
