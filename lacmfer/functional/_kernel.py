@@ -122,7 +122,9 @@ def gaussian_kernel(
         y: features of the second set; ``None`` means ``x`` (the Gram matrix of ``x``).
         kernel_num: number of Gaussians :math:`Q` (int >= 1).
         kernel_mul: ratio :math:`m` between consecutive bandwidths (> 0).
-        bandwidth: a fixed base bandwidth :math:`\beta > 0` instead of the data-driven one.
+        bandwidth: a fixed base bandwidth :math:`\beta > 0` instead of the data-driven one: a
+            float, or a 0-dim tensor (detached; its value is not read on the host, so one at or
+            below the floor :math:`10^{-12} \max|f|^2` is raised to the floor).
 
     Shape:
         - x: :math:`(N, D)`; y: :math:`(M, D)`.
@@ -147,8 +149,7 @@ def gaussian_kernel(
     same = y is None
     y_ = x if y is None else y
     _check_feature_pair(x, "x", y_, "y")
-    if bandwidth is not None and not isinstance(bandwidth, Tensor):
-        bandwidth = check_real(bandwidth, "bandwidth", minimum=0.0, exclusive_minimum=True)
+    bandwidth = _check_bandwidth(bandwidth)
     dtype = compute_dtype(x, y_)
     with no_autocast(x.device):
         xs, ys = x.to(dtype), y_.to(dtype)
@@ -172,11 +173,25 @@ def gaussian_kernel(
         return kernel_sum(cross / beta, coef)
 
 
+def _check_bandwidth(bandwidth: Optional[Union[Tensor, float]]) -> Optional[Union[Tensor, float]]:
+    """A float must be > 0; a tensor must be a real scalar (its value is not read: no host sync)."""
+    if bandwidth is None:
+        return None
+    if not isinstance(bandwidth, Tensor):
+        return check_real(bandwidth, "bandwidth", minimum=0.0, exclusive_minimum=True)
+    if bandwidth.is_complex() or bandwidth.dtype == torch.bool:
+        raise TypeError(f"`bandwidth` must be a real tensor, got dtype {bandwidth.dtype}")
+    if bandwidth.ndim != 0:
+        raise ValueError(f"`bandwidth` must be a 0-dim tensor, got shape {tuple(bandwidth.shape)}")
+    return bandwidth
+
+
 def _fixed_bandwidth(bandwidth: Union[Tensor, float], points: Tensor) -> Tensor:
-    """A user-given bandwidth in the units of :func:`pairwise_sq_distances` (divided by s²)."""
+    """A user-given bandwidth in the units of :func:`pairwise_sq_distances` (divided by s²),
+    raised to the floor of the data-driven one (a tensor's value is not checked on the host)."""
     s = points.detach().abs().amax().clamp_min(_TINY_SCALE)
     beta = torch.as_tensor(bandwidth, dtype=points.dtype, device=points.device).detach()
-    return beta / (s * s)
+    return (beta / (s * s)).clamp_min(BANDWIDTH_FLOOR)
 
 
 def mmd2(
@@ -207,7 +222,9 @@ def mmd2(
         weights_y: weights of ``y``; default uniform ``1/M``.
         kernel_num: number of Gaussians :math:`Q` (int >= 1).
         kernel_mul: ratio :math:`m` between consecutive bandwidths (> 0).
-        bandwidth: a fixed base bandwidth :math:`\beta > 0` instead of the data-driven one.
+        bandwidth: a fixed base bandwidth :math:`\beta > 0` instead of the data-driven one: a
+            float, or a 0-dim tensor (detached; its value is not read on the host, so one at or
+            below the floor :math:`10^{-12} \max|f|^2` is raised to the floor).
 
     Shape:
         - x: :math:`(N, D)`; y: :math:`(M, D)`; weights_x: :math:`(N,)`; weights_y: :math:`(M,)`.
@@ -236,8 +253,7 @@ def mmd2(
     if weights_y is not None:
         check_float(weights_y, "weights_y", ndim=1, axes="(M,)")
         check_size(weights_y, "weights_y", 0, y, "y", 0, "Batch sizes (dim 0)")
-    if bandwidth is not None and not isinstance(bandwidth, Tensor):
-        bandwidth = check_real(bandwidth, "bandwidth", minimum=0.0, exclusive_minimum=True)
+    bandwidth = _check_bandwidth(bandwidth)
     dtype = compute_dtype(x, y)
     with no_autocast(x.device):
         xs, ys = x.to(dtype), y.to(dtype)

@@ -51,6 +51,23 @@ def test_gaussian_kernel_fixed_bandwidth() -> None:
     )
 
 
+def test_a_tensor_bandwidth_equals_the_float_and_is_floored_not_read() -> None:
+    x, y = _xy(3)
+    for fn in (gaussian_kernel, mmd2):
+        want = fn(x, y, bandwidth=0.8)
+        torch.testing.assert_close(
+            fn(x, y, bandwidth=torch.tensor(0.8, dtype=torch.float64)), want, **TOL
+        )
+    # a tensor's value is not read on the host: zero or negative acts as the smallest bandwidth
+    # the data-driven one may take, never as a division by zero or a growing exponential
+    tiny = 1e-12 * float(torch.cat([x, y]).abs().max()) ** 2
+    for bad in (0.0, -1.0):
+        k = gaussian_kernel(x, y, bandwidth=torch.tensor(bad, dtype=torch.float64))
+        torch.testing.assert_close(k, gaussian_kernel(x, y, bandwidth=tiny), **TOL)
+        assert bool(((k >= 0) & (k <= 5)).all())
+        assert torch.isfinite(mmd2(x, y, bandwidth=torch.tensor(bad)))
+
+
 def test_identical_points_give_q() -> None:
     x = torch.full((4, 3), 0.37, dtype=torch.float64)
     torch.testing.assert_close(gaussian_kernel(x), torch.full((4, 4), 5.0, dtype=torch.float64))
@@ -139,6 +156,10 @@ def test_kernel_errors() -> None:
         mmd2(x, x, weights_x=torch.ones(3))
     with pytest.raises(ValueError, match=r"`bandwidth`.*> 0"):
         gaussian_kernel(x, bandwidth=0.0)
+    with pytest.raises(ValueError, match=r"`bandwidth` must be a 0-dim tensor, got shape \(2,\)"):
+        gaussian_kernel(x, bandwidth=torch.tensor([1.0, 2.0]))
+    with pytest.raises(TypeError, match=r"`bandwidth` must be a real tensor"):
+        mmd2(x, x, bandwidth=torch.tensor(True))
     with pytest.raises(ValueError, match="`kernel_num`"):
         mmd2(x, x, kernel_num=0)
 
