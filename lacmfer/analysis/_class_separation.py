@@ -40,6 +40,7 @@ def _separation(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(within, between, ratio)`` of each group, each ``(num_groups,)``, for centred features."""
     dtype = z.dtype
+    labels, groups = labels.long(), groups.long()  # any integer dtype (uint8 would index as a mask)
     labelled = labels >= 0
     cell = torch.where(labelled, labels * num_groups + groups, torch.full_like(labels, -1))
     w_cell, cell_counts = membership(cell, num_classes * num_groups, dtype)

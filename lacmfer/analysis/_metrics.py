@@ -20,11 +20,12 @@ def confusion_matrix(preds: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     Counts add up: the matrix of a test set is the sum of its batches' matrices, and under
     :mod:`torch.distributed` the ``all_reduce`` (sum) of the ranks' matrices. One ``bincount``, no
     host synchronisation on an accelerator; on the CPU the values are checked to lie in
-    ``[0, num_classes)``.
+    ``[0, num_classes)``. A negative label marks an unlabelled sample (as everywhere in
+    :mod:`lacmfer.analysis`): it is not counted.
 
     Args:
         preds: predicted classes :math:`(N,)`, e.g. ``logits.argmax(1)``.
-        labels: true classes :math:`(N,)`.
+        labels: true classes :math:`(N,)`; below 0: unlabelled, left out.
         num_classes: :math:`K`.
 
     Returns:
@@ -41,9 +42,10 @@ def confusion_matrix(preds: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     k = check_positive_int(num_classes, "num_classes")
     if preds.device.type == "cpu":
         check_index_range(preds, "preds", k, "`num_classes`")
-        check_index_range(labels, "labels", k, "`num_classes`")
-    flat = labels.long() * k + preds.long()
-    return torch.bincount(flat, minlength=k * k)[: k * k].view(k, k)
+        check_index_range(labels.clamp_min(0), "labels", k, "`num_classes`")  # < 0: unlabelled
+    labels = labels.long()
+    flat = torch.where(labels >= 0, labels * k + preds.long(), k * k)  # unlabelled: bin k * k
+    return torch.bincount(flat, minlength=k * k + 1)[: k * k].view(k, k)
 
 
 class ClassificationMetrics(NamedTuple):

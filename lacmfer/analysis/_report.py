@@ -111,7 +111,8 @@ def shift_report(
     Args:
         data: rows collected by :class:`FeatureCollector` (features, labels, domains).
         target: the target's domain index.
-        num_classes: :math:`K` (default: the largest label + 1).
+        num_classes: :math:`K` (default: the largest label + 1; 1 when no row is labelled, and
+            the class-wise numbers are NaN).
         embed: ``"auto"``, ``"tsne"`` or ``"pca"``, passed to :func:`embed_2d`.
         seed: seed of the A-distance's folds and of the map.
 
@@ -139,7 +140,7 @@ def shift_report(
             f"`target` ({target}) must hold some rows of `data` and other domains the rest; "
             f"domains present: {sorted(set(domains.tolist()))}"
         )
-    k = num_classes if num_classes is not None else int(labels.max()) + 1
+    k = num_classes if num_classes is not None else max(int(labels.max()) + 1, 1)
     dist = domain_distance_matrix(feats, domains, labels=labels, num_classes=k)
     assert dist.class_matrix is not None  # labels were given
     off = ~torch.eye(k, dtype=torch.bool)

@@ -184,6 +184,15 @@ def test_dtypes() -> None:
     assert out.ratio.shape == () and out.domain_ratio.shape == (3,)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32])
+def test_any_integer_dtype_of_labels_and_domains(dtype: torch.dtype) -> None:
+    x, labels, domains, _ = CASES["per_domain"]
+    want = class_separation(x, labels, domains)
+    got = class_separation(x, labels.to(dtype), domains.to(dtype))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, equal_nan=True)
+
+
 def test_errors() -> None:
     x = torch.randn(6, 3)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])

@@ -54,6 +54,20 @@ def test_counts_add_over_batches() -> None:
     assert torch.equal(parts, confusion_matrix(preds, labels, 7))
 
 
+def test_unlabelled_samples_are_not_counted() -> None:
+    g = torch.Generator().manual_seed(3)
+    labels, preds = torch.randint(0, 4, (2, 60), generator=g)
+    hidden = labels.clone()
+    hidden[::3] = -1  # the package's mark of an unlabelled sample
+    keep = hidden >= 0
+    assert torch.equal(
+        confusion_matrix(preds, hidden, 4), confusion_matrix(preds[keep], labels[keep], 4)
+    )
+    assert int(confusion_matrix(preds, torch.full_like(labels, -1), 4).sum()) == 0
+    with pytest.raises(ValueError, match="`labels`"):  # too large is still an error
+        confusion_matrix(preds, hidden.clamp_max(3) + 1, 4)
+
+
 def test_empty_matrix_is_nan_not_an_error() -> None:
     m = classification_metrics(torch.zeros(3, 3, dtype=torch.int64))
     assert math.isnan(float(m.accuracy)) and math.isnan(float(m.macro_f1))

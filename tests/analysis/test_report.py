@@ -55,6 +55,17 @@ def test_report_equals_the_functions_it_composes() -> None:
     assert torch.equal(report.domains, data.domains) and torch.equal(report.labels, data.labels)
 
 
+def test_unlabelled_rows_give_nan_class_numbers_not_an_error() -> None:
+    data = collected(1.0)
+    unlabelled = data._replace(labels=torch.full_like(data.labels, -1))
+    report = shift_report(unlabelled, target=2, embed="pca", seed=3)
+    labelled = shift_report(data, target=2, embed="pca", seed=3)
+    torch.testing.assert_close(report.distances, labelled.distances)  # no labels needed
+    assert report.proxy_a == labelled.proxy_a
+    for value in (report.same_class, report.other_class, report.separation):
+        assert bool(value.isnan().all())
+
+
 def test_a_shifted_target_is_farther_and_easier_to_tell_apart() -> None:
     near, far = (shift_report(collected(s), target=2, embed="pca") for s in (0.0, 3.0))
     assert float(far.distances[0, 2]) > float(near.distances[0, 2])
