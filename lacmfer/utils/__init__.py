@@ -4,8 +4,9 @@ log, progress lines and curves.
 Nothing here is specific to LA-CMFER; it is what the training example (``examples/train_cmfer.py``)
 and a loop of your own (``docs/guides/own_training_loop.rst``) need to never lose a run:
 
-* :func:`save_checkpoint` writes atomically (a crash leaves the previous file);
-  :func:`load_checkpoint` reads with ``weights_only=True`` and names the file in its errors.
+* :func:`save_checkpoint` writes atomically (a crash leaves the previous file) and refuses what
+  :func:`load_checkpoint` could not read back; :func:`load_checkpoint` reads with
+  ``weights_only=True`` and names the file in its errors.
 * :func:`get_rng_state` / :func:`set_rng_state`: torch's, CUDA's and your generators' states, of
   every rank under DDP, so a resumed run draws what the uninterrupted one would have drawn.
 * :func:`state_dict_hash`: whether two models (two ranks, a run and its resume) hold identical

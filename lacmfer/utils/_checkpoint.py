@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -12,6 +13,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .._distributed import is_distributed
+from .._serialization import load_error_reason
 
 __all__: list[str] = []
 
@@ -19,13 +21,17 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 def save_checkpoint(state: Any, path: PathLike) -> Path:
-    """Save ``state`` with :func:`torch.save` to a temporary name beside ``path``, then rename it.
+    """Save ``state`` with :func:`torch.save` to a temporary name beside ``path``, check that it
+    reads back, then rename it.
 
     The rename is atomic on POSIX and Windows file systems, so a crash or a full disk during the
     save leaves the previous checkpoint at ``path`` intact, never half a file. Missing parent
-    folders are created. To be read back by :func:`load_checkpoint`, ``state`` should hold only
-    what ``torch.load(weights_only=True)`` accepts: tensors, numbers, strings, ``None`` and
-    dicts, lists and tuples of them (state dicts, counters, a configuration as a dict).
+    folders are created. ``state`` must hold only what :func:`load_checkpoint`
+    (``torch.load(weights_only=True)``) reads back: tensors, numbers, strings, ``None`` and dicts,
+    lists and tuples of them (state dicts, counters, a configuration as a dict). The temporary file
+    is loaded that way before the rename (memory-mapped: the tensors' bytes are not read), so an
+    object it would refuse (an ``argparse.Namespace``, a :class:`~pathlib.Path`, a numpy array or
+    scalar, an instance of your own class) fails the save now, not the resume hours later.
 
     Args:
         state: the object to save.
@@ -33,6 +39,10 @@ def save_checkpoint(state: Any, path: PathLike) -> Path:
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        TypeError: ``state`` holds an object that ``torch.load(weights_only=True)`` refuses; the
+            message names it. Nothing is written and the previous checkpoint at ``path`` is kept.
 
     Example:
         >>> import tempfile, torch
@@ -47,6 +57,17 @@ def save_checkpoint(state: Any, path: PathLike) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     try:
         torch.save(state, tmp)
+        try:  # what load_checkpoint will do, without reading the tensors' bytes
+            back = torch.load(tmp, map_location="cpu", weights_only=True, mmap=True)
+        except pickle.UnpicklingError as err:  # weights_only refuses an object of the state
+            raise TypeError(
+                f"{path}: state holds an object that load_checkpoint cannot read back "
+                f"({load_error_reason(err)}); a checkpoint holds tensors, numbers, strings, None and "
+                "lists, tuples and dicts of them (what torch.load(weights_only=True) reads): "
+                "convert it, e.g. a Namespace with vars(), a path with str(), a numpy array "
+                "with torch.from_numpy() and a numpy scalar with .item()"
+            ) from err
+        del back  # releases the memory map before the rename
         os.replace(tmp, path)
     except BaseException:  # also KeyboardInterrupt: no half-written file is left behind
         tmp.unlink(missing_ok=True)
@@ -55,14 +76,14 @@ def save_checkpoint(state: Any, path: PathLike) -> Path:
 
 
 def load_checkpoint(
-    path: PathLike, *, required: Sequence[str] = (), map_location: Any = "cpu"
+    path: PathLike, *, required: Union[str, Sequence[str]] = (), map_location: Any = "cpu"
 ) -> dict[str, Any]:
     """Read a checkpoint with ``torch.load(weights_only=True)``: a file from elsewhere cannot run
     code when it is loaded.
 
     Args:
         path: the file.
-        required: keys the checkpoint must hold.
+        required: keys the checkpoint must hold; a single string is one key.
         map_location: as for :func:`torch.load` (default: every tensor on the CPU).
 
     Returns:
@@ -72,7 +93,8 @@ def load_checkpoint(
         FileNotFoundError: ``path`` is not a file.
         ValueError: the file is truncated, corrupt, not a tensor file, holds objects that
             ``weights_only`` refuses, is not a dict, or lacks a ``required`` key. The message names
-            the file and the reason.
+            the file and the reason (for an unreadable file, torch's own, e.g. the class refused);
+            the exception torch raised is its ``__cause__``.
     """
     path = Path(path)
     if not path.is_file():
@@ -80,10 +102,11 @@ def load_checkpoint(
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated, corrupt, not a tensor file, refused by weights_only
-        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+        raise ValueError(f"{path}: not a readable checkpoint ({load_error_reason(err)})") from err
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: expected a dict, the file holds a {type(ckpt).__name__}")
-    missing = [k for k in required if k not in ckpt]
+    keys = (required,) if isinstance(required, str) else required
+    missing = [k for k in keys if k not in ckpt]
     if missing:
         raise ValueError(f"{path}: the checkpoint lacks {', '.join(map(repr, missing))}")
     return ckpt
@@ -168,12 +191,26 @@ def set_rng_state(
         torch.cuda.set_rng_state(state["cuda"], dev)
 
 
-def state_dict_hash(state_dict: Mapping[str, Tensor]) -> str:
+def state_dict_hash(state_dict: Mapping[Any, Any]) -> str:
     """SHA-256 over the names, dtypes, shapes and bytes of a state dict's tensors (in name order).
 
     Two models hash alike exactly when they hold bit-identical tensors under the same names: the
     check that the ranks of a distributed run agree, or that a resumed run matches an uninterrupted
-    one. Entries that are not tensors are ignored.
+    one. Nested mappings are walked, their tensors named with dotted paths as
+    :meth:`torch.nn.Module.state_dict` names them (``{"model": {"fc.weight": w}}`` hashes
+    ``model.fc.weight``), so several state dicts can be hashed together. Any other value (a number,
+    a list: an optimizer's ``param_groups``) is refused, not skipped: a hash that ignored what it
+    was given would match anything.
+
+    Args:
+        state_dict: names to tensors, or to mappings of them.
+
+    Returns:
+        The hex digest.
+
+    Raises:
+        TypeError: a value is neither a tensor nor a mapping; the message names its key.
+        ValueError: two entries have the same dotted name (``"a.b"`` and ``"a": {"b": ...}``).
 
     Example:
         >>> import torch
@@ -183,12 +220,28 @@ def state_dict_hash(state_dict: Mapping[str, Tensor]) -> str:
         >>> state_dict_hash(a.state_dict()) == state_dict_hash(b.state_dict())
         True
     """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
     h = hashlib.sha256()
-    for key in sorted(state_dict):
-        t = state_dict[key]
-        if not isinstance(t, Tensor):
-            continue
-        t = t.detach().cpu().contiguous()
-        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    seen: set[str] = set()
+
+    def walk(mapping: Mapping[Any, Any], prefix: str) -> None:
+        for key in sorted(mapping):
+            name, value = f"{prefix}{key}", mapping[key]
+            if isinstance(value, Mapping):
+                walk(value, name + ".")
+                continue
+            if not isinstance(value, Tensor):
+                raise TypeError(
+                    f"state_dict[{name!r}] must be a tensor or a mapping of tensors, got "
+                    f"{type(value).__name__}"
+                )
+            if name in seen:
+                raise ValueError(f"state_dict holds two entries named {name!r}")
+            seen.add(name)
+            t = value.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+    walk(state_dict, "")
     return h.hexdigest()

@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import os
+import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import IO, Any, Optional, Sequence, Union
+
+import torch
 
 from ..analysis._common import new_figure
 
@@ -24,14 +29,20 @@ ACCURACY_KEYS = ("acc_fused", "acc_global", "acc_local")
 
 
 def json_safe(value: Any) -> Any:
-    """A copy of ``value`` (nested dicts, lists, tuples) with NaN and infinities, which JSON lacks,
-    as ``None``.
+    """A copy of ``value`` (nested dicts, lists, tuples) that :func:`json.dumps` writes as strict
+    JSON: 0-dim tensors and numpy scalars become Python numbers (``bool``, ``int``, ``float``), then
+    NaN and infinities, which JSON lacks, become ``None``. Anything else is left as it is.
 
     Example:
+        >>> import numpy as np, torch
         >>> from lacmfer.utils import json_safe
         >>> json_safe({"a": float("nan"), "b": [1.0, float("inf")]})
         {'a': None, 'b': [1.0, None]}
+        >>> json_safe([torch.tensor(0.5), np.int64(3), np.float32("nan"), torch.tensor(float("inf"))])
+        [0.5, 3, None, None]
     """
+    if (isinstance(value, torch.Tensor) and value.dim() == 0) or _is_numpy_scalar(value):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
@@ -41,13 +52,83 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def _is_numpy_scalar(value: Any) -> bool:
+    """Whether ``value`` is a numpy number or bool (numpy is not imported for the check: a value
+    cannot be a numpy scalar unless numpy was imported)."""
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(value, (np.number, np.bool_))
+
+
 def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
     """The records of a JSON-lines file, one dict a line (blank lines skipped); ``[]`` when the
-    file does not exist."""
-    path = Path(path)
+    file does not exist.
+
+    A last line that does not parse is skipped with a warning: it is what a process killed while
+    writing it (or a full disk) leaves, and the records before it are whole.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The records, in file order.
+
+    Raises:
+        ValueError: a line before the last one does not parse; the message names the file and the
+            line number.
+    """
+    return _read_jsonl(Path(path), stacklevel=3)
+
+
+def _read_jsonl(path: Path, stacklevel: int) -> list[dict[str, Any]]:
+    """:func:`read_jsonl`; ``stacklevel`` is :func:`warnings.warn`'s, counted from here (3: the
+    caller of this function's caller)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_bytes().splitlines()
+    numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
+    records = []
+    for n, line in numbered:
+        try:
+            records.append(json.loads(line))
+        except ValueError as err:  # json.JSONDecodeError, UnicodeDecodeError
+            if n != numbered[-1][0]:
+                why = (
+                    f"{err.msg}, column {err.colno}"
+                    if isinstance(err, json.JSONDecodeError)
+                    else err
+                )
+                raise ValueError(f"{path}: line {n} is not valid JSON ({why})") from err
+            warnings.warn(
+                f"{path}: line {n}, the last, is not valid JSON (a write cut short?): skipped",
+                stacklevel=stacklevel,
+            )
+    return records
+
+
+def _end_with_whole_line(f: IO[bytes], path: Path) -> None:
+    """Make the JSON-lines file ``f`` (opened ``"a+b"``) end with a newline after its last whole
+    record, so that a record appended next starts a line of its own: a last line that does not
+    parse (a write cut short) is dropped with a warning; one that parses but lacks its newline gets
+    it."""
+    f.seek(0)
+    data = f.read()
+    body = data.rstrip()
+    if not body:
+        return
+    start = body.rfind(b"\n") + 1
+    try:
+        json.loads(body[start:])
+    except ValueError:  # json.JSONDecodeError, UnicodeDecodeError
+        n = data.count(b"\n", 0, start) + 1
+        warnings.warn(
+            f"{path}: line {n}, the last, is not valid JSON (a write cut short?): dropped "
+            "before appending",
+            stacklevel=3,
+        )
+        f.truncate(start)
+        return
+    if not data.endswith(b"\n"):
+        f.write(b"\n")
 
 
 class MetricsLog:
@@ -84,6 +165,7 @@ class MetricsLog:
         self.path = self.folder / "metrics.jsonl"
         self.notes: list[str] = []
         self._tb: Any = None
+        self._whole = False  # whether the file is known to end with a whole line
         if enabled and tensorboard is not False:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -94,8 +176,10 @@ class MetricsLog:
                 self._tb = SummaryWriter(str(self.folder / "tb"))
 
     def records(self) -> list[dict[str, Any]]:
-        """Every record written so far (also by an earlier process into the same folder)."""
-        return read_jsonl(self.path)
+        """Every record written so far (also by an earlier process into the same folder). A last
+        line cut short (the process was killed while writing it) is skipped with a warning, as
+        :func:`read_jsonl` does."""
+        return _read_jsonl(self.path, stacklevel=3)
 
     def keep(self, records: Sequence[dict[str, Any]]) -> None:
         """Rewrite the log with ``records`` alone: on resume, drop what an interrupted run logged
@@ -103,24 +187,54 @@ class MetricsLog:
         if self.enabled:
             self.folder.mkdir(parents=True, exist_ok=True)
             self.path.write_text("".join(json.dumps(json_safe(r)) + "\n" for r in records))
+            self._whole = True
 
     def write(self, record: dict[str, Any]) -> None:
-        """Append one record (a dict with an int ``"step"``)."""
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+        """Append one record: a dict with an integer ``"step"`` (an ``int`` or an integer-like
+        value such as ``numpy.int64``; not a ``bool`` or a ``float``). Its values go through
+        :func:`json_safe` (0-dim tensors and numpy scalars are written as numbers). The first
+        append of a log whose file ends with a line cut short (an earlier process killed while
+        writing it) drops that line, with a warning.
+
+        Raises:
+            TypeError: ``record`` is not a dict, or its ``"step"`` is not an integer.
+            ValueError: ``record`` has no ``"step"``.
+        """
+        if not isinstance(record, dict):
+            raise TypeError(f"record must be a dict with an int 'step', got {record!r:.80}")
+        if "step" not in record:
             raise ValueError(f"record must be a dict with an int 'step', got {record!r:.80}")
+        step = record["step"]
+        try:
+            if isinstance(step, bool):
+                raise TypeError
+            step = operator.index(step)
+        except TypeError:
+            raise TypeError(
+                f"record['step'] must be an int, got {type(step).__name__} {step!r:.40}"
+            ) from None
         if not self.enabled:
             return
+        safe = {**json_safe(record), "step": step}
         self.folder.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps(json_safe(record)) + "\n")
+        line = (json.dumps(safe) + "\n").encode()
+        with self.path.open("a+b") as f:
+            try:
+                if not self._whole:
+                    _end_with_whole_line(f, self.path)
+                f.write(line)
+                f.flush()
+                self._whole = True
+            except BaseException:
+                self._whole = False
+                raise
         if self._tb is not None:
-            kind = record.get("kind")
-            for key, value in record.items():
+            kind = safe.get("kind")
+            for key, value in safe.items():
                 if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
                     continue
-                if math.isfinite(value):
-                    tag = f"{kind}/{key}" if kind else key
-                    self._tb.add_scalar(tag, value, record["step"])
+                tag = f"{kind}/{key}" if kind else key
+                self._tb.add_scalar(tag, value, step)
 
     def close(self) -> None:
         """Flush and close TensorBoard's writer."""
@@ -154,11 +268,14 @@ class Progress:
         self.total, self.initial, self.enabled, self.desc = total, initial, enabled, desc
         self.images_per_step, self.start = images_per_step, time.perf_counter()
 
-    def line(self, step: int, values: dict[str, float], elapsed: float) -> str:
-        """The line :meth:`update` prints, ``elapsed`` seconds after the start."""
+    def line(self, step: int, values: dict[str, Optional[float]], elapsed: float) -> str:
+        """The line :meth:`update` prints, ``elapsed`` seconds after the start. A value that is
+        ``None`` (what :class:`MetricsLog` writes for NaN) is shown as ``nan``, as NaN is."""
         rate = (step - self.initial) / max(elapsed, 1e-9)
         minutes, seconds = divmod(round((self.total - step) / rate) if rate > 0 else 0, 60)
-        shown = " ".join(f"{k} {v:.4g}" for k, v in values.items())
+        shown = " ".join(
+            f"{k} {'nan' if v is None else format(v, '.4g')}" for k, v in values.items()
+        )
         speed = (
             f"{rate * self.images_per_step:.0f} img/s"
             if self.images_per_step
@@ -168,7 +285,7 @@ class Progress:
         parts.append(f"ETA {minutes // 60}h{minutes % 60:02d}m{seconds:02d}s")
         return " | ".join(p for p in parts if p)
 
-    def update(self, step: int, values: Optional[dict[str, float]] = None) -> None:
+    def update(self, step: int, values: Optional[dict[str, Optional[float]]] = None) -> None:
         """Print the line of ``step``."""
         if self.enabled:
             print(self.line(step, values or {}, time.perf_counter() - self.start), flush=True)

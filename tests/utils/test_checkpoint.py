@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -90,6 +93,75 @@ def test_load_errors_for_a_missing_file_a_non_dict_and_missing_keys(tmp_path: Pa
     save_checkpoint({"step": 1}, tmp_path / "c.pt")
     with pytest.raises(ValueError, match=r"c\.pt: the checkpoint lacks 'model', 'config'"):
         load_checkpoint(tmp_path / "c.pt", required=("step", "model", "config"))
+
+
+class Unloadable:
+    """A class of the test's own: pickles fine, but weights_only refuses to rebuild it."""
+
+    def __init__(self) -> None:
+        self.lr = 0.1
+
+
+REFUSED = {
+    "Namespace": (argparse.Namespace(lr=0.1), "argparse.Namespace"),
+    "Path": (Path("data"), "pathlib.*Path"),
+    "numpy array": (np.zeros(3, dtype=np.float32), "numpy"),
+    "numpy scalar": (np.float32(0.5), "numpy"),
+    "own class": (Unloadable(), "Unloadable"),
+}
+
+
+@pytest.mark.parametrize("kind", list(REFUSED))
+def test_save_refuses_what_load_would_refuse(tmp_path: Path, kind: str) -> None:
+    obj, name = REFUSED[kind]
+    torch.save({"x": obj}, tmp_path / "plain.pt")  # the reference: torch itself refuses it
+    with pytest.raises(pickle.UnpicklingError, match=name):
+        torch.load(tmp_path / "plain.pt", weights_only=True)
+    path = save_checkpoint({"step": 1, "w": torch.ones(3)}, tmp_path / "ckpt" / "last.pt")
+    before = path.read_bytes()
+    with pytest.raises(TypeError, match=name) as caught:
+        save_checkpoint({"step": 2, "w": torch.zeros(3), "config": {"x": obj}}, path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ")
+    assert "tensors, numbers, strings" in message and "weights_only=True" in message
+    assert isinstance(caught.value.__cause__, pickle.UnpicklingError)
+    assert path.read_bytes() == before  # the previous checkpoint is untouched
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temporary file
+    with pytest.raises(TypeError, match=name):  # no previous checkpoint: nothing is left
+        save_checkpoint({"x": obj}, tmp_path / "fresh" / "last.pt")
+    assert list((tmp_path / "fresh").iterdir()) == []
+
+
+def test_load_error_gives_torchs_reason_and_chains_it(tmp_path: Path) -> None:
+    path = tmp_path / "ns.pt"
+    torch.save({"step": 1, "args": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(ValueError) as caught:
+        load_checkpoint(path)
+    message, cause = str(caught.value), caught.value.__cause__
+    assert isinstance(cause, pickle.UnpicklingError)
+    assert "argparse.Namespace" in str(cause)  # what torch says...
+    assert message.startswith(f"{path}: not a readable checkpoint (UnpicklingError: ")
+    assert "argparse.Namespace" in message  # ...is in the message: the refused class
+    assert "\n" not in message and "\x1b" not in message and len(message) < len(str(path)) + 250
+    good = save_checkpoint({"w": torch.ones(1000)}, tmp_path / "good.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError) as caught:
+        load_checkpoint(tmp_path / "cut.pt")
+    cause = caught.value.__cause__
+    assert cause is not None and f"({type(cause).__name__}: " in str(caught.value)
+    first = str(cause).strip().splitlines()[0].split(". ")[0]
+    assert first[:150] in str(caught.value)  # the gist of torch's own words
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.pt: not a readable checkpoint \(EOFError\)$"):
+        load_checkpoint(tmp_path / "empty.pt")  # no message: the class alone
+
+
+def test_required_may_be_a_single_key(tmp_path: Path) -> None:
+    path = save_checkpoint({"step": 1, "model": {}}, tmp_path / "c.pt")
+    assert load_checkpoint(path, required="model")["step"] == 1
+    with pytest.raises(ValueError, match=r"c\.pt: the checkpoint lacks 'config'$"):
+        load_checkpoint(path, required="config")  # one key, not 'c', 'o', 'n', ...
+    assert load_checkpoint(path, required=["step", "model"])["step"] == 1
 
 
 # ----------------------------------------------------------------------------------- rng states
@@ -179,6 +251,53 @@ def test_hash_equals_the_reference_and_sees_every_change() -> None:
 
 def test_hash_of_odd_tensors() -> None:
     sd = {"b": torch.tensor([True, False]), "h": torch.ones(3, dtype=torch.bfloat16),
-          "s": torch.tensor(2.0), "t": torch.arange(6.0).reshape(2, 3).t(), "n": 5}  # fmt: skip
+          "s": torch.tensor(2.0), "t": torch.arange(6.0).reshape(2, 3).t()}  # fmt: skip
     assert state_dict_hash(sd) == hash_reference(sd)  # non-contiguous, 0-d, bool, bf16
-    assert state_dict_hash({k: v for k, v in sd.items() if k != "n"}) == state_dict_hash(sd)
+
+
+def flatten(tree: Mapping[Any, Any], prefix: str = "") -> dict[str, torch.Tensor]:
+    """Nested mappings of tensors as one flat dict of dotted names, as Module.state_dict names."""
+    flat: dict[str, torch.Tensor] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_hash_of_nested_state_dicts() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    sd = model.state_dict()
+    nested = {"model": sd, "ema": {"net": {k: v + 1 for k, v in sd.items()}}}
+    # the same digest as the flat dict with dotted names, i.e. as a wrapping module's state_dict
+    assert state_dict_hash(nested) == hash_reference(flatten(nested))
+    wrapper = torch.nn.ModuleDict({"model": model})
+    assert state_dict_hash({"model": sd}) == state_dict_hash(wrapper.state_dict())
+    assert state_dict_hash({"model": sd}) != hashlib.sha256().hexdigest()  # not a hash of nothing
+    changed = {"model": {**sd, "1.running_mean": sd["1.running_mean"] + 1}}
+    assert state_dict_hash(changed) != state_dict_hash({"model": sd})  # a change deep inside
+
+
+def test_hash_refuses_what_it_cannot_hash() -> None:
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    with pytest.raises(
+        TypeError,
+        match=r"state_dict\['param_groups'\] must be a tensor or a mapping of tensors, got list",
+    ):
+        state_dict_hash(optimizer.state_dict())  # was the hash of its tensors alone
+    with pytest.raises(TypeError, match=r"state_dict\['n'\] must be a tensor .*, got int$"):
+        state_dict_hash({"w": torch.ones(1), "n": 5})
+    with pytest.raises(TypeError, match=r"state_dict\['a\.step'\] must be a tensor .*, got float$"):
+        state_dict_hash({"a": {"step": 3.0}})
+    with pytest.raises(TypeError, match="state_dict must be a mapping, got list"):
+        state_dict_hash([torch.ones(1)])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"two entries named 'a\.b'"):
+        state_dict_hash({"a.b": torch.ones(1), "a": {"b": torch.zeros(1)}})
+    assert state_dict_hash({"state": optimizer.state_dict()["state"]}) == hash_reference(
+        flatten({"state": optimizer.state_dict()["state"]})
+    )
