@@ -198,7 +198,9 @@ def _squash(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch.isalnum() or ch == "+")
 
 
-def canonical_dataset(name: str, choices: Optional[Sequence[str]] = None) -> str:
+def canonical_dataset(
+    name: str, choices: Optional[Sequence[str]] = None, *, argument: str = "name"
+) -> str:
     """Return the canonical spelling of a dataset name (case, ``-``/``_``/``.`` and spaces ignored).
 
     Accepted aliases include ``"ck"``, ``"ckplus"``, ``"raf"``, ``"rafdb"``, ``"fer"``,
@@ -207,6 +209,8 @@ def canonical_dataset(name: str, choices: Optional[Sequence[str]] = None) -> str
     Args:
         name: Any common spelling.
         choices: Canonical names to accept (default: those of :data:`DATASET_LABELS`).
+        argument: The argument the error messages name: a function that checks one of its own
+            arguments here passes that argument's name (e.g. ``"target"``).
 
     Returns:
         The canonical name, e.g. ``"CK+"``.
@@ -220,7 +224,7 @@ def canonical_dataset(name: str, choices: Optional[Sequence[str]] = None) -> str
         ('RAF-DB', 'Oulu-CASIA', 'FER-2013')
     """
     if not isinstance(name, str):
-        raise TypeError(f"`name` must be a dataset name (str), got {type(name).__name__}")
+        raise TypeError(f"`{argument}` must be a dataset name (str), got {type(name).__name__}")
     allowed = tuple(DATASET_LABELS) if choices is None else tuple(choices)
     key = _squash(name)
     table = {_squash(c): c for c in allowed}
@@ -230,7 +234,7 @@ def canonical_dataset(name: str, choices: Optional[Sequence[str]] = None) -> str
         if alias in allowed:
             canonical = alias
     if canonical is None:
-        raise ValueError(f"`name` must name one of {', '.join(allowed)}; got {name!r}")
+        raise ValueError(f"`{argument}` must name one of {', '.join(allowed)}; got {name!r}")
     return canonical
 
 
@@ -253,8 +257,9 @@ def native_to_raf(
         Labels in RAF order.
 
     Raises:
-        ValueError: On a code outside the dataset's range, or an unmapped code with
-            ``unmapped="raise"``.
+        TypeError: If ``dataset`` is not a string.
+        ValueError: On an unknown ``dataset``, a code outside the dataset's range, or an unmapped
+            code with ``unmapped="raise"``.
 
     Example:
         >>> native_to_raf([0, 1, 2, 3, 4, 5, 6], "FER-2013").tolist()
@@ -263,7 +268,7 @@ def native_to_raf(
         [6, -1, 3]
     """
     check_choice(unmapped, "unmapped", ("raise", "mark"))
-    spec = DATASET_LABELS[canonical_dataset(dataset)]
+    spec = DATASET_LABELS[canonical_dataset(dataset, argument="dataset")]
     x = labels if isinstance(labels, Tensor) else torch.as_tensor(labels)
     check_labels(x, "labels", ndim=x.ndim, axes="")
     x = x.to(torch.int64)

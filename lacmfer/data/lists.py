@@ -9,14 +9,16 @@ hands, so the reader accepts what they contain:
 * ``\`` path separators (AffectNet's published lists) -- paths are normalised to ``/``;
 * blank lines (ignored) and surrounding whitespace.
 
-A line that is not ``<path> <integer>`` (one field, three fields, a label like ``5.0``) is
-*malformed*; :func:`parse_image_list` reports it with its 1-based line number, and
-:func:`read_image_list` raises listing them. Paths with spaces are not supported (none of the
-published lists has one). Paths stay relative: :func:`resolve_list_path` joins them to a root.
+A line that is not ``<path> <integer>`` (one field, three fields, a label like ``5.0``, ``+3`` or
+``1_0``: a label is an optional ``-`` and ASCII digits) is *malformed*; :func:`parse_image_list`
+reports it with its 1-based line number, and :func:`read_image_list` raises listing them. Paths
+with spaces are not supported (none of the published lists has one). Paths stay relative:
+:func:`resolve_list_path` joins them to a root.
 """
 
 from __future__ import annotations
 
+import operator
 import os
 import posixpath
 import re
@@ -44,6 +46,8 @@ __all__ = [
 PathLike = Union[str, "os.PathLike[str]"]
 
 _LINE_END = re.compile(r"\r\n|\r|\n")
+# A label: an optional minus sign and ASCII digits -- not int()'s "+3", "1_0" or non-ASCII digits.
+_LABEL = re.compile(r"-?[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,7 @@ class ListEntry:
 
 @dataclass(frozen=True)
 class MalformedLine:
-    """A line that is not ``<path> <integer label>``.
+    """A line that is not ``<path> <integer label>`` (a label is ``-?[0-9]+``).
 
     Attributes:
         line: 1-based line number.
@@ -138,6 +142,10 @@ def _read_text(path: PathLike) -> str:
 def parse_image_list(source: PathLike, *, text: Optional[str] = None) -> ImageList:
     r"""Parse an image list into entries and malformed lines (nothing is raised for bad lines).
 
+    A label is an optional ``-`` followed by ASCII digits (``-?[0-9]+``); anything else that
+    Python's ``int`` would read (``+3``, ``1_0``, non-ASCII digits) makes the line malformed.
+    Negative labels are entries (:func:`read_image_list` rejects them as out of range).
+
     Args:
         source: Path of the list file (read as UTF-8; a BOM is dropped).
         text: Parse this text instead of reading ``source`` (``source`` then only names it).
@@ -181,14 +189,14 @@ def parse_image_list(source: PathLike, *, text: Optional[str] = None) -> ImageLi
             )
             continue
         raw_path, raw_label = fields
-        try:
-            label = int(raw_label)
-        except ValueError:
+        if _LABEL.fullmatch(raw_label) is None:
             out.malformed.append(
                 MalformedLine(number, line, f"label {raw_label!r} is not an integer")
             )
             continue
-        out.entries.append(ListEntry(number, normalize_list_path(raw_path), label, raw_path))
+        out.entries.append(
+            ListEntry(number, normalize_list_path(raw_path), int(raw_label), raw_path)
+        )
     return out
 
 
@@ -254,17 +262,58 @@ def resolve_list_path(
     return os.path.normpath(joined)
 
 
+def _integer(item: object) -> Optional[int]:
+    """``item`` as an int if it is an integer (numpy and 0-dim tensor ones too), else ``None``.
+
+    ``bool`` is not an integer here, nor is a one-element tensor of more than 0 dimensions.
+    """
+    if isinstance(item, bool) or (
+        isinstance(item, Tensor) and (item.ndim != 0 or item.dtype == torch.bool)
+    ):
+        return None
+    try:
+        return operator.index(item)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 def class_histogram(
     labels: Union[Tensor, Sequence[int], Iterable[int]], num_classes: int = NUM_CLASSES
 ) -> list[int]:
     """Count labels per class (labels outside ``[0, num_classes)`` are not counted).
+
+    Args:
+        labels: A tensor of integer dtype (any shape), or a sequence or iterable of integers
+            (Python ints, numpy integers, 0-dim integer tensors; not ``bool``).
+        num_classes: Number of classes ``K``.
+
+    Returns:
+        ``K`` counts.
+
+    Raises:
+        TypeError: If ``labels`` is a tensor of non-integer dtype (float, complex, bool) or holds
+            a non-integer item (e.g. ``0.5``, ``3.0`` or ``True``); labels are never truncated.
 
     Example:
         >>> class_histogram([0, 3, 3, 6, 9])
         [1, 0, 0, 2, 0, 0, 1]
     """
     check_positive_int(num_classes, "num_classes")
-    x = labels if isinstance(labels, Tensor) else torch.as_tensor(list(labels), dtype=torch.int64)
+    if isinstance(labels, Tensor):
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise TypeError(f"`labels` must be a tensor of integer dtype, got dtype {labels.dtype}")
+        x = labels
+    else:
+        values = []
+        for i, item in enumerate(labels):
+            value = _integer(item)
+            if value is None:
+                raise TypeError(
+                    f"`labels` must hold integers, got {item!r} ({type(item).__name__}) at "
+                    f"position {i}"
+                )
+            values.append(value)
+        x = torch.tensor(values, dtype=torch.int64)
     x = x.reshape(-1).to(torch.int64)
     x = x[(x >= 0) & (x < num_classes)]
     return torch.bincount(x, minlength=num_classes).tolist()

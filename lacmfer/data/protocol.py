@@ -281,8 +281,9 @@ def _split_by_group(
     fraction: float,
     group_of: Callable[[Hashable], Optional[Hashable]],
     seed: int,
-) -> tuple[list[int], list[int]]:
-    """Disjoint (adapt, test) positions, whole groups on one side, test share ~ ``fraction``."""
+) -> tuple[list[int], list[int], int]:
+    """Disjoint (adapt, test) positions, whole groups on one side, test share ~ ``fraction``;
+    and the number of groups."""
     keys = list(dataset.keys)
     groups: dict[Hashable, list[int]] = {}
     for i, k in enumerate(keys):
@@ -296,7 +297,7 @@ def _split_by_group(
     for j in order:
         members = groups[names[j]]
         (test if len(test) < goal else adapt).extend(members)
-    return sorted(adapt), sorted(test)
+    return sorted(adapt), sorted(test), len(names)
 
 
 def leave_one_domain_out(
@@ -331,8 +332,12 @@ def leave_one_domain_out(
         training. Report final-iteration accuracy, and best-over-training only labelled as such.
 
     Raises:
+        TypeError: If ``target`` is not a string.
         ValueError: If ``target`` is not among ``domains``, fewer than two domains are given,
-            or ``test_fraction`` is outside ``(0, 1)``.
+            ``test_fraction`` is outside ``(0, 1)``, a source's adaptation set or the target's
+            adaptation or test set is empty, or the split of a shared list (``leakage_free``)
+            would leave no adaptation sample because ``group_of`` puts too many samples in one
+            group for ``test_fraction``.
 
     Example:
         >>> from lacmfer.data.synthetic import synthetic_domains
@@ -345,14 +350,26 @@ def leave_one_domain_out(
         raise ValueError(f"`domains` must hold at least two domains, got {list(domains)}")
     check_probability(test_fraction, "test_fraction", high_inclusive=False)
     names = list(domains)
-    name = canonical_dataset(target, names)
+    name = canonical_dataset(target, names, argument="target")
     sources = tuple(n for n in names if n != name)
     source_sets = tuple(domains[n].adapt for n in sources)
+    for n, s in zip(sources, source_sets):
+        if len(s) == 0:
+            raise ValueError(
+                f"source {n} has an empty adaptation set (`domains[{n!r}].adapt` holds no "
+                "sample): every source needs labelled samples"
+            )
     source_labels = torch.cat([s.labels.to(torch.int64) for s in source_sets])
     domain_ids = torch.repeat_interleave(
         torch.arange(len(sources)), torch.tensor([len(s) for s in source_sets])
     )
     adapt, test = domains[name]
+    for role, part, field_name in (("adaptation", adapt, "adapt"), ("test", test, "test")):
+        if len(part) == 0:
+            raise ValueError(
+                f"the target {role} set of {name} is empty: `domains[{name!r}].{field_name}` "
+                "holds no sample"
+            )
     notes: list[str] = []
     removed = 0
     adapt_keys = list(adapt.keys)
@@ -369,7 +386,17 @@ def leave_one_domain_out(
         notes.append(f"{name}: the adaptation set lists {len(adapt_keys) - distinct} duplicates")
     if leakage_free and inside:
         if same:
-            keep_a, keep_t = _split_by_group(test, test_fraction, group_of, seed)
+            keep_a, keep_t, num_groups = _split_by_group(test, test_fraction, group_of, seed)
+            if not keep_a:  # the test side takes the first group drawn, so it is never empty
+                raise ValueError(
+                    f"the target adaptation set of {name} would be empty: its adaptation and "
+                    "test sets are one list, which leakage_free=True splits keeping each group "
+                    f"of `group_of` on one side; `group_of` puts the list's {len(keep_t)} "
+                    f"samples in {num_groups} group{'s' if num_groups != 1 else ''}, and filling "
+                    f"the test share (test_fraction={test_fraction}) took all of them. Pass a "
+                    "`group_of` with more, smaller groups, a smaller `test_fraction`, or "
+                    "leakage_free=False"
+                )
             grouped = sum(group_of(k) is not None for k in test.keys)
             if grouped == len(keep_a) + len(keep_t):
                 apart = "no shared subject or image"
@@ -454,12 +481,17 @@ def fer_list_domains(
         are the same file.
 
     Raises:
-        ValueError: If a domain has no list (AffectNet without ``lists``) or no ``lists_dir``.
+        TypeError: If a name in ``domains`` or a key of ``lists`` is not a string.
+        ValueError: If a name in ``domains`` or a key of ``lists`` is not one of
+            :data:`SIX_DOMAINS`, or a domain has no list (AffectNet without ``lists``) or no
+            ``lists_dir``.
     """
-    extra = {canonical_dataset(k, SIX_DOMAINS): v for k, v in (lists or {}).items()}
+    extra = {
+        canonical_dataset(k, SIX_DOMAINS, argument="lists"): v for k, v in (lists or {}).items()
+    }
     out: dict[str, DomainSplits] = {}
-    for raw in domains:
-        name = canonical_dataset(raw, SIX_DOMAINS)
+    for i, raw in enumerate(domains):
+        name = canonical_dataset(raw, SIX_DOMAINS, argument=f"domains[{i}]")
         if name in extra:
             adapt_path, test_path = (os.fspath(p) for p in extra[name])
         else:

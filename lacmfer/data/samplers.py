@@ -40,24 +40,69 @@ import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple, Optional, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .._checks import check_choice, check_positive_int
+from .._checks import check_choice
+from .lists import _integer
 
 __all__ = ["InfiniteSampler", "MultiSourceSampler", "SourceBatch", "sampler_loader"]
 
 _MASK64 = (1 << 64) - 1
 
 
-def _check_rank(rank: Any, world_size: Any) -> None:
-    """A process ``rank`` in ``[0, world_size)`` with ``world_size >= 1``."""
-    check_positive_int(world_size, "world_size")
-    if isinstance(rank, bool) or not isinstance(rank, int):
-        raise TypeError(f"`rank` must be an int, got {type(rank).__name__}")
+def _check_int(value: Any, name: str, *, minimum: Optional[int] = None) -> int:
+    """An integer setting as a Python int: an ``int``, a numpy integer or a 0-dim integer tensor
+    (anything ``operator.index`` takes but ``bool``), at least ``minimum``."""
+    out = _integer(value)
+    if out is None:
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
+    if minimum is not None and out < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}, got {out}")
+    return out
+
+
+def _check_rank(rank: Any, world_size: Any) -> tuple[int, int]:
+    """A process ``rank`` in ``[0, world_size)`` with ``world_size >= 1``, as Python ints."""
+    world_size = _check_int(world_size, "world_size", minimum=1)
+    rank = _check_int(rank, "rank")
     if not 0 <= rank < world_size:
         raise ValueError(f"`rank` must lie in [0, world_size = {world_size}), got {rank}")
+    return rank, world_size
+
+
+def _check_sizes(domain_sizes: Any) -> tuple[int, ...]:
+    """``domain_sizes`` (a sequence of integers or a 1-D integer tensor/array) as Python ints."""
+    if isinstance(domain_sizes, (Tensor, np.ndarray)):
+        if isinstance(domain_sizes, np.ndarray):
+            integer = bool(np.issubdtype(domain_sizes.dtype, np.integer))
+        else:
+            integer = not (
+                domain_sizes.is_floating_point()
+                or domain_sizes.is_complex()
+                or domain_sizes.dtype == torch.bool
+            )
+        if not integer or domain_sizes.ndim == 0:
+            raise TypeError(
+                "`domain_sizes` must be a sequence of ints or a 1-D integer tensor, got "
+                f"{type(domain_sizes).__name__} of dtype {domain_sizes.dtype} and shape "
+                f"{tuple(domain_sizes.shape)}"
+            )
+        if domain_sizes.ndim != 1:
+            raise ValueError(f"`domain_sizes` must be 1-D, got shape {tuple(domain_sizes.shape)}")
+        items: Sequence[Any] = domain_sizes.tolist()
+    elif isinstance(domain_sizes, (str, bytes)) or not isinstance(domain_sizes, Sequence):
+        raise TypeError(
+            "`domain_sizes` must be a sequence of ints or a 1-D integer tensor, got "
+            f"{type(domain_sizes).__name__}"
+        )
+    else:
+        items = domain_sizes
+    if len(items) == 0:
+        raise ValueError("`domain_sizes` must name at least one domain, got []")
+    return tuple(_check_int(n, f"domain_sizes[{d}]", minimum=1) for d, n in enumerate(items))
 
 
 def _mix(*parts: int) -> int:
@@ -136,8 +181,12 @@ class MultiSourceSampler:
       the classes present in the domain each cycle) and each class has its own stream of epochs,
       so classes are drawn equally often within a domain.
 
+    Integer arguments may be Python ints, numpy integers or 0-dim integer tensors (not ``bool``);
+    they are stored as Python ints.
+
     Args:
-        domain_sizes: Number of samples of each source (each ``>= 1``).
+        domain_sizes: Number of samples of each source (each ``>= 1``): a sequence of integers or
+            a 1-D integer tensor or array.
         batch_size: Indices per batch on this rank, ``B``.
         mode: ``"pooled"`` or ``"balanced"``.
         labels: Labels of the concatenation, needed for ``class_balanced``.
@@ -165,7 +214,7 @@ class MultiSourceSampler:
 
     def __init__(
         self,
-        domain_sizes: Sequence[int],
+        domain_sizes: Union[Sequence[int], Tensor, np.ndarray],
         batch_size: int,
         *,
         mode: str = "pooled",
@@ -175,22 +224,11 @@ class MultiSourceSampler:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if isinstance(domain_sizes, (str, bytes)) or not isinstance(domain_sizes, Sequence):
-            raise TypeError(
-                f"`domain_sizes` must be a sequence of ints, got {type(domain_sizes).__name__}"
-            )
-        if len(domain_sizes) == 0:
-            raise ValueError("`domain_sizes` must name at least one domain, got []")
-        for d, n in enumerate(domain_sizes):
-            check_positive_int(n, f"domain_sizes[{d}]")
-        self.domain_sizes = tuple(int(n) for n in domain_sizes)
-        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.domain_sizes = _check_sizes(domain_sizes)
+        self.batch_size = _check_int(batch_size, "batch_size", minimum=1)
         self.mode = check_choice(mode, "mode", ("pooled", "balanced"))
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"`seed` must be an int, got {type(seed).__name__}")
-        self.seed = seed
-        _check_rank(rank, world_size)
-        self.rank, self.world_size = rank, world_size
+        self.seed = seed = _check_int(seed, "seed")
+        self.rank, self.world_size = _check_rank(rank, world_size)
         self.class_balanced = bool(class_balanced)
         sizes = torch.tensor(self.domain_sizes, dtype=torch.int64)
         self.offsets = torch.cat((torch.zeros(1, dtype=torch.int64), sizes.cumsum(0)[:-1]))
@@ -374,6 +412,8 @@ class InfiniteSampler:
     (``shuffle=False``: ``0, 1, ..., n - 1`` repeated), each step consumes ``world_size`` batches
     and rank ``r`` takes part ``r``.
 
+    Integer arguments may be Python ints, numpy integers or 0-dim integer tensors (not ``bool``).
+
     Args:
         size: Dataset size ``n``.
         batch_size: Indices per batch on this rank.
@@ -398,15 +438,12 @@ class InfiniteSampler:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        self.size = check_positive_int(size, "size")
-        self.batch_size = check_positive_int(batch_size, "batch_size")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"`seed` must be an int, got {type(seed).__name__}")
-        self.seed = seed
+        self.size = _check_int(size, "size", minimum=1)
+        self.batch_size = _check_int(batch_size, "batch_size", minimum=1)
+        self.seed = _check_int(seed, "seed")
         self.shuffle = bool(shuffle)
-        _check_rank(rank, world_size)
-        self.rank, self.world_size = rank, world_size
-        self._stream = _Stream(self.size, (seed, 4), shuffle=self.shuffle)
+        self.rank, self.world_size = _check_rank(rank, world_size)
+        self._stream = _Stream(self.size, (self.seed, 4), shuffle=self.shuffle)
         self._pos = 0
 
     def sample(self) -> Tensor:
@@ -486,14 +523,14 @@ def sampler_loader(
     Args:
         dataset: Indexable dataset (the sources concatenated, for a multi-source sampler).
         sampler: A fresh sampler (its stream at the start).
-        start: Draws to skip: the steps already taken (int >= 0).
+        start: Draws to skip: the steps already taken (an integer >= 0).
         **loader_kwargs: Passed to the DataLoader (``num_workers``, ``pin_memory``, ...).
 
     Returns:
         An iterator over collated batches; it never ends.
 
     Raises:
-        TypeError: If ``sampler`` is neither sampler of this module.
+        TypeError: If ``sampler`` is neither sampler of this module or ``start`` is no integer.
         ValueError: If ``start`` is negative or the dataset's size does not match a multi-source
             sampler's.
 
@@ -509,8 +546,7 @@ def sampler_loader(
         raise TypeError(
             f"`sampler` must be a MultiSourceSampler or an InfiniteSampler, got {type(sampler).__name__}"
         )
-    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
-        raise ValueError(f"`start` must be an int >= 0, got {start!r}")
+    start = _check_int(start, "start", minimum=0)
     if isinstance(sampler, MultiSourceSampler):
         if len(dataset) != sampler.total_size:
             raise ValueError(

@@ -172,6 +172,20 @@ def test_canonical_dataset_errors() -> None:
         canonical_dataset(3)  # type: ignore[arg-type]
 
 
+def test_canonical_dataset_names_the_callers_argument() -> None:
+    with pytest.raises(ValueError, match=r"^`name` must name one of .*; got 'mnist'$"):
+        canonical_dataset("mnist")
+    with pytest.raises(ValueError, match=r"^`domain` must name one of CK\+; got 'raf'$"):
+        canonical_dataset("raf", ["CK+"], argument="domain")
+    with pytest.raises(TypeError, match=r"^`domain` must be a dataset name \(str\), got int$"):
+        canonical_dataset(3, argument="domain")  # type: ignore[arg-type]
+    # Functions that check a dataset name through it name their own argument.
+    with pytest.raises(ValueError, match=r"^`dataset` must name one of .*; got 'mnist'$"):
+        native_to_raf([0], "mnist")
+    with pytest.raises(TypeError, match=r"^`dataset` must be a dataset name"):
+        native_to_raf([0], 7)  # type: ignore[arg-type]
+
+
 # --- against the published lists ---------------------------------------------------------------
 
 

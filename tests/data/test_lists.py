@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from lacmfer.data import (
     class_histogram,
@@ -16,18 +18,23 @@ from lacmfer.data import (
 )
 
 
+def _is_label(text: str) -> bool:
+    """An optional minus sign, then one or more of the ASCII digits 0-9."""
+    digits = text[1:] if text.startswith("-") else text
+    return digits != "" and all(ch in "0123456789" for ch in digits)
+
+
 def _reference_parse(data: bytes) -> tuple[list[tuple[int, str, int]], list[int]]:
-    """Naive transcription: split on any line end, two fields, int label."""
+    """Naive transcription: split on any line end, two fields, ASCII integer label."""
     text = data.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
     good, bad = [], []
     for number, line in enumerate(text.split("\n"), start=1):
         fields = line.split()
         if not fields:
             continue
-        try:
-            assert len(fields) == 2
+        if len(fields) == 2 and _is_label(fields[1]):
             good.append((number, fields[0].replace("\\", "/"), int(fields[1])))
-        except (AssertionError, ValueError):
+        else:
             bad.append(number)
     return good, bad
 
@@ -70,6 +77,33 @@ def test_read_image_list_reports_line_numbers(tmp_path: Path) -> None:
     good = tmp_path / "good.txt"
     good.write_bytes(b"x\\a.jpg 1\r\n\r\ny/b.jpg 6")
     assert read_image_list(good) == [("x/a.jpg", 1), ("y/b.jpg", 6)]
+
+
+# Labels Python's int() reads but an image list must not hold: digit-group underscores, a plus
+# sign, surrounding signs, non-ASCII digits (Arabic-Indic three, full-width one).
+@pytest.mark.parametrize("label", ["1_0", "+3", "--1", "-", "3-", "\u0663", "\uff11", "0_0"])
+def test_labels_are_ascii_integers_only(tmp_path: Path, label: str) -> None:
+    lst = parse_image_list("l.txt", text=f"a.jpg 1\nb.jpg {label}\nc.jpg 2\n")
+    assert [(e.line, e.label) for e in lst.entries] == [(1, 1), (3, 2)]
+    assert [(m.line, m.text, m.reason) for m in lst.malformed] == [
+        (2, f"b.jpg {label}", f"label {label!r} is not an integer")
+    ]
+    path = tmp_path / "list.txt"
+    path.write_text(f"a.jpg 1\nb.jpg {label}\n", encoding="utf-8")
+    with pytest.raises(ValueError) as info:
+        read_image_list(path)
+    message = str(info.value)
+    assert repr(str(path)) in message
+    assert f"line 2: label {label!r} is not an integer: {f'b.jpg {label}'!r}" in message
+
+
+def test_negative_labels_parse_and_are_out_of_range(tmp_path: Path) -> None:
+    lst = parse_image_list("l.txt", text="a.jpg -1\nb.jpg -0\nc.jpg 007\n")
+    assert [e.label for e in lst.entries] == [-1, 0, 7] and not lst.malformed
+    path = tmp_path / "neg.txt"
+    path.write_text("a.jpg -1\nb.jpg 0\n")
+    with pytest.raises(ValueError, match=r"line 1: label -1 outside \[0, 7\)"):
+        read_image_list(path)
 
 
 def test_read_image_list_num_classes(tmp_path: Path) -> None:
@@ -118,6 +152,60 @@ def test_class_histogram_reference() -> None:
     ref = [sum(1 for y in labels if y == k) for k in range(7)]
     assert class_histogram(labels) == ref
     assert class_histogram([], 3) == [0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        [0, 6, 6, 3, -1, 7, 3, 3],
+        (0, 6, 6, 3, -1, 7, 3, 3),
+        iter([0, 6, 6, 3, -1, 7, 3, 3]),
+        [np.int64(0), np.int32(6), 6, np.uint8(3), -1, 7, 3, 3],
+        np.array([0, 6, 6, 3, -1, 7, 3, 3], dtype=np.int16),
+        torch.tensor([0, 6, 6, 3, -1, 7, 3, 3], dtype=torch.int32),
+        torch.tensor([[0, 6, 6, 3], [-1, 7, 3, 3]]),
+        [torch.tensor(0), torch.tensor(6), 6, 3, -1, 7, 3, 3],
+    ],
+    ids=["list", "tuple", "iterator", "numpy-ints", "ndarray", "int32", "2d", "0d-tensors"],
+)
+def test_class_histogram_accepts_integers(labels: object) -> None:
+    assert class_histogram(labels) == [1, 0, 0, 3, 0, 0, 2]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        torch.tensor([0.5, 3.7]),
+        torch.tensor([0.0, 3.0], dtype=torch.float64),
+        torch.tensor([True, False]),
+        torch.tensor([1 + 0j]),
+        [0.5, 3.7],
+        [0, 3.0],
+        [True, 3],
+        np.array([0.5, 3.7]),
+        np.array([True, False]),
+        [torch.tensor(1.5)],
+        [torch.tensor(True)],
+        [torch.tensor([1, 2])],
+    ],
+    ids=[
+        "float32",
+        "float64",
+        "bool",
+        "complex",
+        "floats",
+        "int-and-float",
+        "bool-item",
+        "float-ndarray",
+        "bool-ndarray",
+        "float-0d",
+        "bool-0d",
+        "1d-item",
+    ],
+)
+def test_class_histogram_rejects_non_integer_labels(labels: object) -> None:
+    with pytest.raises(TypeError, match="`labels` must"):
+        class_histogram(labels)  # type: ignore[arg-type]
 
 
 # --- the published lists ---------------------------------------------------------------------

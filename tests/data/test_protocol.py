@@ -10,6 +10,7 @@ import torch
 from lacmfer.data import (
     SIX_DOMAINS,
     DomainSplits,
+    LabelledSubset,
     fer_list_domains,
     leave_one_domain_out,
     leave_one_domain_out_tasks,
@@ -57,6 +58,10 @@ def test_affectnet_needs_user_lists(fer_lists: Path, tmp_path: Path) -> None:
     assert task.target_adapt.labels.tolist() == [6]
     with pytest.raises(ValueError, match="lists_dir"):
         fer_list_domains(domains=("CK+",))
+    with pytest.raises(ValueError, match=r"^`domains\[1\]` must name one of .*; got 'mnist'$"):
+        fer_list_domains(fer_lists, domains=("CK+", "mnist"))
+    with pytest.raises(ValueError, match=r"^`lists` must name one of .*; got 'SFEW'$"):
+        fer_list_domains(fer_lists, domains=("CK+",), lists={"SFEW": ("a.txt", "b.txt")})
 
 
 def test_raf_target_leakage_free_and_published(real: dict[str, DomainSplits]) -> None:
@@ -136,12 +141,59 @@ def test_subject_of() -> None:
 
 def test_errors() -> None:
     doms = synthetic_domains(4, 2, domains=("CK+", "JAFFE"), image_size=8)
-    with pytest.raises(ValueError, match="must name one of"):
+    with pytest.raises(ValueError, match=r"^`target` must name one of CK\+, JAFFE; got 'RAF-DB'$"):
         leave_one_domain_out(doms, "RAF-DB")
+    with pytest.raises(TypeError, match=r"^`target` must be a dataset name \(str\), got int$"):
+        leave_one_domain_out(doms, 0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="at least two domains"):
         leave_one_domain_out({"CK+": doms["CK+"]}, "CK+")
     with pytest.raises(ValueError, match="test_fraction"):
         leave_one_domain_out(doms, "CK+", test_fraction=1.0)
+
+
+def _one_list(domain: str, size: int) -> DomainSplits:
+    """A domain whose adaptation and test sets are one dataset (as CK+, JAFFE, Oulu-CASIA)."""
+    data = synthetic_domains(size, size, domains=(domain,), image_size=8)[domain].test
+    return DomainSplits(data, data)
+
+
+def test_a_split_that_empties_the_target_adaptation_set_is_refused() -> None:
+    doms = {"CK+": _one_list("CK+", 6), "JAFFE": _one_list("JAFFE", 4)}
+    assert len(leave_one_domain_out(doms, "CK+").target_adapt) == 3  # each key its own group
+    # One group: the whole list goes to the test side and nothing is left to adapt on.
+    with pytest.raises(ValueError, match="target adaptation set of CK\\+ would be empty") as info:
+        leave_one_domain_out(doms, "CK+", group_of=lambda k: "s")
+    message = str(info.value)
+    assert "`group_of` puts the list's 6 samples in 1 group," in message
+    assert "test_fraction=0.5" in message
+    # Two groups of 3: at test_fraction 0.5 one group is each side, at 0.9 both are test.
+    halves = lambda k: int(str(k).rsplit(":", 1)[1]) < 3  # noqa: E731
+    task = leave_one_domain_out(doms, "CK+", group_of=halves)
+    assert sorted(halves(k) for k in task.target_adapt.keys) in ([True] * 3, [False] * 3)
+    with pytest.raises(ValueError, match="puts the list's 6 samples in 2 groups"):
+        leave_one_domain_out(doms, "CK+", group_of=halves, test_fraction=0.9)
+    # The published protocol does not split, so any grouping is fine there.
+    task = leave_one_domain_out(doms, "CK+", group_of=lambda k: "s", leakage_free=False)
+    assert len(task.target_adapt) == 6
+
+
+def test_empty_sets_are_refused() -> None:
+    doms = synthetic_domains(4, 2, domains=("CK+", "JAFFE", "RAF-DB"), image_size=8)
+    empty_ck = LabelledSubset(doms["CK+"].adapt, [])
+    with pytest.raises(ValueError, match="source CK\\+ has an empty adaptation set"):
+        leave_one_domain_out({**doms, "CK+": DomainSplits(empty_ck, doms["CK+"].test)}, "JAFFE")
+    with pytest.raises(ValueError, match="target adaptation set of CK\\+ is empty"):
+        leave_one_domain_out({**doms, "CK+": DomainSplits(empty_ck, doms["CK+"].test)}, "CK+")
+    empty_test = LabelledSubset(doms["RAF-DB"].test, [])
+    with pytest.raises(ValueError, match="target test set of RAF-DB is empty"):
+        leave_one_domain_out(
+            {**doms, "RAF-DB": DomainSplits(doms["RAF-DB"].adapt, empty_test)}, "raf"
+        )
+    # The same domain as a source needs no test set.
+    task = leave_one_domain_out(
+        {**doms, "RAF-DB": DomainSplits(doms["RAF-DB"].adapt, empty_test)}, "CK+"
+    )
+    assert task.source_sizes == [4, 4]
 
 
 def test_split_notes_say_whether_subjects_were_kept_apart(real: dict[str, DomainSplits]) -> None:

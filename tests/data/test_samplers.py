@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
@@ -222,6 +223,76 @@ def test_errors() -> None:
         MultiSourceSampler([3], 2).quotas()
 
 
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [np.int64(3), np.int32(5), np.uint16(4)],
+        (torch.tensor(3), torch.tensor(5, dtype=torch.int32), 4),
+        torch.tensor([3, 5, 4]),
+        torch.tensor([3, 5, 4], dtype=torch.int16),
+        np.array([3, 5, 4]),
+    ],
+    ids=["numpy-ints", "0d-tensors", "tensor", "int16-tensor", "ndarray"],
+)
+@pytest.mark.parametrize("mode", ["pooled", "balanced"])
+def test_integer_like_domain_sizes_draw_as_ints(sizes: object, mode: str) -> None:
+    labels = torch.arange(12) % 3
+    kw = {"mode": mode, "labels": labels, "class_balanced": mode == "balanced"}
+    want = MultiSourceSampler([3, 5, 4], 5, seed=4, **kw)  # type: ignore[arg-type]
+    got = MultiSourceSampler(sizes, np.int64(5), seed=np.int64(4), **kw)  # type: ignore[arg-type]
+    assert got.domain_sizes == (3, 5, 4) and all(type(n) is int for n in got.domain_sizes)
+    assert type(got.batch_size) is int and type(got.seed) is int
+    for _ in range(6):
+        a, b = want.sample(), got.sample()
+        assert torch.equal(a.indices, b.indices) and torch.equal(a.domains, b.domains)
+    assert json.loads(json.dumps(got.state_dict())) == want.state_dict()
+    ranked = MultiSourceSampler(sizes, 2, rank=np.int64(1), world_size=torch.tensor(2))  # type: ignore[arg-type]
+    assert (ranked.rank, ranked.world_size) == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "error", "match"),
+    [
+        ([True, 3], TypeError, r"`domain_sizes\[0\]` must be an int, got bool"),
+        ([3, np.True_], TypeError, r"`domain_sizes\[1\]` must be an int, got bool"),
+        ([3, 2.0], TypeError, r"`domain_sizes\[1\]` must be an int, got float"),
+        ([3, torch.tensor(2.0)], TypeError, r"`domain_sizes\[1\]` must be an int, got Tensor"),
+        ([3, torch.tensor([2])], TypeError, r"`domain_sizes\[1\]` must be an int, got Tensor"),
+        (
+            torch.tensor([True, True]),
+            TypeError,
+            r"integer tensor, got Tensor of dtype torch.bool and shape \(2,\)",
+        ),
+        (
+            torch.tensor([3.0, 2.0]),
+            TypeError,
+            r"`domain_sizes` must .* got Tensor of dtype torch.float32",
+        ),
+        (np.array([3.0, 2.0]), TypeError, r"`domain_sizes` must .* got ndarray of dtype float64"),
+        (torch.tensor(3), TypeError, r"`domain_sizes` must .* of dtype torch.int64 and shape \(\)"),
+        (torch.tensor([[3, 2]]), ValueError, r"`domain_sizes` must be 1-D, got shape \(1, 2\)"),
+        (torch.tensor([3, 0]), ValueError, r"`domain_sizes\[1\]` must be an int >= 1, got 0"),
+        (torch.zeros(0, dtype=torch.int64), ValueError, "at least one domain"),
+    ],
+)
+def test_domain_sizes_rejects_non_integers(sizes: object, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        MultiSourceSampler(sizes, 4)  # type: ignore[arg-type]
+
+
+def test_integer_like_settings_are_checked() -> None:
+    with pytest.raises(TypeError, match="`batch_size` must be an int, got bool"):
+        MultiSourceSampler([3], True)
+    with pytest.raises(TypeError, match="`seed` must be an int, got float"):
+        MultiSourceSampler([3], 2, seed=1.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="`rank` must be an int, got bool"):
+        MultiSourceSampler([3], 2, rank=False)
+    with pytest.raises(TypeError, match="`world_size` must be an int, got float"):
+        InfiniteSampler(3, 2, world_size=np.float64(2))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="`size` must be an int, got bool"):
+        InfiniteSampler(True, 2)
+
+
 # --- InfiniteSampler ---------------------------------------------------------------------------
 
 
@@ -252,6 +323,20 @@ def test_infinite_sampler_resume_and_ranks() -> None:
     assert all(isinstance(x, list) and len(x) == 3 for x in batches)
     with pytest.raises(ValueError, match="rank"):
         InfiniteSampler(4, 2, rank=-1)
+
+
+def test_infinite_sampler_takes_integer_like_settings() -> None:
+    want = InfiniteSampler(10, 4, seed=3, rank=1, world_size=2)
+    got = InfiniteSampler(
+        np.int64(10),
+        torch.tensor(4),
+        seed=np.uint8(3),
+        rank=np.int32(1),
+        world_size=np.int64(2),  # type: ignore[arg-type]
+    )
+    assert all(type(v) is int for v in (got.size, got.batch_size, got.seed, got.rank))
+    assert all(torch.equal(got.sample(), want.sample()) for _ in range(5))
+    assert json.loads(json.dumps(got.state_dict())) == want.state_dict()
 
 
 # ------------------------------------------------------------------------------ sampler_loader
@@ -294,5 +379,10 @@ def test_sampler_loader_checks_its_arguments() -> None:
         sampler_loader(data, MultiSourceSampler([2, 3], 2))
     with pytest.raises(ValueError, match="`start`"):
         sampler_loader(data, InfiniteSampler(4, 2), start=-1)
+    with pytest.raises(TypeError, match="`start` must be an int, got float"):
+        sampler_loader(data, InfiniteSampler(4, 2), start=1.0)  # type: ignore[arg-type]
+    numpy_start = sampler_loader(data, InfiniteSampler(4, 3, seed=1), start=np.int64(2))
+    int_start = sampler_loader(data, InfiniteSampler(4, 3, seed=1), start=2)
+    assert torch.equal(next(numpy_start)[0], next(int_start)[0])
     with pytest.raises(TypeError, match="`sampler`"):
         sampler_loader(data, [0, 1])  # type: ignore[arg-type]
