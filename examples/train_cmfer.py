@@ -611,8 +611,9 @@ class Run:
         except Exception as err:  # missing, truncated, not a resnet18 state dict
             if encoder is None:
                 raise
-            raise UsageError(f"--encoder-weights {encoder}: not a readable torchvision resnet18 "
-                             f"state dict ({type(err).__name__})") from None  # fmt: skip
+            reason = " ".join(str(err).split())[:300] or type(err).__name__
+            raise UsageError(f"--encoder-weights {encoder}: not a torchvision resnet18 state "
+                             f"dict: {reason}") from None  # fmt: skip
         self.model.to(device, memory_format=self.memory_format)
         settings = objective_settings(args, len(task.sources))
         self.objective = LACMFERLoss(**settings, sync_dist=sync).to(device)

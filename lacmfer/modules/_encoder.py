@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import warnings
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional, Union
@@ -12,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from lacmfer._checks import _shape
+from lacmfer._serialization import load_error_reason
 from lacmfer.modules._attention import BasicBlock, init_resnet_weights
 
 __all__ = ["EncoderLoadReport", "ResNet18Encoder"]
@@ -68,6 +70,7 @@ class ResNet18Encoder(nn.Module):
 
     Raises:
         ValueError: At call time, if the input is not ``(B, 3, H, W)``.
+        TypeError: At call time, if the input is not a floating-point tensor.
 
     Example:
         >>> import torch
@@ -91,13 +94,18 @@ class ResNet18Encoder(nn.Module):
         init_resnet_weights(self)
         self.load_report: Optional[EncoderLoadReport] = None
         if weights is not None:
-            self.load_torchvision_state_dict(weights)
+            self._load(weights, "weights", warn=True)
 
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
             raise TypeError(f"`x` must be a torch.Tensor, got {type(x).__name__}")
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"`x` must have shape (B, 3, H, W), got shape {_shape(x)}")
+        if not x.is_floating_point():
+            raise TypeError(
+                f"`x` must be a floating-point tensor (images as floats, e.g. uint8 / 255 and "
+                f"normalised), got dtype {x.dtype}"
+            )
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer2(self.layer1(x))
 
@@ -125,16 +133,23 @@ class ResNet18Encoder(nn.Module):
 
         Raises:
             TypeError: If the argument (or the file's content) is not a mapping of tensors.
-            ValueError: If an encoder key is missing or has the wrong shape.
+            ValueError: If an encoder key is missing or has the wrong shape, or the file is not a
+                readable checkpoint (truncated, not written by ``torch.save``, or holding objects
+                other than tensors and containers: nothing in it runs).
+            FileNotFoundError: If the path names no file.
         """
-        state = self._read_state_dict(state_dict_or_path)
+        return self._load(state_dict_or_path, "state_dict_or_path", warn=warn)
+
+    def _load(self, obj: StateDictOrPath, argument: str, *, warn: bool) -> EncoderLoadReport:
+        """:meth:`load_torchvision_state_dict`, its errors naming ``argument`` (the caller's)."""
+        state = self._read_state_dict(obj, argument)
         own = self.state_dict()
         missing = sorted(
             k for k in own if k not in state and not k.endswith(".num_batches_tracked")
         )
         if missing:
             raise ValueError(
-                f"`state_dict_or_path` is missing {len(missing)} key(s) of the ResNet-18 encoder "
+                f"`{argument}` is missing {len(missing)} key(s) of the ResNet-18 encoder "
                 f"(torchvision resnet18 names expected): {missing[:8]}"
                 + (" ..." if len(missing) > 8 else "")
             )
@@ -145,7 +160,7 @@ class ResNet18Encoder(nn.Module):
         ]
         if wrong:
             raise ValueError(
-                "`state_dict_or_path` has key(s) with the wrong shape for the ResNet-18 encoder: "
+                f"`{argument}` has key(s) with the wrong shape for the ResNet-18 encoder: "
                 + "; ".join(wrong[:8])
                 + (" ..." if len(wrong) > 8 else "")
             )
@@ -176,12 +191,20 @@ class ResNet18Encoder(nn.Module):
         return report
 
     @staticmethod
-    def _read_state_dict(obj: Any) -> dict[str, Tensor]:
+    def _read_state_dict(obj: Any, argument: str) -> dict[str, Tensor]:
         if isinstance(obj, (str, os.PathLike)):
-            obj = torch.load(os.fspath(obj), map_location="cpu", weights_only=True)
-            where = "the file's content"
+            where = f"the content of {os.fspath(obj)!r} (`{argument}`)"
+            try:
+                obj = torch.load(os.fspath(obj), map_location="cpu", weights_only=True)
+            except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+                if isinstance(err, FileNotFoundError):
+                    raise FileNotFoundError(f"`{argument}`: no file {os.fspath(obj)!r}") from err
+                raise ValueError(
+                    f"`{argument}`: {os.fspath(obj)!r} is not a readable checkpoint "
+                    f"({load_error_reason(err)})"
+                ) from err
         else:
-            where = "`state_dict_or_path`"
+            where = f"`{argument}`"
         if not isinstance(obj, Mapping):
             raise TypeError(
                 f"{where} must be a state dict (a mapping of str to Tensor) or a path, got "

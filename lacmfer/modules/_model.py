@@ -124,7 +124,9 @@ class LACMFER(nn.Module):
         super().__init__()
         self.num_classes = check_positive_int(num_classes, "num_classes")
         self.fusion = check_choice(fusion, "fusion", FUSIONS)
-        self.encoder = ResNet18Encoder(weights=encoder_weights)
+        self.encoder = ResNet18Encoder()
+        if encoder_weights is not None:
+            self.encoder._load(encoder_weights, "encoder_weights", warn=True)
         c = self.encoder.out_channels
         self.global_branch = GlobalBranch(
             c,

@@ -166,10 +166,40 @@ def test_load_errors(tmp_path: pathlib.Path) -> None:
         encoder.load_torchvision_state_dict([1, 2])  # type: ignore[arg-type]
     path = tmp_path / "list.pth"
     torch.save([torch.zeros(1)], path)
-    with pytest.raises(TypeError, match="the file's content must be a state dict"):
+    with pytest.raises(
+        TypeError, match=r"the content of '.*list.pth' \(`state_dict_or_path`\) must"
+    ):
         encoder.load_torchvision_state_dict(path)
     with pytest.raises(TypeError, match="must map str keys to tensors"):
         encoder.load_torchvision_state_dict({"conv1.weight": 1.0})  # type: ignore[dict-item]
+
+
+def test_load_errors_name_the_callers_argument(tmp_path: pathlib.Path) -> None:
+    state = fake_checkpoint()
+    del state["layer1.1.conv2.weight"]
+    with pytest.raises(ValueError, match=r"`weights` is missing 1 key"):
+        ResNet18Encoder(weights=state)
+    with pytest.raises(ValueError, match=r"`encoder_weights` is missing 1 key"):
+        LACMFER.tiny(encoder_weights=state)
+    with pytest.raises(ValueError, match=r"`state_dict_or_path` is missing 1 key"):
+        ResNet18Encoder().load_torchvision_state_dict(state)
+    path = tmp_path / "list.pth"
+    torch.save([torch.zeros(1)], path)
+    with pytest.raises(TypeError, match=r"list.pth' \(`encoder_weights`\) must be a state dict"):
+        LACMFER.tiny(encoder_weights=path)
+    (tmp_path / "garbage.pth").write_bytes(b"garbage")
+    with pytest.raises(
+        ValueError, match=r"`weights`: '.*garbage.pth' is not a readable checkpoint"
+    ):
+        ResNet18Encoder(weights=tmp_path / "garbage.pth")
+    torch.save({"conv1.weight": torch.zeros(1), "args": pathlib.PurePosixPath("x")}, path)
+    with pytest.raises(
+        ValueError,
+        match=r"readable checkpoint \(UnpicklingError: Unsupported global: .*PurePosixPath",
+    ):
+        LACMFER.tiny(encoder_weights=path)
+    with pytest.raises(FileNotFoundError, match=r"`encoder_weights`: no file '.*nothing.pth'"):
+        LACMFER.tiny(encoder_weights=tmp_path / "nothing.pth")
 
 
 def test_unexpected_extra_keys_warn() -> None:
@@ -196,6 +226,10 @@ def test_forward_errors() -> None:
         encoder(torch.randn(2, 1, 32, 32))
     with pytest.raises(ValueError, match=r"got shape \(3, 32, 32\)"):
         encoder(torch.randn(3, 32, 32))
+    with pytest.raises(TypeError, match=r"`x` must be a floating-point tensor.*torch.uint8"):
+        encoder(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(TypeError, match=r"`x` must be a floating-point tensor"):
+        LACMFER.tiny()(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
 
 
 def test_no_torchvision_import() -> None:
