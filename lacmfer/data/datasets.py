@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from .._checks import check_choice, check_optional_positive_int
 from .image import load_image, resize
 from .labels import NUM_CLASSES, folder_label, native_to_raf
-from .lists import read_image_list, resolve_list_path
+from .lists import _LABEL, read_image_list, resolve_list_path
 
 __all__ = [
     "FER2013CSV",
@@ -320,12 +320,10 @@ class FER2013CSV(Dataset[tuple[Tensor, int]]):
                     )
                 if split != "all" and FER2013_USAGE[usage] != split:
                     continue
-            try:
-                codes.append(int(row[i_emotion]))
-            except ValueError:
-                raise ValueError(
-                    f"`csv_file` row {number}: emotion {row[i_emotion]!r} is not an integer"
-                ) from None
+            emotion = row[i_emotion].strip()
+            if _LABEL.fullmatch(emotion) is None:  # int() would take '+3', '1_0', ' ٣'
+                raise ValueError(f"`csv_file` row {number}: emotion {emotion!r} is not an integer")
+            codes.append(int(emotion))
             text = row[i_pixels].strip()
             count = len(text.split())
             if count != self.SIDE * self.SIDE:

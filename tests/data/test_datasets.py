@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -102,7 +104,7 @@ def test_image_folder_dataset_errors(tmp_path: Path) -> None:
         ImageFolderDataset(tmp_path / "empty")
 
 
-def _fer_csv(path: Path, rows: list[tuple[int, list[int], str]], usage: bool = True) -> None:
+def _fer_csv(path: Path, rows: list[tuple[Any, list[int], str]], usage: bool = True) -> None:
     head = "emotion,pixels,Usage" if usage else "emotion,pixels"
     lines = [head]
     for emotion, pixels, split in rows:
@@ -142,6 +144,15 @@ def test_fer2013_csv_errors(tmp_path: Path) -> None:
     _fer_csv(tmp_path / "label.csv", [(9, good, "Training")])
     with pytest.raises(ValueError, match="codes in"):
         FER2013CSV(tmp_path / "label.csv")
+    for bad in ("+3", "1_0", "3.0", "x"):
+        _fer_csv(tmp_path / "code.csv", [(bad, good, "Training")])
+        with pytest.raises(
+            ValueError, match=rf"row 1: emotion '{re.escape(bad)}' is not an integer"
+        ):
+            FER2013CSV(tmp_path / "code.csv")
+    _fer_csv(tmp_path / "negative.csv", [(-1, good, "Training")])
+    with pytest.raises(ValueError, match="codes in"):
+        FER2013CSV(tmp_path / "negative.csv")
     _fer_csv(tmp_path / "usage.csv", [(0, good, "Validation")])
     with pytest.raises(ValueError, match="Usage must be one of"):
         FER2013CSV(tmp_path / "usage.csv", split="all")

@@ -36,7 +36,7 @@ def test_domain_names_and_aliases() -> None:
         ("AFFECTNET", "AffectNet"),
     ]:
         assert canonical_domain(alias) == name
-    with pytest.raises(ValueError, match="must name one of"):
+    with pytest.raises(ValueError, match="`domain` must name one of"):
         canonical_domain("sfew")
 
 

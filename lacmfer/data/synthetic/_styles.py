@@ -339,7 +339,7 @@ def canonical_domain(domain: str) -> str:
         >>> canonical_domain("ck"), canonical_domain("raf"), canonical_domain("fer2013")
         ('CK+', 'RAF-DB', 'FER-2013')
     """
-    return canonical_dataset(domain, SYNTHETIC_DOMAINS)
+    return canonical_dataset(domain, SYNTHETIC_DOMAINS, argument="domain")
 
 
 def synthetic_style(domain: Union[str, SyntheticStyle]) -> SyntheticStyle:
