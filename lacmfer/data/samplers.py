@@ -201,7 +201,7 @@ class MultiSourceSampler:
         - ``sample()``: :class:`SourceBatch` of two ``(B,)`` int64 tensors.
 
     Raises:
-        TypeError: On arguments of the wrong type.
+        TypeError: On arguments of the wrong type (``labels`` not of an integer dtype).
         ValueError: On empty domains, ``rank`` outside ``[0, world_size)``, ``labels`` of the
             wrong length, ``class_balanced`` without labels or with ``mode="pooled"``.
 
@@ -237,7 +237,9 @@ class MultiSourceSampler:
         self.labels: Optional[Tensor] = None
         if labels is not None:
             lab = labels if isinstance(labels, Tensor) else torch.as_tensor(labels)
-            if lab.is_floating_point() or lab.ndim != 1 or lab.shape[0] != self.total_size:
+            if lab.is_floating_point() or lab.is_complex() or lab.dtype == torch.bool:
+                raise TypeError(f"`labels` must be an integer tensor, got dtype {lab.dtype}")
+            if lab.ndim != 1 or lab.shape[0] != self.total_size:
                 raise ValueError(
                     f"`labels` must be an integer tensor of shape ({self.total_size},) = "
                     f"(sum of domain_sizes,), got dtype {lab.dtype} and shape {tuple(lab.shape)}"

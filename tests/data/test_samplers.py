@@ -219,6 +219,14 @@ def test_errors() -> None:
         MultiSourceSampler([3], 2, labels=[0, 1, 2], class_balanced=True)
     with pytest.raises(ValueError, match=r"shape \(5,\)"):
         MultiSourceSampler([3, 2], 2, labels=[0, 1])
+    with pytest.raises(
+        TypeError, match=r"`labels` must be an integer tensor, got dtype torch.float"
+    ):
+        MultiSourceSampler([3, 2], 2, labels=torch.zeros(5))
+    with pytest.raises(
+        TypeError, match=r"`labels` must be an integer tensor, got dtype torch.bool"
+    ):
+        MultiSourceSampler([3, 2], 2, labels=[True] * 5)
     with pytest.raises(ValueError, match="quotas"):
         MultiSourceSampler([3], 2).quotas()
 
