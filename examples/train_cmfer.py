@@ -25,8 +25,10 @@ Usage::
 
 A run never loses what it made: an ``--out`` that holds a run is refused unless ``--resume``
 (continue it; a finished run is left untouched) or ``--overwrite`` (start over) is given; with
-``--resume`` a larger ``--steps`` extends a run; every image of the lists in use is checked before
-the first step; a mistake is one line on stderr naming the flag (exit status 2).
+``--resume`` a larger ``--steps`` extends a run, on the data it was trained on, and a checkpoint
+continues only into its own run's ``--out`` or an empty one; every image of the lists in use is
+opened before the first step (``--check-images full`` decodes it too); a mistake is one line on
+stderr naming the flag (exit status 2), and Ctrl-C one line saying how to continue.
 
 Presets are YAML files in ``examples/configs/`` (``--preset NAME`` or ``--config FILE``; without
 either: ``cpu`` or ``gpu`` by the device); flags override them. ``--out`` receives
@@ -44,6 +46,7 @@ import argparse
 import contextlib
 import functools
 import json
+import math
 import os
 import re
 import shutil
@@ -124,7 +127,7 @@ RENAMED_METHODS = {"mcc": "class-confusion"}
 #: What a run writes into --out: the only names --overwrite removes.
 OUTPUTS = ("metrics.jsonl", "summary.json", "config.json", "checkpoints", "tb", "confusion.png")
 OUTPUTS += ("curves.png", "results.md", "summary_all.json", "analysis.json", "features.png")
-OUTPUTS += ("distances.png",)
+OUTPUTS += ("distances.png", "weights_rank*.json")
 ORACLE_NOTE = "selection on the test set (best over training; not a valid result)"
 SUMMARY_KEYS = ("step", "acc_fused", "acc_global", "acc_local", "macro_f1_fused")
 #: What a checkpoint holds for an exact resume: state dicts, and the run's counters.
@@ -190,7 +193,7 @@ class Renamed(argparse.Action):
 def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
     """The options, and the names of those that may change between a run and its ``--resume``."""
     p = Parser(prog="train_cmfer.py", formatter_class=Help, description=__doc__.split("\n\n")[0])
-    on_off, pos, nonneg = argparse.BooleanOptionalAction, at_least(1), at_least(0)
+    on_off, pos, nonneg, two = argparse.BooleanOptionalAction, at_least(1), at_least(0), at_least(2)
     g = p.add_argument_group("presets (flags override them)")
     g.add_argument("--preset", choices=sorted(PRESETS), help="settings of examples/configs/: smoke "
                    "(seconds), cpu (minutes on 2 cores), gpu, paper (the paper's recipe), "
@@ -207,6 +210,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
                    "adaptation set (default: on; off = the published protocol)")  # fmt: skip
     g.add_argument("--skip-unreadable", action="store_true", help="train without the images "
                    "that are missing or do not decode (saying how many) instead of stopping")  # fmt: skip
+    g.add_argument("--check-images", choices=("header", "full"), default="header", help="before "
+                   "the first step, open every image and read its header, or decode it in full "
+                   "(slower; also finds files cut short after their header)")  # fmt: skip
     g.add_argument("--domains", help="comma-separated domains (default: the six); all but the "
                    "target are the sources")  # fmt: skip
     g.add_argument("--target", default="RAF-DB", help="target domain, or 'all': each in turn, "
@@ -214,7 +220,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
     g.add_argument("--split-seed", type=nonneg, default=0, help="seed of the data and of every "
                    "split, apart from --seed: all seeds are tested on the same images")  # fmt: skip
     g.add_argument("--image-size", type=pos, default=224, help="input side, a multiple of 16")
-    g.add_argument("--synthetic-train-size", type=pos, default=1500, help="images per domain")
+    g.add_argument("--synthetic-train-size", type=two, default=1500, help="images per domain")
     g.add_argument("--synthetic-test-size", type=pos, default=500, help="target test images")
     g.add_argument("--source-val-fraction", type=float, default=0.0, help="share of each source "
                    "held out: source accuracy and loss are logged at each evaluation")  # fmt: skip
@@ -264,8 +270,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=pos, default=20000, help="with --resume, more extends the run")
-    g.add_argument("--batch-size", type=pos, default=128, help="source images a step (all ranks)")
-    g.add_argument("--target-batch-size", type=pos, help="default: as --batch-size")
+    g.add_argument("--batch-size", type=two, default=128, help="source images a step (all ranks)")
+    g.add_argument("--target-batch-size", type=two, help="default: as --batch-size")
     g.add_argument("--lr", type=float, default=0.01, help="lr of branches and heads")
     g.add_argument("--encoder-lr-scale", type=float, default=0.1, help="encoder lr = lr × this")
     g.add_argument("--momentum", type=float, default=0.9)
@@ -313,16 +319,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
     return p, mutable
 
 
-def read_settings(path: Path, known: Sequence[str]) -> dict[str, Any]:
-    """A YAML or JSON file of settings, each key checked against the options."""
+def read_settings(path: Path, known: Sequence[str], switches: set[str]) -> dict[str, Any]:
+    """A YAML or JSON file of settings, each key checked against the options (``switches``: the
+    on/off ones, which take true or false)."""
     try:
         if path.suffix.lower() == ".json":
             values = json.loads(path.read_text())
         else:
             import yaml  # PyYAML, in the `example` extra
 
-            values = yaml.safe_load(path.read_text()) or {}
-    except (OSError, ValueError) as err:  # yaml.YAMLError is a ValueError
+            try:
+                values = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as err:
+                raise ValueError(" ".join(str(err).split())) from None
+    except (OSError, ValueError) as err:
         raise UsageError(f"{path}: cannot read it ({str(err).splitlines()[0]})") from None
     if not isinstance(values, dict):
         raise UsageError(f"{path}: expected a mapping of settings")
@@ -334,6 +344,8 @@ def read_settings(path: Path, known: Sequence[str]) -> dict[str, Any]:
             name = RENAMED[name]
         if name not in known or name in ("preset", "config"):
             raise UsageError(f"{path}: unknown setting '{key}'")
+        if name in switches and not isinstance(value, bool):
+            raise UsageError(f"{path}: setting '{key}' must be true or false, got {value!r}")
         out[name] = value
     return out
 
@@ -350,9 +362,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, set[s
             first.device == "auto" and torch.cuda.is_available()
         )
         preset = "gpu" if on_cuda else "cpu"
+    kinds: dict[str, set[bool]] = {}  # dest -> whether each of its options is an on/off switch
+    for action in parser._actions:
+        kinds.setdefault(action.dest, set()).add(action.nargs == 0)
+    switches = {dest for dest, kind in kinds.items() if kind == {True}}
     for path in (PRESETS.get(preset or ""), first.config):
         if path is not None:
-            values.update(read_settings(Path(path), list(vars(first))))
+            values.update(read_settings(Path(path), list(vars(first)), switches))
     flags = []
     for name, value in values.items():
         flag = "--" + name.replace("_", "-")
@@ -380,6 +396,24 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError("--select-by source-acc needs --source-val-fraction (held-out sources)")
     if (args.baseline_weight or 0.0) < 0:
         raise UsageError(f"--baseline-weight must be >= 0, got {args.baseline_weight}")
+    for name in (
+        "lr",
+        "encoder_lr_scale",
+        "momentum",
+        "weight_decay",
+        "decay_gamma",
+        "decay_power",
+    ):
+        value, low = getattr(args, name), "> 0" if name == "lr" else ">= 0"
+        if not math.isfinite(value) or value < 0 or (value == 0 and name == "lr"):
+            raise UsageError(f"--{name.replace('_', '-')} must be {low}, got {value}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
+        raise UsageError(f"--device {args.device}: one of auto, cpu, cuda or cuda:N")
+    if args.lists is not None and not Path(args.lists).is_dir():
+        raise UsageError(f"--lists {args.lists}: not a folder (the lists' folder is expected)")
+    if args.resume not in (None, "last") and Path(args.resume).is_dir():
+        raise UsageError(f"--resume {args.resume} is a folder: name a checkpoint file, or pass "
+                         "--out FOLDER --resume to continue the run in FOLDER")  # fmt: skip
     if args.resume is not None and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
     if args.target == "all" and args.resume not in (None, "last"):
@@ -399,12 +433,18 @@ def check_args(args: argparse.Namespace) -> None:
     except (TypeError, ValueError) as err:
         flag = re.sub(r"`(\w+)`", lambda m: "--" + m.group(1).replace("_", "-"), str(err))
         raise UsageError(flag) from None
-    for name, check in (("domains", domain_names), ("target", targets)):
-        try:
-            check(args)
-        except ValueError:
-            known = ", ".join(SIX_DOMAINS) + (" or all" if name == "target" else "")
-            raise UsageError(f"--{name} {getattr(args, name)}: not one of {known}") from None
+    try:
+        names = domain_names(args)
+    except ValueError:
+        raise UsageError(f"--domains {args.domains}: not one of {', '.join(SIX_DOMAINS)}") from None
+    if len(set(names)) != len(names) or len(names) < 2:
+        raise UsageError(f"--domains {args.domains}: two or more different domains (one target, "
+                         "the rest sources)")  # fmt: skip
+    try:
+        targets(args)
+    except ValueError:
+        known = f"--domains {args.domains}" if args.domains else ", ".join(SIX_DOMAINS)
+        raise UsageError(f"--target {args.target}: not one of {known} or all") from None
 
 
 def domain_names(args: argparse.Namespace) -> tuple[str, ...]:
@@ -433,21 +473,31 @@ def build_task(args: argparse.Namespace, target: str) -> tuple[LeaveOneDomainOut
         task = leave_one_domain_out(synthetic_data(*sizes, 2 * args.split_seed, names), target)
         task.notes.append("synthetic data: the target test set is a separate draw (no leakage)")
     else:
-        task = leave_one_domain_out(real_domains(args, names, target), target,
-                                    leakage_free=args.leakage_free is not False,
-                                    seed=args.split_seed)  # fmt: skip
+        try:  # an empty set: an empty list, or --skip-unreadable dropped a whole domain
+            task = leave_one_domain_out(real_domains(args, names, target), target,
+                                        leakage_free=args.leakage_free is not False,
+                                        seed=args.split_seed)  # fmt: skip
+        except ValueError as err:
+            raise UsageError(f"--lists {args.lists or protocol_lists_dir()}: {err}") from None
     if args.source_val_fraction == 0:
         return task, None
-    return task.split_sources(args.source_val_fraction, seed=args.split_seed)
+    try:
+        return task.split_sources(args.source_val_fraction, seed=args.split_seed)
+    except ValueError as err:
+        raise UsageError(f"--source-val-fraction {args.source_val_fraction}: {err}") from None
 
 
 def real_domains(args: argparse.Namespace, names: tuple[str, ...], target: str) -> dict[str, Any]:
     """The image lists of ``names``. Before any training, every image the task will read is
-    opened and its header decoded; ``--skip-unreadable`` drops the ones that fail."""
+    opened and its header decoded (``--check-images full``: every pixel); ``--skip-unreadable``
+    drops the ones that fail."""
     extra = {}
     if args.affectnet_lists:
         adapt, _, test = args.affectnet_lists.partition(",")
         extra["AffectNet"] = (adapt, test or adapt)
+        missing = [f for f in (adapt, test or adapt) if not Path(f).is_file()]
+        if missing and "AffectNet" in names:
+            raise UsageError(f"--affectnet-lists {args.affectnet_lists}: no file {missing[0]}")
     elif "AffectNet" in names:
         raise UsageError("--domains: AffectNet's lists are not distributed; pass "
                          "--affectnet-lists ADAPT,TEST or leave AffectNet out")  # fmt: skip
@@ -461,11 +511,15 @@ def real_domains(args: argparse.Namespace, names: tuple[str, ...], target: str) 
     except ValueError as err:  # the file, then its first bad line
         raise UsageError(f"--lists {lists}: {' '.join(str(err).split(chr(10))[:2])}") from None
     used = [s.adapt for s in domains.values()] + [domains[target].test]
-    bad = {p: e for ds in used for p, e in check_images(ds.paths).items()}
+    full = args.check_images == "full"
+    bad = {p: e for ds in used for p, e in check_images(ds.paths, decode=full).items()}
     if bad and not args.skip_unreadable:
         raise UsageError(f"--data-root {args.data_root}: {len(bad)} images of the lists in use "
                          f"are missing or do not decode (e.g. {', '.join(list(bad)[:3])}); fix "
                          "--data-root or --strip-prefix, or pass --skip-unreadable")  # fmt: skip
+    if bad and len(bad) == sum(len(ds) for ds in used):
+        raise UsageError(f"--data-root {args.data_root}: none of the images of the lists in use "
+                         "reads (fix --data-root or --strip-prefix)")  # fmt: skip
     if not bad:
         return domains
     print(
@@ -851,6 +905,10 @@ def reconcile(
     checkpoint's. A larger ``--steps`` extends the run and keeps its lr and ramp horizons."""
     if args.steps < step:
         raise UsageError(f"--steps {args.steps}: the checkpoint is at step {step}")
+    if (saved.get("data_root") is None) != (args.data_root is None):  # it may move, not change kind
+        was = saved.get("data_root") or "the built-in synthetic data"
+        raise UsageError(f"--data-root {args.data_root}: the checkpoint was trained on {was}; "
+                         "resume it on the same data")  # fmt: skip
     args = argparse.Namespace(**vars(args))
     for name, default in (
         ("decay_steps", max(1, saved["steps"] // 2)),
@@ -1062,7 +1120,18 @@ def prepare_out(args: argparse.Namespace, names: Sequence[str]) -> Path:
     if occupied and args.resume is None and not args.overwrite:
         raise UsageError(f"--out {out} holds a run; pass --resume to continue it (a finished run is "
                          "left as it is) or --overwrite to start over")  # fmt: skip
-    for path in (f / name for f in occupied if args.overwrite for name in OUTPUTS):
+    own = out.resolve() / "checkpoints"
+    if (
+        occupied
+        and args.resume not in (None, "last")
+        and own not in Path(args.resume).resolve().parents
+    ):
+        raise UsageError(f"--out {out} holds another run than --resume {args.resume}: continue a "
+                         "checkpoint in its own run's --out, or into an empty one")  # fmt: skip
+    if args.overwrite and args.target == "all":  # an earlier run's targets, whichever they were
+        folders += [f for f in (out / d for d in SIX_DOMAINS) if f not in folders]
+        occupied = [f for f in folders if any((f / m).exists() for m in marks)]
+    for path in (p for f in occupied if args.overwrite for name in OUTPUTS for p in f.glob(name)):
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
@@ -1099,6 +1168,7 @@ def write_overall(out: Path, summaries: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    made: Optional[Path] = None  # an --out this call created, removed again if a mistake stops it
     try:
         args, mutable = parse_args(argv)
         if args.threads is not None:
@@ -1109,6 +1179,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 evaluate_checkpoint(args, ranks, device)
                 return 0
             names = targets(args)
+            made = None if Path(args.out).exists() else Path(args.out)
             out = prepare_out(args, names) if ranks.rank == 0 else Path(args.out)
             summaries = []
             for target in names:
@@ -1125,7 +1196,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 dist.destroy_process_group()
     except UsageError as err:
         print(f"train_cmfer.py: error: {err}", file=sys.stderr, flush=True)
+        if made is not None and made.is_dir() and not any(made.iterdir()):
+            made.rmdir()  # a mistake leaves no empty --out behind
         return 2
+    except KeyboardInterrupt:
+        print("train_cmfer.py: interrupted; --resume continues from the last checkpoint",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return 130
 
 
 if __name__ == "__main__":

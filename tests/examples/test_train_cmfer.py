@@ -413,6 +413,82 @@ def test_an_occupied_out_is_refused_without_touching_it(
     assert kept == ["step_0000012.pt", "step_0000016.pt", "step_0000020.pt"]  # none of the old run
 
 
+def test_overwrite_leaves_nothing_of_the_old_run(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert run(script, capsys, "--out", str(out), "--steps", "4", "--eval-every", "4",
+               "--write-weight-hash")[0] == 0  # fmt: skip
+    assert run(script, capsys, "--out", str(out), "--steps", "4", "--overwrite")[0] == 0
+    assert not (out / "weights_rank0.json").exists()  # the old run's hash, beside the new run
+    common = ["--target", "all", "--steps", "2", "--eval-every", "2", "--no-plots"]
+    multi = tmp_path / "all"
+    assert (
+        run(script, capsys, "--out", str(multi), *common, "--domains", "CK+,JAFFE,RAF-DB")[0] == 0
+    )
+    assert run(script, capsys, "--out", str(multi), *common, "--domains", "CK+,JAFFE",
+               "--overwrite")[0] == 0  # fmt: skip
+    assert not (multi / "RAF-DB" / "summary.json").exists()  # the old run's third target
+    assert (multi / "JAFFE" / "summary.json").exists()
+
+
+def test_a_run_resumes_on_the_data_it_was_trained_on(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    fake_protocol: tuple[Path, Path],
+) -> None:  # fmt: skip
+    lists, data = fake_protocol
+    synthetic, images = tmp_path / "synthetic", tmp_path / "images"
+    assert run(script, capsys, "--out", str(synthetic), "--stop-at", "10")[0] == 0
+    before = files(synthetic)
+    rc, _, err = run(script, capsys, "--out", str(synthetic), "--resume", "--data-root", str(data),
+                     "--lists", str(lists))  # fmt: skip
+    assert rc == 2 and "--data-root" in err and "built-in synthetic data" in err
+    assert files(synthetic) == before
+    argv = real(lists, data, "--target", "CK+", "--steps", "4", "--eval-every", "4")
+    assert run(script, capsys, "--out", str(images), *argv, "--stop-at", "2")[0] == 0
+    image_flags = {"--data-root", "--lists", "--num-workers"}
+    synthetic_again = [a for i, a in enumerate(argv)
+                       if a not in image_flags and argv[i - 1] not in image_flags]  # fmt: skip
+    rc, _, err = run(script, capsys, "--out", str(images), "--resume", *synthetic_again)
+    assert rc == 2 and f"trained on {data}" in err
+    moved = tmp_path / "moved"
+    data.rename(moved)  # the data may move: --data-root follows it
+    argv[argv.index("--data-root") + 1] = str(moved)
+    rc, _, err = run(script, capsys, "--out", str(images), "--resume", *argv)
+    assert rc == 0, err
+
+
+def test_resume_of_a_checkpoint_never_writes_over_another_run(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, other = tmp_path / "first", tmp_path / "other"
+    assert run(script, capsys, "--out", str(first), "--steps", "4", "--eval-every", "4")[0] == 0
+    assert run(script, capsys, "--out", str(other), "--steps", "4", "--eval-every", "4",
+               "--seed", "3")[0] == 0  # fmt: skip
+    before = files(other)
+    ckpt = str(first / "checkpoints" / "last.pt")
+    rc, _, err = run(script, capsys, "--out", str(other), "--resume", ckpt, "--steps", "6",
+                     "--eval-every", "4")  # fmt: skip
+    assert rc == 2 and "holds another run" in err
+    assert files(other) == before
+    fresh = tmp_path / "fresh"  # into an empty --out: continues the first run there
+    rc, stdout, err = run(script, capsys, "--out", str(fresh), "--resume", ckpt, "--steps", "6",
+                          "--eval-every", "4")  # fmt: skip
+    assert rc == 0 and "at step 4 of 6" in stdout, err
+
+
+def test_an_interrupted_run_says_how_to_continue(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(script.Run, "train_step", interrupted)
+    rc, _, err = run(script, capsys, "--out", str(tmp_path / "run"))
+    assert rc == 130 and err.count("\n") == 1 and "--resume" in err and "Traceback" not in err
+
+
 def test_an_extended_run_resumes_with_the_same_command(
     script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -677,8 +753,45 @@ def _break(lists: Path, data: Path, tmp_path: Path, case: str) -> list[str]:
     elif case == "unwritable --out":
         (tmp_path / "a-file").write_text("")
         return ["--out", str(tmp_path / "a-file" / "run")]
+    elif case == "malformed YAML --config":
+        (tmp_path / "bad.yaml").write_text("steps: [1, 2\n")
+        return ["--config", str(tmp_path / "bad.yaml")]
+    elif case == "a word for a switch in --config":
+        (tmp_path / "word.yaml").write_text('augment: "no"\n')
+        return ["--config", str(tmp_path / "word.yaml")]
+    elif case in ONE_FLAG:
+        return ONE_FLAG[case]
+    elif case == "empty list file":
+        jaffe.write_text("")
+    elif case == "--lists naming a file":
+        return real(lists, data, "--lists", str(jaffe))
+    elif case == "--resume to a folder":
+        return ["--resume", str(tmp_path)]
+    elif case == "image cut short, --check-images full":
+        image = data / "JAFFE/images/img_3.png"
+        image.write_bytes(image.read_bytes()[:-40])
+        return real(lists, data, "--target", "RAF-DB", "--check-images", "full")
+    elif case == "missing --affectnet-lists":
+        return real(lists, data, "--domains", "CK+,JAFFE,AffectNet", "--affectnet-lists",
+                    f"{tmp_path}/a.txt,{tmp_path}/b.txt")  # fmt: skip
     return real(lists, data, "--target", "RAF-DB")
 
+
+#: Mistakes of one flag: the command line, and what the message must say.
+ONE_FLAG = {
+    "one domain": ["--domains", "JAFFE"],
+    "a domain twice": ["--domains", "CK+,CK+,JAFFE", "--target", "JAFFE"],
+    "--target outside --domains": ["--domains", "CK+,RAF-DB", "--target", "JAFFE"],
+    "--lr -1": ["--lr", "-1"],
+    "--momentum nan": ["--momentum", "nan"],
+    "--decay-gamma -20": ["--decay-gamma", "-20"],
+    "--batch-size 1": ["--batch-size", "1"],
+    "--target-batch-size 1": ["--target-batch-size", "1"],
+    "--device foo": ["--device", "foo"],
+    "--device mps": ["--device", "mps"],
+    "--source-val-fraction 0.999": ["--source-val-fraction", "0.999"],
+    "--synthetic-train-size 1": ["--synthetic-train-size", "1"],
+}
 
 MISTAKES = {
     "no --data-root": "--lists", "nonexistent --data-root": "--data-root",
@@ -687,7 +800,18 @@ MISTAKES = {
     "label 7": "label 7", "missing list file": "JAFFE.txt", "misspelled --target": "--target RAFDBX",
     "--resume to a missing file": "nothing.pt", "--resume to a corrupt file": "corrupt.pt",
     "--resume to a truncated file": "truncated.pt", "--steps 0": "--steps", "--steps -5": "--steps",
-    "unwritable --out": "--out",
+    "unwritable --out": "--out", "malformed YAML --config": "bad.yaml",
+    "a word for a switch in --config": "'augment' must be true or false",
+    "one domain": "--domains JAFFE", "a domain twice": "--domains CK+,CK+,JAFFE",
+    "--target outside --domains": "--target JAFFE: not one of --domains CK+,RAF-DB",
+    "--lr -1": "--lr must be > 0", "--momentum nan": "--momentum must be >= 0",
+    "--decay-gamma -20": "--decay-gamma", "--batch-size 1": "--batch-size",
+    "--target-batch-size 1": "--target-batch-size", "--device foo": "--device foo",
+    "--device mps": "--device mps", "--source-val-fraction 0.999": "--source-val-fraction 0.999",
+    "--synthetic-train-size 1": "--synthetic-train-size", "empty list file": "JAFFE",
+    "--lists naming a file": "not a folder", "--resume to a folder": "is a folder",
+    "image cut short, --check-images full": "img_3.png",
+    "missing --affectnet-lists": "--affectnet-lists",
 }  # fmt: skip
 
 
@@ -704,7 +828,7 @@ def test_each_mistake_is_one_line_before_any_step(
     assert err.startswith("train_cmfer.py: error: ") and err.count("\n") == 1, err
     assert MISTAKES[case] in err
     assert "Traceback" not in err and "step 1/" not in stdout
-    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
+    assert not out.exists()  # nothing written, not even an empty --out
 
 
 def test_a_checkpoint_with_code_in_it_is_not_run(
