@@ -17,7 +17,8 @@ PATH = re.compile(
     r"(?![\w.])"
 )
 #: Files a documented command writes (named as its output, not expected in a clone).
-OUTPUTS = {"examples/benchmark/results/gpu_runs.jsonl"}
+OUTPUTS = {"examples/benchmark/results/gpu_runs.jsonl", "examples/benchmark/results/gpu",
+           "examples/benchmark/results/gpu/budget_curve.png"}  # fmt: skip
 
 
 def texts() -> list[Path]:
