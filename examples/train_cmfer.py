@@ -52,6 +52,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
@@ -740,7 +741,9 @@ class Run:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
+        with warnings.catch_warnings():  # fp16: the scaler skips a step whose gradients overflow,
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")  # as meant
+            self.scheduler.step()  # the schedule counts steps taken, skipped ones included
         self.objective.step()
         for module in self.baseline:
             if isinstance(module, DomainAdversarialLoss):

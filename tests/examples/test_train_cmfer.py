@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import warnings
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -883,6 +884,21 @@ def test_compile_runs(
     rc, _, err = run(script, capsys, "--out", str(tmp_path), "--steps", "2", "--eval-every", "2",
                      "--compile", "--no-plots")  # fmt: skip
     assert rc == 0, err
+
+
+def test_fp16_on_cpu_runs_without_the_schedulers_warning(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc, _, err = run(script, capsys, "--out", str(tmp_path), "--amp", "fp16", "--no-plots",
+                         "--steps", "4", "--eval-every", "4")  # fmt: skip
+    assert rc == 0, err
+    assert not [
+        w for w in caught if "lr_scheduler.step" in str(w.message)
+    ]  # a skipped step is meant
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["completed"] and math.isfinite(summary["final"]["acc_fused"])
 
 
 @pytest.mark.gpu
