@@ -43,6 +43,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -566,29 +567,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     extra: list[str] = []
     if "--" in argv:
         argv, extra = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p = Parser(prog="run_benchmark.py", description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("study", choices=("short", "rule", "curve", "trained"))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--targets", nargs="+", default=list(SIX_DOMAINS), type=_domain)
-    p.add_argument("--curve-targets", nargs="+", default=list(CURVE_TARGETS), type=_domain)
+    p.add_argument("--seeds", type=_count(0), nargs="+", default=[0, 1, 2])
+    p.add_argument("--targets", nargs="+", default=list(SIX_DOMAINS), type=domain)
+    p.add_argument("--curve-targets", nargs="+", default=list(CURVE_TARGETS), type=domain)
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    p.add_argument("--ablation-seeds", type=int, nargs="*", default=[0])
-    p.add_argument(
-        "--batches",
-        type=int,
-        nargs="+",
-        default=sorted(CURVE_BUDGETS),
-        help="curve: batch sizes (source = target)",
-    )
-    p.add_argument("--budgets", type=int, nargs="+", help="rule, curve: budgets (default: theirs)")
-    p.add_argument("--device", default="cpu", help="cpu, or cuda to run --jobs runs on one GPU")
-    p.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
+    p.add_argument("--ablation-seeds", type=_count(0), nargs="*", default=[0])
+    p.add_argument("--batches", type=_count(2), nargs="+", default=sorted(CURVE_BUDGETS),
+                   help="curve: batch sizes (source = target)")  # fmt: skip
+    p.add_argument("--budgets", type=_count(1), nargs="+", help="rule, curve: budgets (default: "
+                   "theirs)")  # fmt: skip
+    p.add_argument("--device", default="cpu", type=_device, help="cpu, or cuda (cuda:N) to run "
+                   "--jobs runs on one GPU")  # fmt: skip
+    p.add_argument("--jobs", type=_count(1), default=2, help="runs at a time, one thread each")
     p.add_argument("--records", default=str(RESULTS / "benchmark_runs.jsonl"))
     p.add_argument("--results", type=Path, default=RESULTS, help="folder of the tables")
     p.add_argument("--preset", default="benchmark", help="train_cmfer preset of every run")
     p.add_argument("--runs", default="runs/synthetic_benchmark", help="folder of the run outputs")
     p.add_argument("--figure", type=Path, default=ROOT / "docs" / "_static" / "budget_curve.png")
-    p.add_argument("--max-runs", type=int, help="stop after this many new runs")
+    p.add_argument("--max-runs", type=_count(0), help="stop after this many new runs")
     p.add_argument("--dry-run", action="store_true", help="print the commands still to run")
     p.add_argument("--tables-only", action="store_true", help="no runs: rewrite the tables")
     args = p.parse_args(argv)
@@ -604,12 +602,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.dry_run:
         print("\n".join(j["command"] for j in todo))
         return 0
-    start = time.perf_counter()
+    start, failed = time.perf_counter(), 0
     if todo:
+        try:  # before the first run, not when the first record arrives an hour later
+            records_path.parent.mkdir(parents=True, exist_ok=True)
+            records_path.open("a").close()
+        except OSError as err:
+            p.error(f"--records {records_path}: cannot write there ({err.strerror})")
         with ThreadPoolExecutor(args.jobs) as pool:
-            futures = [pool.submit(execute, j) for j in todo]
+            futures = {pool.submit(execute, j): j for j in todo}
             for future in as_completed(futures):
-                r = future.result()
+                try:
+                    r = future.result()
+                except Exception as err:  # one failed run: the others go on and are recorded
+                    failed += 1
+                    print(f"{args.study}: {err}", file=sys.stderr, flush=True)
+                    continue
                 with records_path.open("a") as f:
                     f.write(json.dumps(r) + "\n")
                 records.append(r)
@@ -627,10 +635,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with (args.results / TABLES[args.study]).open("a") as f:
             f.write(f"\n**Still to run: {len(missing)} of {len(jobs)} runs** ({where}); "
                     f"`run_benchmark.py {args.study}` resumes them.\n")  # fmt: skip
+    if failed:
+        print(f"{args.study}: {failed} run(s) failed (above); their folders are kept, and the next "
+              "start resumes them from their last checkpoint", file=sys.stderr, flush=True)  # fmt: skip
+        return 1
     return 0
 
 
-def _domain(name: str) -> str:
+class Parser(argparse.ArgumentParser):
+    """argparse with a mistake answered in one line naming the option (exit status 2)."""
+
+    def error(self, message: str) -> Any:
+        print(f"{self.prog}: error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+
+
+def _count(low: int) -> Any:
+    def count(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise ValueError
+        return value
+
+    count.__name__ = f"integer >= {low}"  # what argparse's message calls the expected type
+    return count
+
+
+def _device(name: str) -> str:
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise ValueError
+    return name
+
+
+_device.__name__ = "device (cpu, cuda or cuda:N)"
+
+
+def domain(name: str) -> str:
     return canonical_dataset(name, SIX_DOMAINS)
 
 

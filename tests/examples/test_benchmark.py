@@ -221,6 +221,56 @@ def test_an_interrupted_run_resumes_to_the_record_of_one_uninterrupted_run(
     assert "1 resumed after an interruption" in text
 
 
+def test_a_failed_run_stops_no_other_and_is_not_recorded(
+    benchmark_driver: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    real_execute = benchmark_driver.execute
+
+    def execute(j: dict[str, Any]) -> dict[str, Any]:
+        if j["steps"] == 4:
+            raise RuntimeError(f"run failed: {j['command']}")
+        return real_execute(j)
+
+    monkeypatch.setattr(benchmark_driver, "execute", execute)
+    argv = ["rule", "--curve-targets", "jaffe", "--budgets", "2", "4", "8", *paths(tmp_path), *TINY]
+    assert benchmark_driver.main(argv) == 1
+    rows = [json.loads(x) for x in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert sorted(r["steps"] for r in rows) == [2, 8]  # the run after the failed one is recorded
+    err = capsys.readouterr().err
+    assert "run failed" in err and "1 run(s) failed" in err
+    assert "Still to run: 1 of 3 runs" in (tmp_path / "results" / "budget_rule.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [(["curve", "--jobs", "0"], "--jobs"), (["curve", "--batches", "1"], "--batches"),
+     (["curve", "--budgets", "-5"], "--budgets"), (["curve", "--device", "tpu"], "--device"),
+     (["curve", "--seeds", "x"], "--seeds"), (["nonsense"], "study")],
+)  # fmt: skip
+def test_a_mistake_is_one_line_naming_the_option(
+    benchmark_driver: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    argv: list[str], says: str,
+) -> None:  # fmt: skip
+    with pytest.raises(SystemExit) as stop:
+        benchmark_driver.main([*argv, *paths(tmp_path)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and says in err, err
+    assert not (tmp_path / "runs.jsonl").exists()
+
+
+def test_an_unwritable_records_file_is_refused_before_any_run(
+    benchmark_driver: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    argv = ["rule", "--curve-targets", "jaffe", "--budgets", "2", *paths(tmp_path), *TINY]
+    argv[argv.index("--records") + 1] = str(tmp_path / "a-file" / "runs.jsonl")
+    with pytest.raises(SystemExit) as stop:
+        benchmark_driver.main(argv)
+    assert stop.value.code == 2 and "--records" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_tiny_rule_and_curve_studies(benchmark_driver: ModuleType, tmp_path: Path) -> None:
     rule = ["rule", "--curve-targets", "jaffe", "--budgets", "2", "4", "8", *paths(tmp_path), *TINY]
     assert benchmark_driver.main(rule) == 0
