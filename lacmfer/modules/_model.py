@@ -187,8 +187,22 @@ class LACMFER(nn.Module):
             return logits_l
         return (logits_g + logits_l) / 2
 
-    def forward(self, x: Tensor) -> LACMFEROutput:
+    def _encode(self, x: Tensor) -> Tensor:
+        """The encoder map of ``x``, checked against the local branch's patch grid."""
         m = self.encoder(x)
+        gh, gw = self.local_branch.grid
+        h, w = m.shape[-2], m.shape[-1]
+        if h % gh or w % gw:
+            raise ValueError(
+                f"`x` with shape {tuple(x.shape)} gives an encoder map of {h}×{w}, which the "
+                f"local branch's {gh}×{gw} patch grid cannot split into equal patches; the encoder "
+                f"downsamples 8×, so images whose height is a multiple of {8 * gh} and width a "
+                f"multiple of {8 * gw} work (e.g. 48×48 or 224×224 for the 2×2 grid)"
+            )
+        return m
+
+    def forward(self, x: Tensor) -> LACMFEROutput:
+        m = self._encode(x)
         feat_g = self.global_branch(m)
         feat_l = self.local_branch(m)
         logits_g = self.head_g(feat_g)
@@ -210,14 +224,15 @@ class LACMFER(nn.Module):
             Logits of shape :math:`(B, K)`.
 
         Raises:
-            ValueError: If ``view`` is not one of the above.
+            ValueError: If ``view`` is not one of the above, or the local branch's grid cannot
+                split the encoder map of ``x`` (a view that uses the local branch).
         """
         if view is None:
             view = {"mean": "fused", "global": "global", "local": "local"}[self.fusion]
         check_choice(view, "view", VIEWS)
-        m = self.encoder(x)
-        if view == "global":
-            return self.head_g(self.global_branch(m))
+        if view == "global":  # the local branch's grid does not constrain the global view
+            return self.head_g(self.global_branch(self.encoder(x)))
+        m = self._encode(x)
         if view == "local":
             return self.head_l(self.local_branch(m))
         return self._fuse(

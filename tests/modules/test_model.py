@@ -173,8 +173,15 @@ def test_model_errors() -> None:
     model = LACMFER.tiny(**TINY)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\), got shape \(2, 1, 64, 64\)"):
         model(torch.randn(2, 1, 64, 64))
-    with pytest.raises(ValueError, match=r"`grid` = \(2, 2\) must divide .* \(1, 128, 9, 9\)"):
-        model.eval()(torch.randn(1, 3, 72, 72))  # 72x72 -> 9x9 encoder map
+    # 72x72 -> 9x9 encoder map: the message names the caller's images, not the inner map
+    odd = r"`x` with shape \(1, 3, 72, 72\) gives an encoder map of 9×9, .* 2×2 patch grid"
+    with pytest.raises(ValueError, match=odd):
+        model.eval()(torch.randn(1, 3, 72, 72))
+    for view in ("fused", "local"):
+        with pytest.raises(ValueError, match=odd):
+            model.predict(torch.randn(1, 3, 72, 72), view=view)
+    assert model.predict(torch.randn(1, 3, 72, 72), view="global").shape == (1, 7)
+    assert model(torch.randn(1, 3, 80, 48)).logits.shape == (1, 7)  # multiples of 16 work
     with pytest.raises(
         ValueError, match="`view` must be one of 'fused', 'global', 'local'; got 'mean'"
     ):
