@@ -197,7 +197,7 @@ class LACMFER(nn.Module):
                 f"`x` with shape {tuple(x.shape)} gives an encoder map of {h}×{w}, which the "
                 f"local branch's {gh}×{gw} patch grid cannot split into equal patches; the encoder "
                 f"downsamples 8×, so images whose height is a multiple of {8 * gh} and width a "
-                f"multiple of {8 * gw} work (e.g. 48×48 or 224×224 for the 2×2 grid)"
+                f"multiple of {8 * gw} work (e.g. {24 * gh}×{24 * gw})"
             )
         return m
 
