@@ -201,6 +201,7 @@ def test_an_interrupted_run_resumes_to_the_record_of_one_uninterrupted_run(
     argv[0] = sys.executable
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     subprocess.run([*argv, "--stop-at", "5"], cwd=ROOT, check=True, capture_output=True, env=env)
+    first = json.loads(next((tmp_path / "cut").rglob("summary.json")).read_text())["train_time_s"]
     calls: list[list[str]] = []
     real_run = subprocess.run
 
@@ -217,8 +218,11 @@ def test_an_interrupted_run_resumes_to_the_record_of_one_uninterrupted_run(
     assert cut["command"] == whole["command"].replace(str(tmp_path / "whole" / "runs"), cut_runs)
     for key in ("final_acc", "selected_acc", "oracle_acc", "evals", "train"):
         assert cut[key] == whole[key], key
+    # the training time counts both processes; the driver's wall time only the resumed one
+    assert first > 0 and cut["train_s"] >= round(first, 1)
     text = (tmp_path / "cut" / "results" / "budget_rule.md").read_text()
     assert "1 resumed after an interruption" in text
+    assert f"training steps {cut['train_s'] / 3600:.1f} h (resumes included)" in text
 
 
 def test_a_failed_run_stops_no_other_and_is_not_recorded(
