@@ -320,9 +320,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
     return p, mutable
 
 
-def read_settings(path: Path, known: Sequence[str], switches: set[str]) -> dict[str, Any]:
+def read_settings(
+    path: Path, known: Sequence[str], switches: set[str], flag: str = "--config"
+) -> dict[str, Any]:
     """A YAML or JSON file of settings, each key checked against the options (``switches``: the
-    on/off ones, which take true or false)."""
+    on/off ones, which take true or false). Mistakes name ``flag`` and the file."""
+    where = f"{flag} {path}"
     try:
         if path.suffix.lower() == ".json":
             values = json.loads(path.read_text())
@@ -334,19 +337,19 @@ def read_settings(path: Path, known: Sequence[str], switches: set[str]) -> dict[
             except yaml.YAMLError as err:
                 raise ValueError(" ".join(str(err).split())) from None
     except (OSError, ValueError) as err:
-        raise UsageError(f"{path}: cannot read it ({str(err).splitlines()[0]})") from None
+        raise UsageError(f"{where}: cannot read it ({str(err).splitlines()[0]})") from None
     if not isinstance(values, dict):
-        raise UsageError(f"{path}: expected a mapping of settings")
+        raise UsageError(f"{where}: expected a mapping of settings")
     out = {}
     for key, value in values.items():
         name = str(key).replace("-", "_")
         if name in RENAMED:
-            warn(f"{path}: setting '{key}' is deprecated: use '{RENAMED[name]}'")
+            warn(f"{where}: setting '{key}' is deprecated: use '{RENAMED[name]}'")
             name = RENAMED[name]
         if name not in known or name in ("preset", "config"):
-            raise UsageError(f"{path}: unknown setting '{key}'")
+            raise UsageError(f"{where}: unknown setting '{key}'")
         if name in switches and not isinstance(value, bool):
-            raise UsageError(f"{path}: setting '{key}' must be true or false, got {value!r}")
+            raise UsageError(f"{where}: setting '{key}' must be true or false, got {value!r}")
         out[name] = value
     return out
 
@@ -367,20 +370,31 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, set[s
     for action in parser._actions:
         kinds.setdefault(action.dest, set()).add(action.nargs == 0)
     switches = {dest for dest, kind in kinds.items() if kind == {True}}
-    for path in (PRESETS.get(preset or ""), first.config):
+    files = ((f"--preset {preset}:", PRESETS.get(preset or "")), ("--config", first.config))
+    for source, path in files:
         if path is not None:
-            values.update(read_settings(Path(path), list(vars(first)), switches))
+            settings = read_settings(Path(path), list(vars(first)), switches, source)
+            try:  # a bad value names its file, not only the flag it becomes
+                parser.parse_args(as_flags(settings))
+            except UsageError as err:
+                raise UsageError(f"{source} {path}: {err}") from None
+            values.update(settings)
+    args = parser.parse_args([*as_flags(values), *argv])
+    args.preset = preset
+    check_args(args)
+    return args, mutable
+
+
+def as_flags(settings: dict[str, Any]) -> list[str]:
+    """Settings as the command-line flags they stand for (true/false: the switch or its --no-)."""
     flags = []
-    for name, value in values.items():
+    for name, value in settings.items():
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             flags.append(flag if value else "--no-" + flag[2:])
         elif value is not None:
             flags += [flag, str(value)]
-    args = parser.parse_args([*flags, *argv])
-    args.preset = preset
-    check_args(args)
-    return args, mutable
+    return flags
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -114,11 +114,19 @@ def test_precedence_preset_file_command_line(
 def test_settings_files_are_checked(script: ModuleType, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("stpes: 3\n")
-    with pytest.raises(script.UsageError, match=r"bad\.yaml: unknown setting 'stpes'"):
+    with pytest.raises(script.UsageError, match=r"^--config \S*bad\.yaml: unknown setting 'stpes'"):
         script.parse_args(["--config", str(bad)])
     bad.write_text("method: nonsense\n")
-    with pytest.raises(script.UsageError, match="--method"):
+    with pytest.raises(script.UsageError, match=r"^--config \S*bad\.yaml: argument --method"):
         script.parse_args(["--config", str(bad)])
+    bad.write_text("steps: -3\n")  # a bad value names the file it came from
+    with pytest.raises(script.UsageError, match=r"^--config \S*bad\.yaml: argument --steps"):
+        script.parse_args(["--config", str(bad)])
+    with pytest.raises(script.UsageError, match=r"^--config \S*nothere\.yaml: cannot read it"):
+        script.parse_args(["--config", str(tmp_path / "nothere.yaml")])
+    # the command line still overrides a good file's value
+    bad.write_text("steps: 5\n")
+    assert script.parse_args(["--config", str(bad), "--steps", "9"])[0].steps == 9
 
 
 def test_old_spellings_are_accepted_with_a_deprecation(
