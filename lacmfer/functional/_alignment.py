@@ -19,6 +19,7 @@ from torch import Tensor
 from .._checks import (
     check_domains,
     check_float,
+    check_index_range,
     check_kernel_settings,
     check_label_range,
     check_labels,
@@ -269,7 +270,7 @@ def _check_inputs(
     if resolve_validate_args(validate_args, labels_s):
         check_label_range(labels_s, "labels_s", logits_s.shape[1])
         if domains_s is not None:
-            check_label_range(domains_s, "domains_s", groups)
+            check_index_range(domains_s, "domains_s", groups, "num_domains")
     return groups
 
 
@@ -398,7 +399,7 @@ def hardness_weights(
     if resolve_validate_args(validate_args, labels_s):
         check_label_range(labels_s, "labels_s", logits_s.shape[1])
         if domains_s is not None:
-            check_label_range(domains_s, "domains_s", groups)
+            check_index_range(domains_s, "domains_s", groups, "num_domains")
     feat_s = logits_s.new_zeros(logits_s.shape[0], 1)
     feat_t = logits_t.new_zeros(logits_t.shape[0], 1)
     with no_autocast(logits_s.device):
