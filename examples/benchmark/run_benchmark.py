@@ -20,7 +20,7 @@ run is continued with ``--resume`` from its last checkpoint (the driver adds ``-
 checkpoint every twentieth of a run; neither flag changes the result, so neither is part of the
 recorded command).
 
-Studies (the first argument; each writes its tables from the records alone)::
+Studies (the first arguments; each writes its tables from the records alone)::
 
     python examples/benchmark/run_benchmark.py short    # 250 steps of 32 + 32: every method × 6
                                                         # targets × 3 seeds, ablations, variants
@@ -32,6 +32,12 @@ Studies (the first argument; each writes its tables from the records alone)::
     python examples/benchmark/run_benchmark.py trained  # every method × 6 targets × 3 seeds at the
                                                         # budget the rule chose
     python examples/benchmark/run_benchmark.py curve --tables-only   # rewrite the tables
+    python examples/benchmark/run_benchmark.py curve trained         # both from one pool of runs
+
+Several studies in one command share one pool of ``--jobs`` runs (a run two studies both need,
+such as the curve's 4000-step runs that the trained table reuses, runs once), so no slot stands idle
+while the last run of one study finishes; each study still writes its own tables. ``trained`` reads
+the budget the ``rule`` study committed, so the rule runs first, on its own.
 
 On a GPU: ``--device cuda --jobs 8`` runs eight runs at once on one device (each its own process);
 GPU records are not CPU records (other kernels), so give them their own ``--records`` file.
@@ -88,6 +94,7 @@ VALIDATORS = ("entropy", "im", "snd", "bnm", "agreement")
 CURVE_TARGETS = ("CK+", "RAF-DB", "FER-2013")
 CURVE_METHODS = (("source-only", ()), ("lacmfer", ()), ("lacmfer", ("--no-sid",)), ("mmd", ()))
 CURVE_BUDGETS = {32: (250, 1000, 4000), 128: (1000,)}
+STUDIES = ("short", "rule", "curve", "trained")
 #: The table each study writes (the short study also writes validators.md).
 TABLES = {"short": "synthetic_benchmark.md", "rule": "budget_rule.md", "curve": "budget_curve.md",
           "trained": "trained_benchmark.md"}  # fmt: skip
@@ -566,12 +573,12 @@ def validator_tables(records: list[dict[str, Any]]) -> str:
 # ------------------------------------------------------------------------------------------ main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    invocation = shlex.join(["python", "examples/benchmark/run_benchmark.py", *argv])
     extra: list[str] = []
     if "--" in argv:
         argv, extra = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
     p = Parser(prog="run_benchmark.py", description=(__doc__ or "").split("\n\n")[0])
-    p.add_argument("study", choices=("short", "rule", "curve", "trained"))
+    p.add_argument("studies", nargs="+", choices=STUDIES, metavar="study",
+                   help=f"one or more of {', '.join(STUDIES)} (several: one pool of runs)")  # fmt: skip
     p.add_argument("--seeds", type=_count(0), nargs="+", default=[0, 1, 2])
     p.add_argument("--targets", nargs="+", default=list(SIX_DOMAINS), type=domain)
     p.add_argument("--curve-targets", nargs="+", default=list(CURVE_TARGETS), type=domain)
@@ -593,19 +600,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the commands still to run")
     p.add_argument("--tables-only", action="store_true", help="no runs: rewrite the tables")
     args = p.parse_args(argv)
+    studies = list(dict.fromkeys(args.studies))  # in the order given, each once
+    if "rule" in studies and "trained" in studies:
+        p.error("study trained: it reads the budget the rule study chooses; run rule first, alone")
     records_path = Path(args.records)
     records = read_records(records_path)
     done = {r["command"] for r in records}
-    jobs = study_jobs(args.study, args, extra)
-    todo = [] if args.tables_only else [j for j in jobs if j["command"] not in done]
+    plan = {study: study_jobs(study, args, extra) for study in studies}
+    owner: dict[str, str] = {}  # command -> the first study that lists it
+    for study, jobs in plan.items():
+        recorded = sum(j["command"] in done for j in jobs)
+        print(f"{study}: {recorded} of {len(jobs)} runs in the records", flush=True)
+        for j in jobs:
+            owner.setdefault(j["command"], study)
+    todo = [] if args.tables_only else [j for j in _unique(plan) if j["command"] not in done]
     todo = todo[: args.max_runs] if args.max_runs is not None else todo
-    recorded = sum(j["command"] in done for j in jobs)
-    print(f"{args.study}: {recorded} of {len(jobs)} runs in the records; {len(todo)} to run, "
-          f"{args.jobs} at a time", flush=True)  # fmt: skip
+    print(f"{'/'.join(studies)}: {len(todo)} to run, {args.jobs} at a time", flush=True)
     if args.dry_run:
         print("\n".join(j["command"] for j in todo))
         return 0
-    start, failed = time.perf_counter(), 0
+    failed = 0
     if todo:
         try:  # before the first run, not when the first record arrives an hour later
             records_path.parent.mkdir(parents=True, exist_ok=True)
@@ -619,30 +633,47 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     r = future.result()
                 except Exception as err:  # one failed run: the others go on and are recorded
                     failed += 1
-                    print(f"{args.study}: {err}", file=sys.stderr, flush=True)
+                    print(f"{owner[futures[future]['command']]}: {err}", file=sys.stderr,
+                          flush=True)  # fmt: skip
                     continue
                 with records_path.open("a") as f:
                     f.write(json.dumps(r) + "\n")
                 records.append(r)
-                print(f"{args.study}: seed {r['seed']} {r['target']:<10} {r['method']} "
+                print(f"{owner[r['command']]}: seed {r['seed']} {r['target']:<10} {r['method']} "
                       f"{' '.join(r['variant'])} b{r['batch']} s{r['steps']}: final "
                       f"{r['final_acc']:5.1f} ({r['wall_s']:.0f} s)", flush=True)  # fmt: skip
-    commands = {j["command"] for j in jobs}
-    rows = [r for r in records if r["command"] in commands]
     done = {r["command"] for r in records}
-    missing = [j for j in jobs if j["command"] not in done]
-    write_tables(args.study, rows, records, args, invocation, time.perf_counter() - start)
-    if missing:  # said in the table, so a partial table cannot pass for a finished one
-        cells = Counter((j["steps"], j["batch"]) for j in missing)
-        where = ", ".join(f"{n} at {s} steps of {b} + {b}" for (s, b), n in sorted(cells.items()))
-        with (args.results / TABLES[args.study]).open("a") as f:
-            f.write(f"\n**Still to run: {len(missing)} of {len(jobs)} runs** ({where}); "
-                    f"`run_benchmark.py {args.study}` resumes them.\n")  # fmt: skip
+    others = [a for a in argv if a not in STUDIES]  # no option value is a study's name
+    others += ["--", *extra] if extra else []
+    for study, jobs in plan.items():
+        commands = {j["command"] for j in jobs}
+        rows = [r for r in records if r["command"] in commands]
+        missing = [j for j in jobs if j["command"] not in done]
+        invocation = shlex.join(["python", "examples/benchmark/run_benchmark.py", study, *others])
+        write_tables(study, rows, records, args, invocation)
+        if missing:  # said in the table, so a partial table cannot pass for a finished one
+            cells = Counter((j["steps"], j["batch"]) for j in missing)
+            where = ", ".join(
+                f"{n} at {s} steps of {b} + {b}" for (s, b), n in sorted(cells.items())
+            )
+            with (args.results / TABLES[study]).open("a") as f:
+                f.write(f"\n**Still to run: {len(missing)} of {len(jobs)} runs** ({where}); "
+                        f"`run_benchmark.py {study}` resumes them.\n")  # fmt: skip
     if failed:
-        print(f"{args.study}: {failed} run(s) failed (above); their folders are kept, and the next "
-              "start resumes them from their last checkpoint", file=sys.stderr, flush=True)  # fmt: skip
+        print(f"{'/'.join(studies)}: {failed} run(s) failed (above); their folders are kept, and "
+              "the next start resumes them from their last checkpoint", file=sys.stderr,
+              flush=True)  # fmt: skip
         return 1
     return 0
+
+
+def _unique(plan: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Every study's runs in order, a run that several studies list once (where it comes first)."""
+    runs: dict[str, dict[str, Any]] = {}
+    for jobs in plan.values():
+        for j in jobs:
+            runs.setdefault(j["command"], j)
+    return list(runs.values())
 
 
 class Parser(argparse.ArgumentParser):
@@ -705,7 +736,7 @@ def _shown(path: str) -> str:
 
 
 def write_tables(study: str, rows: list[dict[str, Any]], records: list[dict[str, Any]],
-                 args: argparse.Namespace, invocation: str, elapsed: float) -> None:  # fmt: skip
+                 args: argparse.Namespace, invocation: str) -> None:  # fmt: skip
     args.results.mkdir(parents=True, exist_ok=True)
     if study == "short":
         text = _header(
