@@ -768,6 +768,8 @@ def write_tables(study: str, rows: list[dict[str, Any]], records: list[dict[str,
         path = args.results / TABLES["curve"]
         if curve_figure(points, args.figure):
             text += f"\nFigure: `{_shown(str(args.figure))}`.\n"
+        notes = args.results / "curve_notes.md"  # the reading, by hand
+        text += ("\n" + notes.read_text()) if notes.exists() else ""
     else:
         budget = trained_budget(args.results)
         text = _header(f"Synthetic benchmark at the trained budget: {budget} steps of 32 + 32",

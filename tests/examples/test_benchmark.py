@@ -285,9 +285,11 @@ def test_tiny_rule_and_curve_studies(benchmark_driver: ModuleType, tmp_path: Pat
     assert "budget rule" in (tmp_path / "results" / "budget_rule.md").read_text()
     curve = ["curve", "--seeds", "0", "--curve-targets", "jaffe", "--batches", "8", "--budgets", "2",
              *paths(tmp_path), *TINY]  # fmt: skip
+    (tmp_path / "results" / "curve_notes.md").write_text("## Reading the curve\n")
     assert benchmark_driver.main(curve) == 0
     text = (tmp_path / "results" / "budget_curve.md").read_text()
     assert "| 8 | 2 | LA-CMFER w/o SID |" in text and "| 8 | 2 | MMD |" in text
+    assert text.index("| 8 | 2 | MMD |") < text.index("## Reading the curve")  # notes after tables
     assert "Still to run" not in text
     more = ["curve", "--tables-only", *curve[1 : curve.index("--budgets") + 2], "4"]
     more += curve[curve.index("--budgets") + 2 :]
