@@ -104,8 +104,8 @@ def embed_2d(
     Raises:
         ImportError: for ``method="tsne"`` without scikit-learn.
         TypeError: if ``features`` is not floating-point or a setting has the wrong type.
-        ValueError: on wrong dimensions, an unknown method, a non-positive perplexity or fewer
-            than 2 samples for t-SNE.
+        ValueError: on wrong dimensions, an unknown method, a non-positive perplexity, fewer
+            than 2 samples for t-SNE, or fewer than 2 features for its PCA initialisation.
 
     Example:
         >>> features = torch.tensor([[0.0, 0.0, 1.0], [2.0, 0.0, 1.0], [4.0, 0.0, 1.0]])
@@ -146,6 +146,11 @@ def embed_2d(
         "random_state": seed % (1 << 32),
     }
     settings.update(tsne_kwargs or {})
+    if isinstance(settings["init"], str) and settings["init"] == "pca" and features.shape[1] < 2:
+        raise ValueError(
+            f"t-SNE's PCA initialisation needs at least 2 features in `features`, got shape "
+            f"{tuple(features.shape)}; use method='pca' or tsne_kwargs={{'init': 'random'}}"
+        )
     array = features.detach().to("cpu", torch.float32).numpy()
     points = torch.from_numpy(tsne(**settings).fit_transform(array)).to(torch.float32)
     return Embedding(points.to(features.device), "tsne")

@@ -131,3 +131,8 @@ def test_errors() -> None:
     if module._sklearn_tsne() is not None:
         with pytest.raises(ValueError, match=r"t-SNE needs at least 2 samples"):
             embed_2d(x[:1], method="tsne")
+        with pytest.raises(ValueError, match=r"at least 2 features in `features`.*\(6, 1\)"):
+            embed_2d(x[:, :1], method="tsne")
+        # a random initialisation does not need two features
+        out = embed_2d(x[:, :1], method="tsne", tsne_kwargs={"init": "random", **_iterations(250)})
+        assert out.points.shape == (6, 2) and bool(torch.isfinite(out.points).all())
