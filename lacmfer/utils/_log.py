@@ -147,6 +147,10 @@ class MetricsLog:
     Attributes:
         notes: what was skipped and why, for the run's summary.
 
+    Raises:
+        ValueError: ``folder`` names an existing file (checked at construction, not at the first
+            write an hour into a run).
+
     Example:
         >>> import tempfile
         >>> from lacmfer.utils import MetricsLog
@@ -162,6 +166,8 @@ class MetricsLog:
         self, folder: PathLike, *, enabled: bool = True, tensorboard: Optional[bool] = None
     ) -> None:
         self.folder, self.enabled = Path(folder), enabled
+        if enabled and self.folder.exists() and not self.folder.is_dir():
+            raise ValueError(f"`folder` must be a folder (or not exist yet), got the file {folder}")
         self.path = self.folder / "metrics.jsonl"
         self.notes: list[str] = []
         self._tb: Any = None

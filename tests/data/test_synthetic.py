@@ -69,6 +69,15 @@ def test_dataset_attributes_and_determinism(domain: str) -> None:
     assert len(set(a.keys) | set(c.keys)) == 80
 
 
+@pytest.mark.parametrize("domain", ["CK+", "RAF-DB"])  # a fixed identity pool and drawn ones
+def test_an_empty_dataset_has_the_shapes_of_a_full_one(domain: str) -> None:
+    empty, one = SyntheticFER(domain, 0, image_size=24), SyntheticFER(domain, 1, image_size=24)
+    assert len(empty) == 0 and empty.keys == []
+    for name in ("images", "labels", "clean_labels", "intensity", "identity"):
+        a, b = getattr(empty, name), getattr(one, name)
+        assert a.shape[1:] == b.shape[1:] and a.shape[0] == 0 and a.dtype == b.dtype, name
+
+
 def test_priors_follow_the_list_histograms() -> None:
     n = 4000
     for domain in ("RAF-DB", "CK+"):

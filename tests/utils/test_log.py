@@ -83,6 +83,13 @@ def test_a_disabled_log_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists() and log.notes == []
 
 
+def test_a_file_in_place_of_the_folder_is_refused_at_construction(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ValueError, match=r"`folder` must be a folder.*a-file"):
+        MetricsLog(tmp_path / "a-file", tensorboard=False)
+    MetricsLog(tmp_path / "a-file", enabled=False)  # a disabled log (other ranks) touches nothing
+
+
 def test_log_rejects_a_record_without_an_integer_step(tmp_path: Path) -> None:
     log = MetricsLog(tmp_path, tensorboard=False)
     with pytest.raises(ValueError, match="record must be a dict with an int 'step'"):

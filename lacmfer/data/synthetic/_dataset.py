@@ -76,7 +76,11 @@ class SyntheticFER(Dataset[tuple[Tensor, int]]):
         self.seed = seed
         gen = torch.Generator().manual_seed(_domain_seed(style.name) * 1_000_003 + seed)
         prior = torch.tensor(style.class_counts, dtype=torch.float64)
-        self.clean_labels: Tensor = torch.multinomial(prior, size, replacement=True, generator=gen)
+        self.clean_labels: Tensor = (
+            torch.multinomial(prior, size, replacement=True, generator=gen)
+            if size
+            else torch.zeros(0, dtype=torch.int64)  # multinomial refuses to draw nothing
+        )
         self.intensity: Tensor = _uniform(size, style.intensity[0], style.intensity[1], gen)
         flip = torch.rand(size, generator=gen) < style.label_noise
         confusion = torch.tensor(_CONFUSION, dtype=torch.float64)
