@@ -152,6 +152,7 @@ class ResNet18Encoder(nn.Module):
                 f"`{argument}` is missing {len(missing)} key(s) of the ResNet-18 encoder "
                 f"(torchvision resnet18 names expected): {missing[:8]}"
                 + (" ..." if len(missing) > 8 else "")
+                + _prefix_hint(state, missing)
             )
         wrong = [
             f"{k}: expected {tuple(v.shape)}, got {tuple(state[k].shape)}"
@@ -212,8 +213,35 @@ class ResNet18Encoder(nn.Module):
             )
         bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
         if bad:
+            nested = [
+                k
+                for k in bad
+                if isinstance(obj[k], Mapping)
+                and obj[k]
+                and all(isinstance(v, Tensor) for v in obj[k].values())
+            ]
+            hint = (
+                f"; it holds a state dict under {str(nested[0])!r} (a training checkpoint?): pass "
+                f"that, e.g. torch.load(path, weights_only=True)[{str(nested[0])!r}]"
+                if nested
+                else ""
+            )
             raise TypeError(
                 f"{where} must map str keys to tensors; offending key(s): "
-                f"{[str(k) for k in bad[:8]]}"
+                f"{[str(k) for k in bad[:8]]}{hint}"
             )
         return dict(obj)
+
+
+def _prefix_hint(state: Mapping[str, Tensor], missing: list[str]) -> str:
+    """Where every missing key is in ``state`` behind one prefix (``module.`` of a DDP checkpoint,
+    a model's attribute name), a hint that names it; else nothing."""
+    prefixes = {k[: -len(m)] for m in missing for k in state if k.endswith("." + m)}
+    for prefix in sorted(prefixes, key=len):
+        if all(prefix + m in state for m in missing):
+            return (
+                f"; the checkpoint has them behind the prefix {prefix!r} (a DistributedDataParallel or "
+                f"whole-model checkpoint?): pass {{k.removeprefix({prefix!r}): v for k, v in "
+                f"state_dict.items()}}"
+            )
+    return ""

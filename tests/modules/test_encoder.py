@@ -160,8 +160,24 @@ def test_load_errors(tmp_path: pathlib.Path) -> None:
     ):
         encoder.load_torchvision_state_dict(state)
     prefixed = {f"module.{k}": v for k, v in fake_checkpoint().items()}
-    with pytest.raises(ValueError, match="missing 50 key"):
+    with pytest.raises(ValueError, match=r"missing 50 key.*behind the prefix 'module\.'"):
         encoder.load_torchvision_state_dict(prefixed)
+    # a whole model's state dict names the encoder's prefix, and the hint's recipe loads it
+    whole = LACMFER.tiny().state_dict()
+    with pytest.raises(ValueError, match=r"behind the prefix 'encoder\.'"):
+        encoder.load_torchvision_state_dict(whole)
+    report = encoder.load_torchvision_state_dict(
+        {k.removeprefix("encoder."): v for k, v in whole.items()}, warn=False
+    )
+    assert len(report.loaded_keys) == len(encoder.state_dict())
+    partly = {**prefixed, "conv1.weight": fake_checkpoint()["conv1.weight"]}
+    del partly["module.bn1.bias"]  # not every missing key behind one prefix: no hint
+    with pytest.raises(ValueError, match=r"missing 49 key") as err:
+        encoder.load_torchvision_state_dict(partly)
+    assert "prefix" not in str(err.value)
+    wrapped = {"epoch": 3, "state_dict": fake_checkpoint()}
+    with pytest.raises(TypeError, match=r"holds a state dict under 'state_dict'"):
+        encoder.load_torchvision_state_dict(wrapped)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="must be a state dict"):
         encoder.load_torchvision_state_dict([1, 2])  # type: ignore[arg-type]
     path = tmp_path / "list.pth"
