@@ -321,11 +321,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
 
 
 def read_settings(
-    path: Path, known: Sequence[str], switches: set[str], flag: str = "--config"
+    path: Path, known: Sequence[str], switches: set[str], where: str
 ) -> dict[str, Any]:
     """A YAML or JSON file of settings, each key checked against the options (``switches``: the
-    on/off ones, which take true or false). Mistakes name ``flag`` and the file."""
-    where = f"{flag} {path}"
+    on/off ones, which take true or false). Mistakes start with ``where`` (the flag and the file)."""
     try:
         if path.suffix.lower() == ".json":
             values = json.loads(path.read_text())
@@ -370,14 +369,15 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, set[s
     for action in parser._actions:
         kinds.setdefault(action.dest, set()).add(action.nargs == 0)
     switches = {dest for dest, kind in kinds.items() if kind == {True}}
-    files = ((f"--preset {preset}:", PRESETS.get(preset or "")), ("--config", first.config))
-    for source, path in files:
+    files = (("--preset", preset, PRESETS.get(preset or "")), ("--config", None, first.config))
+    for flag, name, path in files:
         if path is not None:
-            settings = read_settings(Path(path), list(vars(first)), switches, source)
+            where = f"{flag} {name} ({path})" if name else f"{flag} {path}"
+            settings = read_settings(Path(path), list(vars(first)), switches, where)
             try:  # a bad value names its file, not only the flag it becomes
                 parser.parse_args(as_flags(settings))
             except UsageError as err:
-                raise UsageError(f"{source} {path}: {err}") from None
+                raise UsageError(f"{where}: {err}") from None
             values.update(settings)
     args = parser.parse_args([*as_flags(values), *argv])
     args.preset = preset

@@ -608,12 +608,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     done = {r["command"] for r in records}
     plan = {study: study_jobs(study, args, extra) for study in studies}
     owner: dict[str, str] = {}  # command -> the first study that lists it
+    runs: list[dict[str, Any]] = []  # every study's runs in order, a shared run once
     for study, jobs in plan.items():
         recorded = sum(j["command"] in done for j in jobs)
         print(f"{study}: {recorded} of {len(jobs)} runs in the records", flush=True)
         for j in jobs:
-            owner.setdefault(j["command"], study)
-    todo = [] if args.tables_only else [j for j in _unique(plan) if j["command"] not in done]
+            if j["command"] not in owner:
+                owner[j["command"]] = study
+                runs.append(j)
+    todo = [] if args.tables_only else [j for j in runs if j["command"] not in done]
     todo = todo[: args.max_runs] if args.max_runs is not None else todo
     print(f"{'/'.join(studies)}: {len(todo)} to run, {args.jobs} at a time", flush=True)
     if args.dry_run:
@@ -665,15 +668,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               flush=True)  # fmt: skip
         return 1
     return 0
-
-
-def _unique(plan: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Every study's runs in order, a run that several studies list once (where it comes first)."""
-    runs: dict[str, dict[str, Any]] = {}
-    for jobs in plan.values():
-        for j in jobs:
-            runs.setdefault(j["command"], j)
-    return list(runs.values())
 
 
 class Parser(argparse.ArgumentParser):
