@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -138,3 +141,55 @@ def test_config_checks() -> None:
         PretrainConfig(batch_size=7)
     with pytest.raises(ValueError, match="image_size"):
         PretrainConfig(image_size=36)
+
+
+def test_concurrent_callers_build_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A caller that finds another holding the build lock waits, then reads what that one built.
+    calls: list[Path] = []
+
+    def fake(out: Path, config: PretrainConfig, **kwargs: Any) -> dict[str, Any]:
+        calls.append(out)
+        Path(out).write_bytes(b"weights")
+        return {}
+
+    monkeypatch.setattr(_pretrain, "pretrain_encoder", fake)
+    path = _pretrain._encoder_path(tmp_path, PretrainConfig(image_size=32))
+    result: list[Path] = []
+    with _pretrain._exclusive(path.with_name(path.name + ".lock"), lambda: None):
+        waiter = threading.Thread(
+            target=lambda: result.append(pretrained_encoder(image_size=32, cache_dir=tmp_path))
+        )
+        waiter.start()
+        deadline = time.monotonic() + 30.0
+        while "waiting for another process" not in capsys.readouterr().out:
+            assert waiter.is_alive() and time.monotonic() < deadline, "the caller did not wait"
+            time.sleep(0.01)
+        assert waiter.is_alive() and not result  # blocked while the lock is held
+        path.write_bytes(b"built by the holder")
+    waiter.join(timeout=30.0)
+    assert result == [path] and calls == []  # it did not build a second time
+    assert path.read_bytes() == b"built by the holder"
+    # Lock free and nothing cached: the next caller builds.
+    path.unlink()
+    assert pretrained_encoder(image_size=32, cache_dir=tmp_path, progress=False) == path
+    assert calls == [path]
+
+
+def test_pretrain_encoder_writes_the_sidecar_before_the_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A reader that sees the weights file must also find its record.
+    seen: list[bool] = []
+    real = os.replace
+
+    def replace(src: Any, dst: Any) -> None:
+        if str(dst).endswith(".pth"):
+            seen.append((tmp_path / "enc.json").is_file())
+        real(src, dst)
+
+    monkeypatch.setattr(_pretrain.os, "replace", replace)
+    pretrain_encoder(tmp_path / "enc.pth", TINY, progress=False)
+    assert seen == [True]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["enc.json", "enc.pth"]

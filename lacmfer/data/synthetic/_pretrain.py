@@ -9,6 +9,7 @@ of :data:`~lacmfer.data.synthetic.SYNTHETIC_DOMAINS`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -20,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import IO, Any, Callable, Iterator, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -328,11 +329,72 @@ def pretrain_encoder(
     torch.save(state, buffer)
     blob = buffer.getvalue()
     record["sha256"] = hashlib.sha256(blob).hexdigest()
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(blob)
-    os.replace(tmp, out)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    # The sidecar first: once the weights file exists, its record does too.
+    _write_atomic(out.with_suffix(".json"), (json.dumps(record, indent=2) + "\n").encode())
+    _write_atomic(out, blob)
     return record
+
+
+def _write_atomic(path: Path, blob: bytes) -> None:
+    """Write ``blob`` to ``path`` so that a reader sees either no file or the whole file."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_bytes(blob)
+    os.replace(tmp, path)
+
+
+if sys.platform == "win32":
+    import msvcrt
+
+    def _try_lock(handle: IO[bytes]) -> bool:
+        handle.seek(0)
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+
+    def _lock(handle: IO[bytes]) -> None:
+        while not _try_lock(handle):
+            time.sleep(1.0)
+
+    def _unlock(handle: IO[bytes]) -> None:
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+
+else:
+    import fcntl
+
+    def _try_lock(handle: IO[bytes]) -> bool:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def _lock(handle: IO[bytes]) -> None:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+
+    def _unlock(handle: IO[bytes]) -> None:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path, on_wait: Callable[[], None]) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``lock`` across processes; ``on_wait()`` before waiting.
+
+    The operating system releases the lock when its holder exits, even when killed, so a build
+    cut off never leaves a stale lock. The (empty) lock file stays: removing it would let a
+    waiter and a newcomer lock two different files.
+    """
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+b") as handle:
+        if not _try_lock(handle):
+            on_wait()
+            _lock(handle)
+        try:
+            yield
+        finally:
+            _unlock(handle)
 
 
 def pretrained_encoder(
@@ -347,13 +409,16 @@ def pretrained_encoder(
     ``LACMFER(encoder_weights=...)``. The file is looked up in the cache and built there on first
     use, with the default :class:`PretrainConfig` at ``image_size`` and with
     ``torch.set_num_threads(2)`` during the build (restored after), so every build gives the same
-    bytes. Building takes minutes on a CPU; later calls return at once.
+    bytes. Building takes minutes on a CPU; later calls return at once. Processes that ask for it
+    at the same time build it once: one builds, holding a lock file beside it
+    (``<name>.pth.lock``), the others wait for it and then read the cache.
 
     Args:
         image_size: Side of the faces it is pretrained on (a multiple of 8).
         cache_dir: Directory of the cache (default: ``$LACMFER_CACHE``, else
             ``$XDG_CACHE_HOME/lacmfer``, else ``~/.cache/lacmfer``).
-        progress: While building, print why, then the progress every tenth of the steps (stdout).
+        progress: While building, print why, then the progress every tenth of the steps; while
+            waiting for another process's build, say so (stdout).
 
     Returns:
         Path of a torchvision-format ``resnet18`` state dict (``conv1``, ``bn1``, ``layer1``,
@@ -364,20 +429,32 @@ def pretrained_encoder(
     path = _encoder_path(directory, config)
     if path.is_file():
         return path
-    if progress:
-        print(
-            "lacmfer: pretraining the synthetic benchmark's stand-in encoder (no expression "
-            "labels; it plays the role of ImageNet weights, which lacmfer does not ship) into "
-            f"{path} ({config.steps} steps, about 3 minutes on 2 CPU cores at 48 px); built once, "
-            "then read from the cache",
-            flush=True,
-        )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(_PRETRAIN_THREADS)
-    try:
-        pretrain_encoder(
-            path, config, progress=progress, command=f"pretrained_encoder(image_size={image_size})"
-        )
-    finally:
-        torch.set_num_threads(threads)
+
+    def on_wait() -> None:
+        if progress:
+            print(f"lacmfer: waiting for another process that is building {path}", flush=True)
+
+    # Runs started together (a benchmark's pool, several scripts) build it once: the others wait.
+    with _exclusive(path.with_name(path.name + ".lock"), on_wait):
+        if path.is_file():  # built by the process this one waited for
+            return path
+        if progress:
+            print(
+                "lacmfer: pretraining the synthetic benchmark's stand-in encoder (no expression "
+                "labels; it plays the role of ImageNet weights, which lacmfer does not ship) into "
+                f"{path} ({config.steps} steps, about 3 minutes on 2 CPU cores at 48 px); built "
+                "once, then read from the cache",
+                flush=True,
+            )
+        threads = torch.get_num_threads()
+        torch.set_num_threads(_PRETRAIN_THREADS)
+        try:
+            pretrain_encoder(
+                path,
+                config,
+                progress=progress,
+                command=f"pretrained_encoder(image_size={image_size})",
+            )
+        finally:
+            torch.set_num_threads(threads)
     return path
