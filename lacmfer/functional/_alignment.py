@@ -127,7 +127,7 @@ def _margin_mse(logits: Tensor, onehot: Tensor) -> Tensor:
     Only the normalised weights use it, and normalisation cancels any positive common factor, so the
     logits are divided by their largest magnitude first: no finite logits can overflow the squares.
     """
-    logits = logits / logits.abs().amax().clamp_min(1e-30)
+    logits = logits / logits.abs().amax().clamp_min(torch.finfo(logits.dtype).tiny)
     target = onehot * logits.amax(dim=1, keepdim=True)
     return ((logits - target) ** 2).mean(dim=1)
 

@@ -13,7 +13,12 @@ data-driven base bandwidth :math:`\beta`, the mean squared distance between dist
 :math:`\beta` carries no gradient. It is clamped below at :math:`\varepsilon \cdot s^2`, where
 :math:`s` is the largest absolute feature entry of the set (and :math:`\varepsilon = 10^{-12}`), so
 identical features (all distances 0) give :math:`\beta > 0` and :math:`\kappa = Q`, never NaN; as the
-floor scales with the features, the kernel stays invariant to rescaling them.
+floor scales with the features, the kernel stays invariant to rescaling them (for :math:`s` above
+about :math:`10^{-29}` in float32 and :math:`10^{-231}` in float64, where the scale is clamped so that
+gradients, which grow as :math:`1/s`, stay finite). The floor also means that features whose
+spread is below :math:`10^{-6} s` (nearly identical points far from the origin) get the floor
+rather than their own mean distance: at that relative spread the points differ by little more
+than the rounding of float32 features.
 
 Implementation: features are divided by the detached :math:`s` (no overflow for any finite input),
 centred (no cancellation for features with a large common offset) and their squared distances come from
@@ -29,14 +34,12 @@ import torch
 from torch import Tensor
 
 from .._checks import check_float, check_kernel_settings, check_nonempty, check_real, check_size
-from .._precision import compute_dtype, no_autocast
+from .._precision import compute_dtype, no_autocast, tiny_scale
 
 __all__ = ["gaussian_kernel", "mmd2"]
 
 #: Relative floor of the bandwidth: ``beta >= BANDWIDTH_FLOOR * max|f|**2``.
 BANDWIDTH_FLOOR = 1e-12
-# Guards a division by the feature scale when every feature entry is exactly zero.
-_TINY_SCALE = 1e-30
 # Kernel multipliers m**(q - Q//2) are kept inside [1/_COEF_MAX, _COEF_MAX] so that extreme
 # kernel_num / kernel_mul settings cannot produce inf * 0 = NaN.
 _COEF_MAX = 1e30
@@ -81,7 +84,7 @@ def pairwise_sq_distances(x: Tensor, y: Tensor) -> PairwiseDistances:
     the unscaled features. Both inputs must already have the compute dtype.
     """
     z = torch.cat([x, y], dim=0)
-    scale = z.detach().abs().amax().clamp_min(_TINY_SCALE)
+    scale = z.detach().abs().amax().clamp_min(tiny_scale(z.dtype))
     z = z / scale
     z = z - z.detach().mean(dim=0, keepdim=True)
     sq = (z * z).sum(dim=1)
@@ -189,7 +192,7 @@ def _check_bandwidth(bandwidth: Optional[Union[Tensor, float]]) -> Optional[Unio
 def _fixed_bandwidth(bandwidth: Union[Tensor, float], points: Tensor) -> Tensor:
     """A user-given bandwidth in the units of :func:`pairwise_sq_distances` (divided by s²),
     raised to the floor of the data-driven one (a tensor's value is not checked on the host)."""
-    s = points.detach().abs().amax().clamp_min(_TINY_SCALE)
+    s = points.detach().abs().amax().clamp_min(tiny_scale(points.dtype))
     beta = torch.as_tensor(bandwidth, dtype=points.dtype, device=points.device).detach()
     return (beta / (s * s)).clamp_min(BANDWIDTH_FLOOR)
 

@@ -17,9 +17,12 @@ __all__ = ["linear_warmup", "sigmoid_ramp"]
 
 
 def _as_float_tensor(value: Union[int, float, Tensor]) -> Tensor:
+    """A 0-dim tensor: float64 for a float64 tensor (schedules of double-precision losses stay
+    exact), else float32."""
     if isinstance(value, Tensor):
-        return value.detach().to(torch.float32)
-    return torch.tensor(float(value))
+        dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
+        return value.detach().to(dtype)
+    return torch.tensor(float(value), dtype=torch.float32)
 
 
 def sigmoid_ramp(progress: Union[float, Tensor], *, gamma: float = 10.0) -> Tensor:
@@ -36,7 +39,8 @@ def sigmoid_ramp(progress: Union[float, Tensor], *, gamma: float = 10.0) -> Tens
         gamma: steepness :math:`\gamma`.
 
     Returns:
-        A 0-dim float32 tensor (on the device of ``progress`` when it is a tensor).
+        A 0-dim tensor, float64 when ``progress`` is a float64 tensor, else float32 (on the
+        device of ``progress`` when it is a tensor).
 
     Example:
         >>> sigmoid_ramp(0.0), sigmoid_ramp(0.5), sigmoid_ramp(1.0)
@@ -65,7 +69,7 @@ def linear_warmup(step: Union[int, Tensor], *, delay: int = 0, duration: int = 0
         duration: :math:`T_w \ge 0`, steps of the linear rise.
 
     Returns:
-        A 0-dim float32 tensor in :math:`[0, 1]`.
+        A 0-dim tensor in :math:`[0, 1]`, float64 when ``step`` is a float64 tensor, else float32.
 
     Example:
         >>> [float(linear_warmup(t, delay=2, duration=4)) for t in (0, 2, 3, 6, 9)]
@@ -77,5 +81,5 @@ def linear_warmup(step: Union[int, Tensor], *, delay: int = 0, duration: int = 0
     duration = check_positive_int(duration, "duration", minimum=0)
     since = _as_float_tensor(step) - delay
     if duration == 0:
-        return (since >= 0).to(torch.float32)
+        return (since >= 0).to(since.dtype)
     return (since / duration).clamp(0.0, 1.0)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
+import torch
 from torch import Tensor
 
 from .._checks import check_choice, check_optional_positive_int, check_positive_int, require_domains
 from .._distributed import SyncDistModule
 from ..functional import dual_level_alignment
 from ..functional._alignment import check_settings
-from ._base import CLUSTER_RAMPS, StepCounter
+from ._base import CLUSTER_RAMPS, StepCounter, schedule_dtype
 
 __all__ = ["DualLevelInterDomainAlignment"]
 
@@ -98,9 +99,10 @@ class DualLevelInterDomainAlignment(SyncDistModule, StepCounter):
         """Training progress ``p = min(num_steps / ramp_steps, 1)``, a 0-dim float tensor."""
         return self._progress(self.ramp_steps)
 
-    def current_cluster_weight(self) -> Union[float, Tensor]:
-        r"""The cluster-level weight in force: constant, or ramped by the progress (a tensor)."""
-        return self._ramped(self.cluster_weight, self.cluster_ramp, self.ramp_steps)
+    def current_cluster_weight(self, *, dtype: torch.dtype = torch.float32) -> Union[float, Tensor]:
+        r"""The cluster-level weight in force: constant (a float), or ramped by the progress (a
+        0-dim tensor of ``dtype``; ``forward`` uses float64 for float64 features)."""
+        return self._ramped(self.cluster_weight, self.cluster_ramp, self.ramp_steps, dtype)
 
     def forward(
         self,
@@ -118,7 +120,8 @@ class DualLevelInterDomainAlignment(SyncDistModule, StepCounter):
         return dual_level_alignment(
             feat_s, logits_s, labels_s, feat_t, logits_t,
             threshold=self.threshold, kernel_num=self.kernel_num, kernel_mul=self.kernel_mul,
-            cluster_weight=self.current_cluster_weight(), domains_s=domains_s,
+            cluster_weight=self.current_cluster_weight(dtype=schedule_dtype(feat_s)),
+            domains_s=domains_s,
             num_domains=self.num_domains, sync_dist=self.sync_dist,
             process_group=self.process_group, validate_args=self.validate_args,
             return_terms=return_terms,

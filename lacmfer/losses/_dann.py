@@ -19,7 +19,7 @@ from .._checks import (
 from .._distributed import SyncDistModule
 from ..functional import domain_adversarial_loss, gradient_reversal
 from ..functional._dann import check_coeff
-from ._base import CLUSTER_RAMPS, StepCounter
+from ._base import CLUSTER_RAMPS, StepCounter, schedule_dtype
 
 __all__ = ["DomainAdversarialLoss", "GradientReversal"]
 
@@ -79,13 +79,14 @@ class GradientReversal(StepCounter):
         """Training progress ``p = min(num_steps / max_steps, 1)``, a 0-dim float tensor."""
         return self._progress(self.max_steps)
 
-    def current_coeff(self) -> Union[float, Tensor]:
-        r"""The coefficient in force: constant, or :math:`\lambda_p` of the progress (a tensor)."""
-        return self._ramped(self.coeff, self.coeff_ramp, self.max_steps)
+    def current_coeff(self, *, dtype: torch.dtype = torch.float32) -> Union[float, Tensor]:
+        r"""The coefficient in force: constant (a float), or :math:`\lambda_p` of the progress (a
+        0-dim tensor of ``dtype``; ``forward`` uses float64 for a float64 input)."""
+        return self._ramped(self.coeff, self.coeff_ramp, self.max_steps, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         """Reverse the gradient; see :func:`lacmfer.functional.gradient_reversal`."""
-        return gradient_reversal(x, coeff=self.current_coeff())
+        return gradient_reversal(x, coeff=self.current_coeff(dtype=schedule_dtype(x)))
 
     def extra_repr(self) -> str:
         text = f"coeff={self.coeff}, coeff_ramp={self.coeff_ramp!r}"
@@ -210,9 +211,9 @@ class DomainAdversarialLoss(SyncDistModule):
         """Advance the coefficient's schedule by ``n`` iterations (once per optimiser step)."""
         self.grl.step(n)
 
-    def current_coeff(self) -> Union[float, Tensor]:
+    def current_coeff(self, *, dtype: torch.dtype = torch.float32) -> Union[float, Tensor]:
         """The reversal coefficient in force (see :class:`GradientReversal`)."""
-        return self.grl.current_coeff()
+        return self.grl.current_coeff(dtype=dtype)
 
     def _check_features(self, feat_s: Any, feat_t: Any, domains_s: Any) -> None:
         check_float(feat_s, "feat_s", ndim=2, axes="(B_s, D)")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
+import torch
 from torch import Tensor
 
 from .._checks import check_choice, check_positive_int
 from .._distributed import SyncDistModule
 from ..functional import LACMFERTerms, TwoViewOutput, lacmfer_loss, linear_warmup
 from ..functional._objective import check_settings
-from ._base import CLUSTER_RAMPS, StepCounter
+from ._base import CLUSTER_RAMPS, StepCounter, schedule_dtype
 
 __all__ = ["LACMFERLoss"]
 
@@ -124,16 +125,19 @@ class LACMFERLoss(SyncDistModule, StepCounter):
         self.adapt_warmup = check_positive_int(adapt_warmup, "adapt_warmup", minimum=0)
         self.validate_args = validate_args
 
-    def current_cid_weight(self) -> Union[float, Tensor]:
-        """The cluster-level weight in force: constant, or ramped by the progress (a tensor)."""
-        return self._ramped(self.cid_weight, self.cluster_ramp, self.ramp_steps)
+    def current_cid_weight(self, *, dtype: torch.dtype = torch.float32) -> Union[float, Tensor]:
+        """The cluster-level weight in force: constant (a float), or ramped by the progress (a
+        0-dim tensor of ``dtype``; ``forward`` uses float64 for float64 logits)."""
+        return self._ramped(self.cid_weight, self.cluster_ramp, self.ramp_steps, dtype)
 
-    def adaptation_weight(self) -> Union[float, Tensor]:
+    def adaptation_weight(self, *, dtype: torch.dtype = torch.float32) -> Union[float, Tensor]:
         """The factor on every adaptation term: 1.0 (a float) without a source-only phase or
-        warm-up, else :func:`~lacmfer.functional.linear_warmup` of the step count (a tensor)."""
+        warm-up, else :func:`~lacmfer.functional.linear_warmup` of the step count (a 0-dim tensor
+        of ``dtype``; ``forward`` uses float64 for float64 logits)."""
         if self.adapt_after == 0 and self.adapt_warmup == 0:
             return 1.0
-        return linear_warmup(self.num_steps, delay=self.adapt_after, duration=self.adapt_warmup)
+        steps = self.num_steps.to(dtype)
+        return linear_warmup(steps, delay=self.adapt_after, duration=self.adapt_warmup)
 
     def forward(
         self,
@@ -143,15 +147,16 @@ class LACMFERLoss(SyncDistModule, StepCounter):
         domains_s: Optional[Tensor] = None,
     ) -> LACMFERTerms:
         """Compute the objective; see :func:`lacmfer.functional.lacmfer_loss`."""
+        dtype = schedule_dtype(getattr(out_s, "logits_g", None))
         return lacmfer_loss(
             out_s, labels_s, out_t, domains_s, label_smoothing=self.label_smoothing,
-            align_weight=self.align_weight, cid_weight=self.current_cid_weight(),
+            align_weight=self.align_weight, cid_weight=self.current_cid_weight(dtype=dtype),
             consistency_weight=self.consistency_weight, voting_weight=self.voting_weight,
             align_threshold=self.align_threshold, pseudo_threshold=self.pseudo_threshold,
             kernel_num=self.kernel_num, kernel_mul=self.kernel_mul, sid=self.sid, cid=self.cid,
             consistency=self.consistency, consistency_from_logits=self.consistency_from_logits,
             voting=self.voting, num_domains=self.num_domains,
-            adaptation_weight=self.adaptation_weight(), sync_dist=self.sync_dist,
+            adaptation_weight=self.adaptation_weight(dtype=dtype), sync_dist=self.sync_dist,
             process_group=self.process_group, validate_args=self.validate_args,
         )  # fmt: skip
 

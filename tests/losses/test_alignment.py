@@ -215,12 +215,25 @@ def test_scale_invariance() -> None:
     """The kernel's bandwidth follows the data: scaling all features leaves the losses unchanged."""
     c = random_case(43)
     base = dual_level_alignment(*c.args, return_terms=True)
-    for s in (1e-6, 1e6):
+    for s in (1e-200, 1e-40, 1e-6, 1e6, 1e150):
+        feat_s = (c.feat_s * s).requires_grad_()
         scaled = dual_level_alignment(
-            c.feat_s * s, c.logits_s, c.labels_s, c.feat_t * s, c.logits_t, return_terms=True
+            feat_s, c.logits_s, c.labels_s, c.feat_t * s, c.logits_t, return_terms=True
         )
         torch.testing.assert_close(scaled.sid, base.sid, rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(scaled.cid, base.cid, rtol=1e-9, atol=1e-12)
+        scaled.loss.backward()
+        assert feat_s.grad is not None and bool(torch.isfinite(feat_s.grad).all())
+    # float32 down to 1e-25: the scale is clamped only below (finite gradients).
+    c32 = [t.float() if t.is_floating_point() else t for t in c.args]
+    base32 = dual_level_alignment(*c32, return_terms=True)
+    for s in (1e-25, 1e25):
+        feat_s = (c32[0] * s).requires_grad_()
+        scaled = dual_level_alignment(feat_s, c32[1], c32[2], c32[3] * s, c32[4], return_terms=True)
+        torch.testing.assert_close(scaled.sid, base32.sid, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(scaled.cid, base32.cid, rtol=1e-4, atol=1e-6)
+        scaled.loss.backward()
+        assert feat_s.grad is not None and bool(torch.isfinite(feat_s.grad).all())
 
 
 def test_weights_and_labels_are_detached() -> None:
@@ -532,8 +545,12 @@ def test_cluster_ramp() -> None:
             rtol=1e-6,
             atol=1e-7,
         )
+        # Float64 inputs get the schedule in float64: exact to the formula.
+        assert math.isclose(
+            float(module.current_cluster_weight(dtype=torch.float64)), weight, rel_tol=1e-15
+        )
         torch.testing.assert_close(
-            module(*c.args), terms.sid + weight * terms.cid, rtol=1e-6, atol=1e-7
+            module(*c.args), terms.sid + weight * terms.cid, rtol=1e-14, atol=1e-15
         )
         module.step()
     assert int(module.num_steps) == 13

@@ -189,6 +189,10 @@ def test_gradient_reversal_module_and_schedule() -> None:
         torch.testing.assert_close(
             torch.as_tensor(layer.current_coeff()), torch.tensor(want), rtol=1e-6, atol=1e-7
         )
+        x64 = torch.ones(3, dtype=torch.float64, requires_grad=True)  # float64: exact schedule
+        layer(x64).sum().backward()
+        assert x64.grad is not None
+        torch.testing.assert_close(x64.grad, torch.full_like(x64, -want), rtol=1e-15, atol=0)
         layer.step()
     assert int(layer.num_steps) == 13 and float(layer.progress) == 1.0
     const = GradientReversal(coeff=0.3)

@@ -281,27 +281,46 @@ def test_schedules_match_their_formulas() -> None:
     for p in (0.0, 0.1, 0.5, 1.0, 2.0):
         want = 2 / (1 + math.exp(-10 * min(p, 1.0))) - 1
         assert math.isclose(float(sigmoid_ramp(p)), want, rel_tol=1e-6)
+    # A float64 step or progress gives the schedule in float64, exact to the formula.
+    for t in range(0, 40):
+        w = linear_warmup(torch.tensor(t, dtype=torch.float64), delay=10, duration=30)
+        assert w.dtype == torch.float64
+        assert math.isclose(float(w), min(max((t - 10) / 30, 0.0), 1.0), rel_tol=1e-15)
+        r = sigmoid_ramp(torch.tensor(t / 37, dtype=torch.float64))
+        want = 2 / (1 + math.exp(-10 * min(t / 37, 1.0))) - 1
+        assert r.dtype == torch.float64 and math.isclose(float(r), want, rel_tol=1e-15)
+    assert linear_warmup(torch.tensor(3, dtype=torch.float64), delay=3).dtype == torch.float64
+    assert sigmoid_ramp(0.3).dtype == linear_warmup(3).dtype == torch.float32
 
 
 def test_module_schedules_and_state() -> None:
-    loss_fn = LACMFERLoss(adapt_after=3, adapt_warmup=4, cluster_ramp="dann_sigmoid", ramp_steps=10)
-    b = make_batch(11)
+    loss_fn = LACMFERLoss(adapt_after=3, adapt_warmup=7, cluster_ramp="dann_sigmoid", ramp_steps=7)
+    b = make_batch(11)  # float64
     factors, cid_weights = [], []
-    for _ in range(9):
+    for t in range(12):
         terms = loss_fn(b["out_s"], b["labels_s"], b["out_t"])
         factors.append(float(terms.adaptation_weight))
         cid_weights.append(float(loss_fn.current_cid_weight()))
+        # Float64 logits get the schedules in float64: the loss equals the formula's weights.
+        ramp = 2 / (1 + math.exp(-10 * min(t / 7, 1.0))) - 1
+        factor = min(max((t - 3) / 7, 0.0), 1.0)
+        want = lacmfer_loss(
+            b["out_s"], b["labels_s"], b["out_t"], cid_weight=0.02 * ramp, adaptation_weight=factor
+        )
+        torch.testing.assert_close(terms.loss, want.loss, rtol=1e-14, atol=1e-15)
+        assert math.isclose(float(loss_fn.current_cid_weight(dtype=torch.float64)), 0.02 * ramp)
+        assert math.isclose(float(loss_fn.adaptation_weight(dtype=torch.float64)), factor)
         loss_fn.step()
-    assert factors == [0.0, 0.0, 0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
-    for t, w in enumerate(cid_weights):
-        assert math.isclose(w, 0.02 * (2 / (1 + math.exp(-10 * t / 10)) - 1), rel_tol=1e-6)
+    assert factors == [min(max((t - 3) / 7, 0.0), 1.0) for t in range(12)]
+    for t, w in enumerate(cid_weights):  # float32 by default
+        assert math.isclose(w, 0.02 * (2 / (1 + math.exp(-10 * min(t / 7, 1.0))) - 1), rel_tol=1e-6)
     adaptation = 0.4 * terms.align + 0.5 * terms.consistency + 0.1 * terms.voting
     torch.testing.assert_close(terms.loss, terms.ce + adaptation, **TOL)  # factor 1 at the end
-    fresh = LACMFERLoss(adapt_after=3, adapt_warmup=4, cluster_ramp="dann_sigmoid", ramp_steps=10)
+    fresh = LACMFERLoss(adapt_after=3, adapt_warmup=7, cluster_ramp="dann_sigmoid", ramp_steps=7)
     fresh.load_state_dict(loss_fn.state_dict())
-    assert int(fresh.num_steps) == 9
+    assert int(fresh.num_steps) == 12
     clone = pickle.loads(pickle.dumps(loss_fn))
-    assert int(clone.num_steps) == 9 and clone.adapt_warmup == 4
+    assert int(clone.num_steps) == 12 and clone.adapt_warmup == 7
     assert "adapt_after=3" in repr(loss_fn) and "paper defaults" in repr(LACMFERLoss())
 
 
