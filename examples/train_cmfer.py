@@ -24,9 +24,11 @@ Usage::
     python examples/train_cmfer.py --evaluate runs/paper/RAF-DB/checkpoints/last.pt
 
 A run never loses what it made: an ``--out`` that holds a run is refused unless ``--resume``
-(continue it; a finished run is left untouched) or ``--overwrite`` (start over) is given; with
+(continue it with its own settings; a finished run is left untouched) or ``--overwrite`` (start
+over) is given, and never into a folder of the other kind (``--target all`` or one target); with
 ``--resume`` a larger ``--steps`` extends a run, on the data it was trained on, and a checkpoint
-continues only into its own run's ``--out`` or an empty one; every image of the lists in use is
+continues only into its own run's ``--out`` or an empty one; ``--dry-run`` checks all this and
+the settings without writing anything; every image of the lists in use is
 opened before the first step (``--check-images full`` decodes it too); a mistake is one line on
 stderr naming the flag (exit status 2), and Ctrl-C one line saying how to continue.
 
@@ -35,7 +37,8 @@ either: ``cpu`` or ``gpu`` by the device); flags override them. ``--out`` receiv
 ``metrics.jsonl`` (the objective's terms every ``--log-every`` steps, target evaluation and the
 unsupervised validators every ``--eval-every``), ``summary.json`` (``final``: the last step, THE
 result; ``selected``: chosen by ``--select-by`` without target labels; ``oracle``: best test
-accuracy over training, a selection on the test set and not a result), ``checkpoints/``, the plots,
+accuracy over training, a selection on the test set and not a result; ``environment``: the
+machine and the encoder file, on which a bit-for-bit repeat depends), ``checkpoints/``, the plots,
 ``tb/`` and with ``--analyse`` the feature space (``docs/guides/shift_analysis.rst``). Target labels
 serve evaluation and logged diagnostics only, never a loss, a validator or the selection.
 """
@@ -45,6 +48,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import hashlib
 import json
 import math
 import os
@@ -102,6 +106,7 @@ from lacmfer.modules import LACMFER, SHARE_MODES
 from lacmfer.utils import (
     MetricsLog,
     Progress,
+    environment,
     get_rng_state,
     json_safe,
     load_checkpoint,
@@ -131,6 +136,13 @@ OUTPUTS += ("curves.png", "results.md", "summary_all.json", "analysis.json", "fe
 OUTPUTS += ("distances.png", "weights_rank*.json")
 ORACLE_NOTE = "selection on the test set (best over training; not a valid result)"
 SUMMARY_KEYS = ("step", "acc_fused", "acc_global", "acc_local", "macro_f1_fused")
+#: Settings that always come from the command, never from the checkpoint a run resumes: what to do,
+#: where, and on which device. The rest of a resumed run's settings are its own unless given.
+INVOCATION = ("preset", "config", "dry_run", "out", "target", "resume", "overwrite", "evaluate")
+INVOCATION += ("stop_at", "device", "progress")
+#: What --evaluate takes from the command line; it takes every other setting from the checkpoint.
+EVALUATE_FLAGS = {"evaluate", "data_root", "device", "num_workers", "threads", "analyse", "out"}
+EVALUATE_FLAGS |= {"dry_run"}
 #: What a checkpoint holds for an exact resume: state dicts, and the run's counters.
 STATEFUL = ("model", "optimizer", "scheduler", "scaler", "objective", "baseline")
 COUNTERS = ("step", "oracle", "selected", "train_time", "images")
@@ -195,11 +207,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
     """The options, and the names of those that may change between a run and its ``--resume``."""
     p = Parser(prog="train_cmfer.py", formatter_class=Help, description=__doc__.split("\n\n")[0])
     on_off, pos, nonneg, two = argparse.BooleanOptionalAction, at_least(1), at_least(0), at_least(2)
-    g = p.add_argument_group("presets (flags override them)")
+    g = p.add_argument_group(
+        "presets (flags override them; the defaults shown below are the paper's recipe, and a run "
+        "without --preset or --config takes the cpu or gpu preset over them)"
+    )
     g.add_argument("--preset", choices=sorted(PRESETS), help="settings of examples/configs/: smoke "
                    "(seconds), cpu (minutes on 2 cores), gpu, paper (the paper's recipe), "
                    "benchmark; without --preset or --config: cpu or gpu by the device")  # fmt: skip
-    g.add_argument("--config", metavar="FILE", help="YAML or JSON file of settings (option names)")
+    g.add_argument("--config", metavar="FILE", help="YAML or JSON file of settings (option names), "
+                   "over --preset if given, else over the defaults shown")  # fmt: skip
+    g.add_argument("--dry-run", action="store_true", help="check the settings and print them and "
+                   "the runs they make, then exit: nothing is read or written")  # fmt: skip
 
     g = p.add_argument_group("data (without --data-root: the built-in synthetic six-domain data)")
     g.add_argument("--lists", metavar="DIR", help="the protocol's image lists (default: the "
@@ -287,7 +305,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
                    "an unsupervised validator scores highest beside the last step (source-acc "
                    "needs --source-val-fraction)")  # fmt: skip
 
-    g = p.add_argument_group("runtime (these may change between a run and its --resume)")
+    g = p.add_argument_group("runtime (a run continues with its own settings on --resume; of what "
+                             "is given anew, only these and a larger --steps may differ)")  # fmt: skip
     mutable = {"preset", "config", "steps"}
 
     def opt(*flags: str, **kwargs: Any) -> None:
@@ -297,7 +316,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
     opt("--num-workers", type=nonneg, help="image-decoding workers (default: 4)")
     opt("--out", default="runs/cmfer", help="output folder")
     opt("--resume", nargs="?", const="last", metavar="CKPT", help="continue the run in --out (or "
-        "from CKPT); a finished run is left as it is")  # fmt: skip
+        "from CKPT) with the settings it was started with; a finished run is left as it is")  # fmt: skip
     opt("--overwrite", action="store_true", help="start over in an --out that holds a run")
     opt("--evaluate", metavar="CKPT", help="no training: score a checkpoint on its target")
     opt("--stop-at", type=pos, help="stop after this step (resume later with --resume)")
@@ -321,10 +340,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
 
 
 def read_settings(
-    path: Path, known: Sequence[str], switches: set[str], where: str
+    path: Path, known: Sequence[str], switches: set[str], valued: set[str], where: str
 ) -> dict[str, Any]:
     """A YAML or JSON file of settings, each key checked against the options (``switches``: the
-    on/off ones, which take true or false). Mistakes start with ``where`` (the flag and the file)."""
+    on/off ones, which take true or false; ``valued``: those that take a value, never true or
+    false). Mistakes start with ``where`` (the flag and the file)."""
     try:
         if path.suffix.lower() == ".json":
             values = json.loads(path.read_text())
@@ -349,16 +369,24 @@ def read_settings(
             raise UsageError(f"{where}: unknown setting '{key}'")
         if name in switches and not isinstance(value, bool):
             raise UsageError(f"{where}: setting '{key}' must be true or false, got {value!r}")
+        if name in valued and isinstance(value, bool):
+            raise UsageError(f"{where}: setting '{key}' takes a value, got {value!r}")
         out[name] = value
     return out
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, set[str]]:
+def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, set[str], set[str]]:
     """The parser's defaults < the preset < ``--config`` < the command line. Settings from files
-    become flags in front of the command line, so argparse checks them like typed flags."""
+    become flags in front of the command line, so argparse checks them like typed flags. Returns
+    the settings, those that may change on ``--resume``, and those given by the command line or
+    its ``--config`` file (not by a preset): what ``--resume`` sets over the checkpoint's."""
     parser, mutable = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     first = parser.parse_args(argv)
+    unset = object()  # argparse fills in defaults only where the namespace lacks the name
+    typed = parser.parse_args(argv, argparse.Namespace(**{a.dest: unset for a in parser._actions}))
+    on_line = {k for k, v in vars(typed).items() if v is not unset}
+    given = set(on_line)
     preset, values = first.preset, {}
     if preset is None and first.config is None and first.evaluate is None:
         on_cuda = first.device.startswith("cuda") or (
@@ -369,20 +397,32 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, set[s
     for action in parser._actions:
         kinds.setdefault(action.dest, set()).add(action.nargs == 0)
     switches = {dest for dest, kind in kinds.items() if kind == {True}}
+    valued = {dest for dest, kind in kinds.items() if kind == {False}}
     files = (("--preset", preset, PRESETS.get(preset or "")), ("--config", None, first.config))
+    origin: dict[str, str] = {}  # setting -> the file it came from
     for flag, name, path in files:
         if path is not None:
             where = f"{flag} {name} ({path})" if name else f"{flag} {path}"
-            settings = read_settings(Path(path), list(vars(first)), switches, where)
+            settings = read_settings(Path(path), list(vars(first)), switches, valued, where)
             try:  # a bad value names its file, not only the flag it becomes
                 parser.parse_args(as_flags(settings))
             except UsageError as err:
                 raise UsageError(f"{where}: {err}") from None
             values.update(settings)
+            origin.update(dict.fromkeys(settings, where))
+            if flag == "--config":
+                given |= set(settings)
     args = parser.parse_args([*as_flags(values), *argv])
     args.preset = preset
-    check_args(args)
-    return args, mutable
+    try:
+        check_args(args)
+    except UsageError as err:  # a value from a file: say which file
+        flag = re.match(r"--([\w-]+)", str(err))
+        name = flag.group(1).replace("-", "_") if flag else ""
+        if name in origin and name not in on_line:
+            raise UsageError(f"{origin[name]}: {err}") from None
+        raise
+    return args, mutable, given
 
 
 def as_flags(settings: dict[str, Any]) -> list[str]:
@@ -401,8 +441,8 @@ def check_args(args: argparse.Namespace) -> None:
     """Reject what the types cannot, naming the flag, before anything runs."""
     if args.image_size % 16:
         raise UsageError(f"--image-size must be a multiple of 16, got {args.image_size}")
-    if args.stop_at is not None and args.stop_at > args.steps:
-        raise UsageError(f"--stop-at {args.stop_at} is beyond --steps {args.steps}")
+    if args.resume is None:  # resuming, the run's own --steps counts (checked when it is read)
+        check_stop(args)
     if not 0.0 <= args.source_val_fraction < 1.0:
         raise UsageError(
             f"--source-val-fraction must lie in [0, 1), got {args.source_val_fraction}"
@@ -443,6 +483,9 @@ def check_args(args: argparse.Namespace) -> None:
                          "built-in synthetic data are used)")  # fmt: skip
     if args.data_root is not None and not Path(args.data_root).is_dir():
         raise UsageError(f"--data-root {args.data_root}: no such folder")
+    if args.encoder_weights not in (None, "synthetic") and not Path(args.encoder_weights).is_file():
+        raise UsageError(f"--encoder-weights {args.encoder_weights}: no such file (a torchvision "
+                         "resnet18 checkpoint, or 'synthetic')")  # fmt: skip
     try:  # the library checks the objective's settings, under the same names as the flags
         LACMFERLoss(**objective_settings(args, num_domains=2))
     except (TypeError, ValueError) as err:
@@ -460,6 +503,11 @@ def check_args(args: argparse.Namespace) -> None:
     except ValueError:
         known = f"--domains {args.domains}" if args.domains else ", ".join(SIX_DOMAINS)
         raise UsageError(f"--target {args.target}: not one of {known} or all") from None
+
+
+def check_stop(args: argparse.Namespace) -> None:
+    if args.stop_at is not None and args.stop_at > args.steps:
+        raise UsageError(f"--stop-at {args.stop_at} is beyond --steps {args.steps}")
 
 
 def domain_names(args: argparse.Namespace) -> tuple[str, ...]:
@@ -670,7 +718,7 @@ class Run:
         self.main, sync = ranks.rank == 0, ranks.world > 1
         cl = args.channels_last if args.channels_last is not None else device.type == "cuda"
         self.memory_format = torch.channels_last if cl else torch.contiguous_format
-        encoder = encoder_file(args, ranks.rank, ranks.world)
+        self.encoder = encoder = encoder_file(args, ranks.rank, ranks.world)
         # The model and the discriminators get the same initialisation on every rank; the
         # augmentation a per-rank seed; the samplers split one global stream over the ranks.
         torch.manual_seed(args.seed)
@@ -716,6 +764,8 @@ class Run:
         self.oracle: Optional[dict[str, Any]] = None  # best test accuracy (test-set selection)
         self.selected: Optional[dict[str, Any]] = None  # what --select-by prefers so far
         self.log = MetricsLog(out, enabled=self.main, tensorboard=args.tensorboard)
+        for note in self.log.notes if self.main else ():  # e.g. --tensorboard, not installed
+            warn(note)
         self.synthetic = args.data_root is None
         self.workers = 0 if self.synthetic else 4 if args.num_workers is None else args.num_workers
 
@@ -916,24 +966,31 @@ def read_checkpoint(path: Path, flag: str) -> dict[str, Any]:
 
 
 def reconcile(
-    args: argparse.Namespace, saved: dict[str, Any], step: int, mutable: set[str]
+    args: argparse.Namespace, saved: dict[str, Any], step: int, mutable: set[str], given: set[str]
 ) -> argparse.Namespace:
-    """The settings to resume with: those that shaped the steps already taken must be the
-    checkpoint's. A larger ``--steps`` extends the run and keeps its lr and ramp horizons."""
+    """The settings to resume with: the checkpoint's, under what this command gives (its flags
+    and its ``--config`` file; a preset does not count) and where and how it runs. What shaped
+    the steps already taken cannot change; a larger ``--steps`` extends the run and keeps its lr
+    and ramp horizons."""
+    saved = dict(saved)
+    for name, default in (  # horizons that followed --steps stay those of the run's own --steps
+        ("decay_steps", max(1, saved["steps"] // 2)),
+        ("ramp_steps", saved["steps"]),
+    ):
+        saved[name] = default if saved.get(name) is None else saved[name]
+    here = given | set(INVOCATION)
+    values = {k: v for k, v in vars(args).items() if k in here or k not in saved}
+    args = argparse.Namespace(**{**saved, **values})
     if args.steps < step:
         raise UsageError(f"--steps {args.steps}: the checkpoint is at step {step}")
+    check_stop(args)
     if (saved.get("data_root") is None) != (args.data_root is None):  # it may move, not change kind
         was = saved.get("data_root") or "the built-in synthetic data"
         raise UsageError(f"--data-root {args.data_root}: the checkpoint was trained on {was}; "
                          "resume it on the same data")  # fmt: skip
-    args = argparse.Namespace(**vars(args))
-    for name, default in (
-        ("decay_steps", max(1, saved["steps"] // 2)),
-        ("ramp_steps", saved["steps"]),
-    ):
-        saved = {**saved, name: default if saved[name] is None else saved[name]}
-        if getattr(args, name) is None:
-            setattr(args, name, saved[name])
+    if args.data_root is not None and not Path(args.data_root).is_dir():  # moved since
+        raise UsageError(f"--data-root {args.data_root} (the checkpoint's): no such folder; pass "
+                         "--data-root where the data are now")  # fmt: skip
     changed = [k for k, v in vars(args).items() if k not in mutable and saved.get(k) != v]
     if changed:
         diff = ", ".join(
@@ -944,8 +1001,8 @@ def reconcile(
 
 
 # ------------------------------------------------------------------------------------- training
-def train(args: argparse.Namespace, mutable: set[str], target: str, out: Path, ranks: Ranks,
-          device: torch.device) -> dict[str, Any]:  # fmt: skip
+def train(args: argparse.Namespace, mutable: set[str], given: set[str], target: str, out: Path,
+          ranks: Ranks, device: torch.device) -> dict[str, Any]:  # fmt: skip
     """Train, resume, or leave as it is (finished) the run of ``target`` in ``out``."""
     start, say = time.perf_counter(), print if ranks.rank == 0 else lambda *a, **k: None
     args = argparse.Namespace(**{**vars(args), "target": target, "out": str(out)})
@@ -954,12 +1011,15 @@ def train(args: argparse.Namespace, mutable: set[str], target: str, out: Path, r
     if args.resume is not None and (args.resume != "last" or path.exists()):
         ckpt = read_checkpoint(path, "--resume")
         saved = ckpt["config"]
-        args = reconcile(args, saved, ckpt["step"], mutable)
+        args = reconcile(args, saved, ckpt["step"], mutable, given)
+        if args.threads is not None:  # the run's own, unless given: a bit-for-bit continuation
+            torch.set_num_threads(args.threads)
         summary = read_json(out / "summary.json")
         if ckpt["step"] == args.steps and summary is not None and summary.get("completed"):
             say(f"{out}: finished (step {args.steps} of {args.steps}); nothing to do", flush=True)
             return summary
     elif args.resume is not None:
+        check_stop(args)
         say(f"--resume: no checkpoint in {out / 'checkpoints'} yet; starting at step 0", flush=True)
     (task, source_val), stop = build_task(args, target), args.stop_at or args.steps
     data = args.data_root or "the built-in synthetic data (procedural faces, not real images)"
@@ -1067,7 +1127,17 @@ def make_summary(run: Run, last_eval: Optional[dict[str, Any]], wall: float) -> 
         "wall_time_s": wall, "train_time_s": run.train_time,
         "images_per_s": run.images / run.train_time if run.train_time > 0 else None,
         "protocol_notes": run.task.notes, "notes": run.log.notes, "config": vars(args),
+        "environment": environment_of(run),
     }  # fmt: skip
+
+
+def environment_of(run: Run) -> dict[str, Any]:
+    """Where the run (its last part, if resumed) was computed, and which encoder it started from:
+    bit-for-bit repeats need both (the synthetic stand-in is built on the machine that uses it)."""
+    info = environment(run.device)
+    if run.encoder is not None:
+        info["encoder_sha256"] = hashlib.sha256(Path(run.encoder).read_bytes()).hexdigest()
+    return info
 
 
 def write_outputs(run: Run, summary: dict[str, Any]) -> None:
@@ -1128,11 +1198,22 @@ def evaluate_checkpoint(args: argparse.Namespace, ranks: Ranks, device: torch.de
 
 
 # ----------------------------------------------------------------------------------------- main
-def prepare_out(args: argparse.Namespace, names: Sequence[str]) -> Path:
-    """Refuse an ``--out`` that holds a run unless told what to do with it; check it is writable."""
+def prepare_out(args: argparse.Namespace, names: Sequence[str], dry_run: bool = False) -> Path:
+    """Refuse an ``--out`` that holds a run unless told what to do with it; check it is writable
+    (``dry_run``: only the refusals, nothing written)."""
     out = Path(args.out)
+    run_marks = ("metrics.jsonl", "summary.json", "checkpoints")
+    one_run = any((out / m).exists() for m in run_marks)
+    per_target = [d for d in SIX_DOMAINS if any((out / d / m).exists() for m in run_marks)]
+    if args.target == "all" and one_run:  # neither kind of run may land in the other's folder
+        raise UsageError(f"--out {out} holds a run of one target; --target all writes a folder "
+                         "per target: choose another --out")  # fmt: skip
+    if args.target != "all" and (per_target or (out / "summary_all.json").exists()):
+        held = ", ".join(per_target) or "no target yet"
+        raise UsageError(f"--out {out} holds a --target all run ({held}): continue it with "
+                         "--target all, or choose another --out")  # fmt: skip
     folders = [out] + ([out / t for t in names] if args.target == "all" else [])
-    marks = ("metrics.jsonl", "summary.json", "checkpoints", "results.md")
+    marks = (*run_marks, "results.md")
     occupied = [f for f in folders if any((f / m).exists() for m in marks)]
     if occupied and args.resume is None and not args.overwrite:
         raise UsageError(f"--out {out} holds a run; pass --resume to continue it (a finished run is "
@@ -1145,6 +1226,8 @@ def prepare_out(args: argparse.Namespace, names: Sequence[str]) -> Path:
     ):
         raise UsageError(f"--out {out} holds another run than --resume {args.resume}: continue a "
                          "checkpoint in its own run's --out, or into an empty one")  # fmt: skip
+    if dry_run:
+        return out
     if args.overwrite and args.target == "all":  # an earlier run's targets, whichever they were
         folders += [f for f in (out / d for d in SIX_DOMAINS) if f not in folders]
         occupied = [f for f in folders if any((f / m).exists() for m in marks)]
@@ -1162,16 +1245,28 @@ def prepare_out(args: argparse.Namespace, names: Sequence[str]) -> Path:
     return out
 
 
+def dry_run_text(args: argparse.Namespace, names: Sequence[str], out: Path) -> str:
+    """What ``--dry-run`` prints: the runs, then every setting (as ``config.json`` would hold it)."""
+    data = args.data_root or "the built-in synthetic data"
+    batch = f"{args.batch_size} + {args.target_batch_size or args.batch_size} images"
+    lines = [f"{args.method} -> {t} on {data}; {args.steps} steps of {batch}; out "
+             f"{out / t if args.target == 'all' else out}" for t in names]  # fmt: skip
+    if args.resume is not None:
+        lines.append("--resume: a run's checkpoint holds its settings; those below apply only to a "
+                     "run without one, and to what this command gives")  # fmt: skip
+    return "\n".join([*lines, json.dumps(vars(args), indent=2)])
+
+
 def write_overall(out: Path, summaries: Sequence[dict[str, Any]]) -> str:
     """``results.md`` and ``summary_all.json`` of ``--target all`` (rewritten only if they change)."""
     done = [s for s in summaries if s["final"] is not None]
     mean = sum(s["final"]["acc_fused"] for s in done) / len(done) if done else None
-    table = ["| target | final acc (fused) | best over training (selection on the test set) |",
-             "|---|---|---|"]  # fmt: skip
-    table += [f"| {s['target']} | {s['final']['acc_fused']:.4f} | {s['oracle']['acc_fused']:.4f} |"
-              for s in done]  # fmt: skip
+    table = ["| target | final accuracy (fused, %) | best over training (selection on the test "
+             "set, %) |", "|---|---:|---:|"]  # fmt: skip
+    table += [f"| {s['target']} | {100 * s['final']['acc_fused']:.1f} | "
+              f"{100 * s['oracle']['acc_fused']:.1f} |" for s in done]  # fmt: skip
     table.append(f"| **mean of {len(done)} of {len(summaries)}** | "
-                 f"**{'-' if mean is None else f'{mean:.4f}'}** | |")  # fmt: skip
+                 f"**{'-' if mean is None else f'{100 * mean:.1f}'}** | |")  # fmt: skip
     overall = {"mean_final_acc_fused": mean, "finished": [s["target"] for s in done],
                "targets": [s["target"] for s in summaries]}  # fmt: skip
     texts = {
@@ -1187,21 +1282,29 @@ def write_overall(out: Path, summaries: Sequence[dict[str, Any]]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     made: Optional[Path] = None  # an --out this call created, removed again if a mistake stops it
     try:
-        args, mutable = parse_args(argv)
+        args, mutable, given = parse_args(argv)
         if args.threads is not None:
             torch.set_num_threads(args.threads)
         ranks, device = setup_device(args)
         try:
             if args.evaluate is not None:
-                evaluate_checkpoint(args, ranks, device)
+                ignored = sorted(given - EVALUATE_FLAGS)
+                if ignored and ranks.rank == 0:
+                    warn("--evaluate scores the checkpoint with its own settings; ignored: "
+                         + ", ".join("--" + k.replace("_", "-") for k in ignored))  # fmt: skip
+                if not args.dry_run:
+                    evaluate_checkpoint(args, ranks, device)
                 return 0
             names = targets(args)
+            if args.dry_run:
+                print(dry_run_text(args, names, prepare_out(args, names, dry_run=True)), flush=True)
+                return 0
             made = None if Path(args.out).exists() else Path(args.out)
             out = prepare_out(args, names) if ranks.rank == 0 else Path(args.out)
             summaries = []
             for target in names:
                 folder = out / target if args.target == "all" else out
-                summaries.append(train(args, mutable, target, folder, ranks, device))
+                summaries.append(train(args, mutable, given, target, folder, ranks, device))
                 if ranks.rank == 0:
                     print(result_lines(summaries[-1]), flush=True)
             if args.target == "all" and ranks.rank == 0:
@@ -1213,13 +1316,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 dist.destroy_process_group()
     except UsageError as err:
         print(f"train_cmfer.py: error: {err}", file=sys.stderr, flush=True)
-        if made is not None and made.is_dir() and not any(made.iterdir()):
-            made.rmdir()  # a mistake leaves no empty --out behind
+        remove_if_empty(made)  # a mistake leaves no empty --out behind
         return 2
     except KeyboardInterrupt:
         print("train_cmfer.py: interrupted; --resume continues from the last checkpoint",
               file=sys.stderr, flush=True)  # fmt: skip
+        remove_if_empty(made)  # nor does an interruption before anything was written
         return 130
+
+
+def remove_if_empty(folder: Optional[Path]) -> None:
+    if folder is not None and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 if __name__ == "__main__":

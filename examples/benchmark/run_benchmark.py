@@ -14,11 +14,16 @@ prefers), ``oracle_acc`` (best over training: selection on the test set, not a r
 sample-level alignment's effective sample counts, confident samples, ...), ``train_s`` (the
 seconds spent in training steps, summed over every process of the run, resumes included),
 ``wall_s`` (the driver's wall time; a resumed run's counts from its resume, and its record says
-``resumed``) and ``command``. The driver resumes:
+``resumed``), ``environment`` (the machine and the encoder file's hash, from the run's
+``summary.json``: the command repeats a run bit for bit on the same kind of machine; on another
+CPU instruction set it gives a result that differs like one of another seed) and ``command``. The
+driver resumes:
 a run whose command is in the records is not run again, and a run folder left by an interrupted
 run is continued with ``--resume`` from its last checkpoint (the driver adds ``--ckpt-every`` for a
 checkpoint every twentieth of a run; neither flag changes the result, so neither is part of the
-recorded command).
+recorded command). Before the first run the example checks, with ``--dry-run``, the settings of
+one run of each method and variant (``--preset`` and the flags after ``--``): a mistake stops the
+driver in one line, not every run an hour later.
 
 Studies (the first arguments; each writes its tables from the records alone)::
 
@@ -57,6 +62,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -70,6 +76,9 @@ from lacmfer.utils import read_jsonl
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 RESULTS = HERE / "results"
+FIGURE = ROOT / "docs" / "_static" / "budget_curve.png"
+#: The training example's presets (examples/configs/*.yaml), by name.
+PRESETS = sorted(p.stem for p in (HERE.parent / "configs").glob("*.yaml"))
 LABELS = {"source-only": "source-only", "mmd": "MMD", "dann": "DANN", "coral": "CORAL",
           "m3sda": "M3SDA", "class-confusion": "Min. class confusion", "lacmfer": "LA-CMFER"}  # fmt: skip
 METHODS = tuple(LABELS)
@@ -130,12 +139,33 @@ def job(method: str, target: str, seed: int, variant: Sequence[str] = (), steps:
             "steps": steps, "batch": batch, "folder": str(folder), "command": command}  # fmt: skip
 
 
+def command_args(j: dict[str, Any]) -> list[str]:
+    """The job's command as arguments for this interpreter (its environment assignments apart)."""
+    args = shlex.split(j["command"].split(" ", 2)[2])
+    args[0] = sys.executable  # the recorded "python": this interpreter
+    return args
+
+
+def refusal(j: dict[str, Any]) -> Optional[str]:
+    """What the training example says against the job's settings (``--dry-run``: it reads and
+    writes nothing, and the job's own folder is swapped for a fresh one), or None."""
+    args = command_args(j)
+    with tempfile.TemporaryDirectory() as tmp:
+        args[args.index("--out") + 1] = str(Path(tmp) / "run")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        proc = subprocess.run([*args, "--dry-run"], cwd=ROOT, env=env, capture_output=True,
+                              text=True)  # fmt: skip
+    if proc.returncode == 0:
+        return None
+    lines = (proc.stderr or proc.stdout).strip().splitlines()
+    return lines[-1] if lines else f"exit status {proc.returncode}"
+
+
 def execute(j: dict[str, Any]) -> dict[str, Any]:
     """Run one job's command (``--resume`` when an interrupted run left its folder) and make its
     record from the run's outputs."""
     start = time.perf_counter()
-    args = shlex.split(j["command"].split(" ", 2)[2])  # without the two environment assignments
-    args[0] = sys.executable  # the recorded "python": this interpreter
+    args = command_args(j)
     # A checkpoint every twentieth of the run, so that an interrupted run loses at most that much;
     # checkpoints leave the run unchanged (resume is exact), so the record keeps its command.
     args += ["--ckpt-every", str(max(1, j["steps"] // CHECKPOINTS))]
@@ -175,6 +205,7 @@ def execute(j: dict[str, Any]) -> dict[str, Any]:
         "train_s": round(summary["train_time_s"], 1),
         "wall_s": round(time.perf_counter() - start, 1), "command": j["command"],
         **({"resumed": True} if resumed else {}),
+        **({"environment": summary["environment"]} if "environment" in summary else {}),
     }  # fmt: skip
 
 
@@ -225,9 +256,9 @@ def study_jobs(study: str, args: argparse.Namespace, extra: Sequence[str]) -> li
     elif study == "trained":
         budget = trained_budget(args.results)
         if budget is None:
-            raise SystemExit(
-                f"no trained budget yet: run the rule study first ({args.results} has none)"
-            )
+            raise ValueError(f"--results {args.results}: no trained budget there (its "
+                             f"{TRAINED}): run the rule study first, or point --results at "
+                             "the folder that holds it")  # fmt: skip
         jobs = [job(m, t, s, steps=budget, extra=extra, device=dev)
                 for s in seeds for t in targets for m in args.methods]  # fmt: skip
     return jobs
@@ -267,10 +298,23 @@ def t_quantile(p: float, df: int) -> float:
     return (lo + hi) / 2
 
 
+def machine(r: dict[str, Any]) -> tuple[Any, ...]:
+    """The kind of machine a record was made on (its ``environment``): runs pair only within one,
+    as the same command on another kind gives another run (another encoder, other rounding).
+    Records made before environments were recorded all come from one machine kind."""
+    env = r.get("environment") or {}
+    return (env.get("cpu"), env.get("cpu_capability"), env.get("gpu"), env.get("encoder_sha256"))
+
+
 def differences(rows: list[dict[str, Any]], method: str, base: str = "source-only") -> list[float]:
-    by_key = {(r["target"], r["seed"]): r["final_acc"] for r in rows if r["method"] == base}
-    return [r["final_acc"] - by_key[(r["target"], r["seed"])]
-            for r in rows if r["method"] == method and (r["target"], r["seed"]) in by_key]  # fmt: skip
+    """acc(method) − acc(base) over the (target, seed) pairs both have, made on one kind of machine."""
+
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return r["target"], r["seed"], machine(r)
+
+    by_key = {key(r): r["final_acc"] for r in rows if r["method"] == base}
+    return [r["final_acc"] - by_key[key(r)]
+            for r in rows if r["method"] == method and key(r) in by_key]  # fmt: skip
 
 
 def interval(diffs: Sequence[float]) -> Optional[tuple[float, float, float]]:
@@ -436,7 +480,10 @@ def curve_tables(records: list[dict[str, Any]],
              "Paired differences over the (target, seed) pairs, mean [95 % t-interval]; "
              "`CE` = source cross-entropy of the two heads and `n_eff` = effective number of "
              "source / target samples the sample-level alignment's weights rest on (global "
-             "branch), both averaged over the last fifth of the logged steps.", "",
+             "branch), both averaged over the last fifth of the logged steps. Runs pair only with "
+             "runs of the same kind of machine (a record's `environment`; one made on another kind "
+             "starts from another stand-in encoder), so a pair whose runs were made on two kinds "
+             "counts in `acc` and `runs` but in no difference.", "",
              "| batch | steps | method | acc (%) | vs source-only | vs MMD | vs w/o SID | CE | "
              "n_eff s / t | runs |", "|---:|---:|---|---:|---|---|---|---:|---:|---:|"]  # fmt: skip
     points = []
@@ -595,7 +642,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--results", type=Path, default=RESULTS, help="folder of the tables")
     p.add_argument("--preset", default="benchmark", help="train_cmfer preset of every run")
     p.add_argument("--runs", default="runs/synthetic_benchmark", help="folder of the run outputs")
-    p.add_argument("--figure", type=Path, default=ROOT / "docs" / "_static" / "budget_curve.png")
+    p.add_argument("--figure", type=Path, help=f"the curve's figure (default: {_shown(str(FIGURE))}"
+                   ", or budget_curve.png in --results when that is given)")  # fmt: skip
     p.add_argument("--max-runs", type=_count(0), help="stop after this many new runs")
     p.add_argument("--dry-run", action="store_true", help="print the commands still to run")
     p.add_argument("--tables-only", action="store_true", help="no runs: rewrite the tables")
@@ -603,10 +651,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     studies = list(dict.fromkeys(args.studies))  # in the order given, each once
     if "rule" in studies and "trained" in studies:
         p.error("study trained: it reads the budget the rule study chooses; run rule first, alone")
+    if args.figure is None:
+        args.figure = FIGURE if args.results == RESULTS else args.results / FIGURE.name
+    if args.preset not in PRESETS:
+        p.error(f"--preset {args.preset}: not one of the training example's ({', '.join(PRESETS)})")
     records_path = Path(args.records)
-    records = read_records(records_path)
+    if records_path.is_dir():
+        p.error(f"--records {records_path}: a folder; name the JSON-lines file of the records")
+    try:
+        records = read_records(records_path)
+        plan = {study: study_jobs(study, args, extra) for study in studies}
+    except ValueError as err:  # a damaged records file; no budget for the trained study
+        p.error(str(err))
     done = {r["command"] for r in records}
-    plan = {study: study_jobs(study, args, extra) for study in studies}
     owner: dict[str, str] = {}  # command -> the first study that lists it
     runs: list[dict[str, Any]] = []  # every study's runs in order, a shared run once
     for study, jobs in plan.items():
@@ -619,6 +676,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     todo = [] if args.tables_only else [j for j in runs if j["command"] not in done]
     todo = todo[: args.max_runs] if args.max_runs is not None else todo
     print(f"{'/'.join(studies)}: {len(todo)} to run, {args.jobs} at a time", flush=True)
+    # The example checks the settings of one run of each method and variant (--preset, the
+    # flags after --) before any starts, so a mistake stops nothing hours later.
+    first = {(j["method"], tuple(j["variant"])): j for j in reversed(todo)}
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for j, why in zip(first.values(), pool.map(refusal, first.values())):
+            if why is not None:
+                why = why.removeprefix("train_cmfer.py: error: ")
+                p.error(f"the training example refuses the runs' settings ({why}); its "
+                        f"command: {j['command']}")  # fmt: skip
     if args.dry_run:
         print("\n".join(j["command"] for j in todo))
         return 0

@@ -11,6 +11,8 @@ and a loop of your own (``docs/guides/own_training_loop.rst``) need to never los
   every rank under DDP, so a resumed run draws what the uninterrupted one would have drawn.
 * :func:`state_dict_hash`: whether two models (two ranks, a run and its resume) hold identical
   weights.
+* :func:`environment`: the software and hardware a result was computed with (a run repeats bit
+  for bit only where they match).
 * :class:`MetricsLog` (JSON lines, mirrored to TensorBoard), :class:`Progress` (plain progress
   lines), :func:`plot_metrics` (the log's curves), :func:`json_safe`, :func:`read_jsonl`.
 """
@@ -22,11 +24,13 @@ from ._checkpoint import (
     set_rng_state,
     state_dict_hash,
 )
+from ._environment import environment
 from ._log import MetricsLog, Progress, json_safe, plot_metrics, read_jsonl
 
 __all__ = [
     "MetricsLog",
     "Progress",
+    "environment",
     "get_rng_state",
     "json_safe",
     "load_checkpoint",

@@ -206,7 +206,8 @@ def test_an_interrupted_run_resumes_to_the_record_of_one_uninterrupted_run(
     real_run = subprocess.run
 
     def spy(args: list[str], **kwargs: Any) -> Any:
-        calls.append(list(args))
+        if "--dry-run" not in args:  # the check of the settings before the runs start
+            calls.append(list(args))
         return real_run(args, **kwargs)
 
     monkeypatch.setattr(benchmark_driver.subprocess, "run", spy)
@@ -261,6 +262,47 @@ def test_a_mistake_is_one_line_naming_the_option(
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.count("\n") == 1 and says in err, err
     assert not (tmp_path / "runs.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [("records folder", "--records"), ("preset", "--preset nosuch"),
+     ("bad extra flag", "unrecognized arguments: --bogus"),
+     ("bad extra value", "--lr must be > 0"), ("no trained budget", "--results")],
+)  # fmt: skip
+def test_a_mistake_in_what_the_runs_get_stops_before_any_run(
+    benchmark_driver: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    change: str, says: str,
+) -> None:  # fmt: skip
+    argv = ["rule", "--curve-targets", "jaffe", "--budgets", "2", *paths(tmp_path), *TINY]
+    if change == "records folder":
+        (tmp_path / "folder").mkdir()
+        argv[argv.index("--records") + 1] = str(tmp_path / "folder")
+    elif change == "preset":
+        argv[argv.index("--preset") + 1] = "nosuch"
+    elif change == "bad extra flag":
+        argv += ["--bogus"]
+    elif change == "bad extra value":
+        argv += ["--lr", "-1"]
+    else:
+        argv[0] = "trained"
+    with pytest.raises(SystemExit) as stop:
+        benchmark_driver.main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and says in err, err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "runs.jsonl").exists()
+
+
+def test_the_figure_follows_results(
+    benchmark_driver: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --results elsewhere and no --figure: the figure goes there too, never into the docs.
+    drawn: list[Path] = []
+    monkeypatch.setattr(benchmark_driver, "curve_figure", lambda points, path: drawn.append(path))
+    argv = ["curve", *paths(tmp_path), "--tables-only"]
+    del argv[argv.index("--figure") : argv.index("--figure") + 2]
+    assert benchmark_driver.main(argv) == 0
+    assert drawn == [tmp_path / "results" / "budget_curve.png"]
 
 
 def test_an_unwritable_records_file_is_refused_before_any_run(
@@ -337,3 +379,17 @@ def test_the_trained_table_waits_for_the_rule(
         benchmark_driver.main(["rule", "trained", *paths(tmp_path)])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.count("\n") == 1 and "run rule first" in err
+
+
+def test_runs_pair_only_within_one_kind_of_machine(benchmark_driver: ModuleType) -> None:
+    a = {"cpu": "A", "cpu_capability": "AVX512", "encoder_sha256": "1"}
+    b = {"cpu": "B", "cpu_capability": "AVX2", "encoder_sha256": "2"}
+
+    def rec(method: str, seed: int, acc: float, env: Any = None) -> dict[str, Any]:
+        r = {"target": "CK+", "seed": seed, "method": method, "final_acc": acc}
+        return {**r, "environment": env} if env is not None else r
+
+    rows = [rec("source-only", 0, 80.0), rec("lacmfer", 0, 83.0),  # before environments: one kind
+            rec("source-only", 1, 70.0, a), rec("lacmfer", 1, 75.0, a),
+            rec("source-only", 2, 60.0, a), rec("lacmfer", 2, 90.0, b)]  # fmt: skip
+    assert benchmark_driver.differences(rows, "lacmfer") == [3.0, 5.0]  # seed 2 mixes two kinds

@@ -458,10 +458,14 @@ def test_a_run_resumes_on_the_data_it_was_trained_on(
     image_flags = {"--data-root", "--lists", "--num-workers"}
     synthetic_again = [a for i, a in enumerate(argv)
                        if a not in image_flags and argv[i - 1] not in image_flags]  # fmt: skip
-    rc, _, err = run(script, capsys, "--out", str(images), "--resume", *synthetic_again)
-    assert rc == 2 and f"trained on {data}" in err
+    # Not given again, the data are the checkpoint's: a plain --resume continues on them.
+    rc, stdout, err = run(script, capsys, "--out", str(images), "--resume", *synthetic_again,
+                          "--stop-at", "3")  # fmt: skip
+    assert rc == 0 and f"on {data}" in stdout, err
     moved = tmp_path / "moved"
     data.rename(moved)  # the data may move: --data-root follows it
+    rc, _, err = run(script, capsys, "--out", str(images), "--resume")
+    assert rc == 2 and f"--data-root {data}" in err and "no such folder" in err
     argv[argv.index("--data-root") + 1] = str(moved)
     rc, _, err = run(script, capsys, "--out", str(images), "--resume", *argv)
     assert rc == 0, err
@@ -516,6 +520,69 @@ def test_an_extended_run_resumes_with_the_same_command(
     assert [r["step"] for r in records(out, "eval")] == [10, 14]
     rc, _, err = run(script, capsys, "--out", str(out), "--resume", "--steps", "14", "--lr", "0.5")
     assert rc == 2 and "--lr 0.01 -> 0.5" in err
+
+
+def test_a_plain_resume_continues_the_run_with_its_own_settings(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The preset says 20 steps, an evaluation every 10; the run said 30 and 15. --resume alone
+    # must finish the run it continues, not the preset's, and equal the uninterrupted run.
+    out, ref = tmp_path / "run", tmp_path / "ref"
+    own = ["--steps", "30", "--eval-every", "15", "--write-weight-hash"]
+    assert run(script, capsys, "--out", str(out), *own, "--stop-at", "25")[0] == 0
+    rc, stdout, err = run(script, capsys, "--out", str(out), "--resume")
+    assert rc == 0 and "at step 25 of 30" in stdout, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["completed"] and summary["step"] == 30
+    assert summary["config"]["steps"] == 30 and summary["config"]["eval_every"] == 15
+    assert [r["step"] for r in records(out, "eval")] == [15, 30]
+    assert run(script, capsys, "--out", str(ref), *own)[0] == 0
+    assert weights(out) == weights(ref)
+    # --stop-at is checked against the run's own --steps, not the preset's.
+    again = tmp_path / "again"
+    assert run(script, capsys, "--out", str(again), *own, "--stop-at", "10")[0] == 0
+    rc, stdout, err = run(script, capsys, "--out", str(again), "--resume", "--stop-at", "25")
+    assert rc == 0 and "stopped at step 25" in stdout, err
+    rc, _, err = run(script, capsys, "--out", str(again), "--resume", "--stop-at", "31")
+    assert rc == 2 and "--stop-at 31 is beyond --steps 30" in err
+    # What may not change is refused when given, as before; a preset given does not count.
+    rc, _, err = run(script, capsys, "--out", str(again), "--resume", "--lr", "0.5")
+    assert rc == 2 and "--lr 0.01 -> 0.5" in err
+
+
+def test_a_run_of_one_kind_is_not_continued_in_a_folder_of_the_other(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    short = ["--steps", "2", "--eval-every", "2"]
+    assert run(script, capsys, "--out", str(single), *short)[0] == 0
+    assert run(script, capsys, "--out", str(multi), *short, "--domains", "CK+,JAFFE",
+               "--target", "all")[0] == 0  # fmt: skip
+    before = {f: files(f) for f in (single, multi)}
+    for how in (["--resume"], ["--overwrite"], []):
+        rc, _, err = run(script, capsys, "--out", str(single), *short, "--target", "all", *how)
+        assert rc == 2 and "holds a run of one target" in err, err
+        rc, _, err = run(script, capsys, "--out", str(multi), *short, "--target", "JAFFE", *how)
+        assert rc == 2 and "holds a --target all run (CK+, JAFFE)" in err, err
+    assert {f: files(f) for f in (single, multi)} == before
+
+
+def test_dry_run_checks_and_prints_without_writing(
+    script: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    rc, stdout, err = run(script, capsys, "--out", str(out), "--dry-run", "--steps", "7")
+    assert rc == 0, err
+    assert stdout.startswith("lacmfer -> JAFFE on the built-in synthetic data; 7 steps of 8 + 8")
+    assert json.loads(stdout[stdout.index("{") :])["steps"] == 7
+    assert not out.exists()
+    rc, _, err = run(script, capsys, "--out", str(out), "--dry-run", "--lr", "-1")
+    assert rc == 2 and "--lr" in err
+    assert run(script, capsys, "--out", str(out), *["--steps", "2", "--eval-every", "2"])[0] == 0
+    before = files(out)
+    rc, _, err = run(script, capsys, "--out", str(out), "--dry-run")
+    assert rc == 2 and "holds a run" in err  # the refusals of a real start, nothing touched
+    assert files(out) == before
 
 
 def test_the_checkpoint_of_a_step_is_written_before_its_evaluation(
@@ -618,6 +685,10 @@ def test_evaluate_a_checkpoint(script: ModuleType, tmp_path: Path,
     assert "at step 20" in stdout and "bnm" in stdout and "synthetic data" in stdout
     assert script.main(["--evaluate", str(out / "checkpoints" / "selected.pt")]) == 0
     assert files(out) == before
+    capsys.readouterr()  # training settings given with --evaluate are named as ignored
+    ckpt = str(out / "checkpoints" / "last.pt")
+    assert script.main(["--evaluate", ckpt, "--method", "mmd", "--threads", "1"]) == 0
+    assert "ignored: --method" in capsys.readouterr().err
 
 
 def test_analyse_measures_the_feature_space_before_and_after(
@@ -765,6 +836,14 @@ def _break(lists: Path, data: Path, tmp_path: Path, case: str) -> list[str]:
     elif case == "malformed YAML --config":
         (tmp_path / "bad.yaml").write_text("steps: [1, 2\n")
         return ["--config", str(tmp_path / "bad.yaml")]
+    elif case == "true for a number in --config":
+        (tmp_path / "flag.yaml").write_text("steps: true\n")
+        return ["--config", str(tmp_path / "flag.yaml")]
+    elif case == "a bad device in --config":
+        (tmp_path / "device.yaml").write_text("device: gpu\n")
+        return ["--preset", "smoke", "--config", str(tmp_path / "device.yaml")]
+    elif case == "missing --encoder-weights":
+        return ["--encoder-weights", str(tmp_path / "none.pth")]
     elif case == "a word for a switch in --config":
         (tmp_path / "word.yaml").write_text('augment: "no"\n')
         return ["--config", str(tmp_path / "word.yaml")]
@@ -811,6 +890,9 @@ MISTAKES = {
     "--resume to a truncated file": "truncated.pt", "--steps 0": "--steps", "--steps -5": "--steps",
     "unwritable --out": "--out", "malformed YAML --config": "bad.yaml",
     "a word for a switch in --config": "'augment' must be true or false",
+    "true for a number in --config": "flag.yaml: setting 'steps' takes a value",
+    "a bad device in --config": "device.yaml: --device gpu",
+    "missing --encoder-weights": "none.pth: no such file",
     "one domain": "--domains JAFFE", "a domain twice": "--domains CK+,CK+,JAFFE",
     "--target outside --domains": "--target JAFFE: not one of --domains CK+,RAF-DB",
     "--lr -1": "--lr must be > 0", "--momentum nan": "--momentum must be >= 0",
