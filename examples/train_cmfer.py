@@ -991,7 +991,8 @@ def reconcile(
     if args.data_root is not None and not Path(args.data_root).is_dir():  # moved since
         raise UsageError(f"--data-root {args.data_root} (the checkpoint's): no such folder; pass "
                          "--data-root where the data are now")  # fmt: skip
-    changed = [k for k, v in vars(args).items() if k not in mutable and saved.get(k) != v]
+    changed = [k for k, v in vars(args).items()
+               if k not in mutable and k not in INVOCATION and saved.get(k) != v]  # fmt: skip
     if changed:
         diff = ", ".join(
             f"--{k.replace('_', '-')} {saved.get(k)} -> {getattr(args, k)}" for k in changed
