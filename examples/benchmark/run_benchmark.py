@@ -55,7 +55,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -783,9 +782,21 @@ def _header(title: str, invocation: str, rows: list[dict[str, Any]], records_pat
         "benchmark` (LACMFER.tiny with the synthetic benchmark's stand-in encoder, 48×48 images, "
         "3000 images per domain, 500 target test images from a separate draw, the paper's loss "
         "weights and optimiser, lr horizon = steps / 2) with the budget and batch shown; one "
-        f"thread a run. Runs: {len(rows)}, their summed wall time {wall / 3600:.1f} h{since}; machine: "
-        f"{platform.machine()}, {os.cpu_count()} cores.", "", "",
+        f"thread a run. Runs: {len(rows)}, their summed wall time {wall / 3600:.1f} h{since}; "
+        f"machines: {_machines(rows)}.", "", "",
     ])  # fmt: skip
+
+
+def _machines(rows: list[dict[str, Any]]) -> str:
+    """The kinds of machine the runs were made on, with their counts."""
+    kinds = Counter(
+        "one kind, not recorded (records made before they held their environment; a 2-core x86_64 CPU)"
+        if not r.get("environment") else
+        f"{r['environment']['cpu']} ({r['environment'].get('gpu') or r['environment']['cpu_capability']}"
+        f", encoder {str(r['environment'].get('encoder_sha256'))[:8]})"
+        for r in rows
+    )  # fmt: skip
+    return "; ".join(f"{n} on {kind}" for kind, n in kinds.most_common())
 
 
 def _shown(path: str) -> str:
