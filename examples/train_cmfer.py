@@ -215,7 +215,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
                    "(seconds), cpu (minutes on 2 cores), gpu, paper (the paper's recipe), "
                    "benchmark; without --preset or --config: cpu or gpu by the device")  # fmt: skip
     g.add_argument("--config", metavar="FILE", help="YAML or JSON file of settings (option names), "
-                   "over --preset if given, else over the defaults shown")  # fmt: skip
+                   "over --preset if given (or a preset the file names as 'preset: NAME'), else over the "
+                   "defaults shown")  # fmt: skip
     g.add_argument("--dry-run", action="store_true", help="check the settings and print them and "
                    "the runs they make, then exit: nothing is read or written")  # fmt: skip
 
@@ -340,11 +341,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, set[str]]:
 
 
 def read_settings(
-    path: Path, known: Sequence[str], switches: set[str], valued: set[str], where: str
-) -> dict[str, Any]:
+    path: Path, known: Sequence[str], switches: set[str], valued: set[str], where: str,
+    presets: Sequence[str] = (),
+) -> dict[str, Any]:  # fmt: skip
     """A YAML or JSON file of settings, each key checked against the options (``switches``: the
     on/off ones, which take true or false; ``valued``: those that take a value, never true or
-    false). Mistakes start with ``where`` (the flag and the file)."""
+    false; ``preset`` only where ``presets`` names those it may be). Mistakes start with ``where``
+    (the flag and the file)."""
     try:
         if path.suffix.lower() == ".json":
             values = json.loads(path.read_text())
@@ -365,7 +368,10 @@ def read_settings(
         if name in RENAMED:
             warn(f"{where}: setting '{key}' is deprecated: use '{RENAMED[name]}'")
             name = RENAMED[name]
-        if name not in known or name in ("preset", "config"):
+        if name == "preset" and presets:
+            if value not in presets:
+                raise UsageError(f"{where}: setting 'preset' must be one of {', '.join(presets)}")
+        elif name not in known or name in ("preset", "config"):
             raise UsageError(f"{where}: unknown setting '{key}'")
         if name in switches and not isinstance(value, bool):
             raise UsageError(f"{where}: setting '{key}' must be true or false, got {value!r}")
@@ -387,23 +393,32 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, set[s
     typed = parser.parse_args(argv, argparse.Namespace(**{a.dest: unset for a in parser._actions}))
     on_line = {k for k, v in vars(typed).items() if v is not unset}
     given = set(on_line)
-    preset, values = first.preset, {}
-    if preset is None and first.config is None and first.evaluate is None:
-        on_cuda = first.device.startswith("cuda") or (
-            first.device == "auto" and torch.cuda.is_available()
-        )
-        preset = "gpu" if on_cuda else "cpu"
     kinds: dict[str, set[bool]] = {}  # dest -> whether each of its options is an on/off switch
     for action in parser._actions:
         kinds.setdefault(action.dest, set()).add(action.nargs == 0)
     switches = {dest for dest, kind in kinds.items() if kind == {True}}
     valued = {dest for dest, kind in kinds.items() if kind == {False}}
+    config: dict[str, Any] = {}
+    if first.config is not None:  # a config file may name the preset it builds on
+        where = f"--config {first.config}"
+        config = read_settings(Path(first.config), list(vars(first)), switches, valued, where,
+                               presets=sorted(PRESETS))  # fmt: skip
+    named = config.pop("preset", None)  # the command line's --preset comes first
+    preset, values = first.preset or named, {}
+    if preset is None and first.config is None and first.evaluate is None:
+        on_cuda = first.device.startswith("cuda") or (
+            first.device == "auto" and torch.cuda.is_available()
+        )
+        preset = "gpu" if on_cuda else "cpu"
     files = (("--preset", preset, PRESETS.get(preset or "")), ("--config", None, first.config))
     origin: dict[str, str] = {}  # setting -> the file it came from
     for flag, name, path in files:
         if path is not None:
             where = f"{flag} {name} ({path})" if name else f"{flag} {path}"
-            settings = read_settings(Path(path), list(vars(first)), switches, valued, where)
+            if flag == "--config":
+                settings = config
+            else:
+                settings = read_settings(Path(path), list(vars(first)), switches, valued, where)
             try:  # a bad value names its file, not only the flag it becomes
                 parser.parse_args(as_flags(settings))
             except UsageError as err:

@@ -111,6 +111,23 @@ def test_precedence_preset_file_command_line(
     assert (args.steps, args.lr, args.voting, args.image_size) == (7, 0.25, False, 32)  # smoke: 32
 
 
+def test_a_config_file_may_name_its_preset(script: ModuleType, tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("preset: smoke\nsteps: 7\n")
+    args, _, given = script.parse_args(["--config", str(path)])
+    assert (args.preset, args.steps, args.image_size) == ("smoke", 7, 32)  # smoke: 32 pixels
+    assert "preset" not in given  # a preset's values never count as given anew on --resume
+    args = script.parse_args(["--config", str(path), "--preset", "benchmark"])[0]
+    assert (args.preset, args.steps, args.image_size) == ("benchmark", 7, 48)  # the flag wins
+    path.write_text("preset: nonsense\n")
+    with pytest.raises(script.UsageError, match=r"^--config \S*c\.yaml: setting 'preset' must"):
+        script.parse_args(["--config", str(path)])
+    preset = tmp_path / "p.yaml"  # a config file cannot name another config file
+    path.write_text(f"config: {preset}\n")
+    with pytest.raises(script.UsageError, match=r"unknown setting 'config'"):
+        script.parse_args(["--config", str(path)])
+
+
 def test_settings_files_are_checked(script: ModuleType, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("stpes: 3\n")
