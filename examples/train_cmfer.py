@@ -111,6 +111,7 @@ from lacmfer.utils import (
     json_safe,
     load_checkpoint,
     plot_metrics,
+    read_jsonl,
     save_checkpoint,
     set_rng_state,
     state_dict_hash,
@@ -1043,6 +1044,8 @@ def train(args: argparse.Namespace, mutable: set[str], given: set[str], target: 
     say(f"{args.method} -> {task.target} on {data}; sources {', '.join(task.sources)}; "
         f"{args.steps} steps of {batch}; out {out}", flush=True)  # fmt: skip
     run = Run(args, task, source_val, ranks, device, out)
+    # a checkpoint of another run's folder, resumed into an empty one, brings that run's history
+    origin = path.parent.parent if ckpt is not None and path.parent.name == "checkpoints" else out
     if ckpt is not None:
         run.load(ckpt)
         say(f"resuming from {path} at step {run.step} of {args.steps}", flush=True)
@@ -1050,16 +1053,18 @@ def train(args: argparse.Namespace, mutable: set[str], given: set[str], target: 
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(vars(args), indent=2) + "\n")
         # steps logged after the checkpoint are redone, and so is an evaluation at its step
-        records = run.log.records()
+        records = run.log.records() or read_jsonl(origin / "metrics.jsonl")
         run.log.keep([r for r in records if (r["step"], r["kind"] != "train") < (run.step, True)])
     run.start_streams()
     last_eval, values = None, None
-    analysis = read_json(out / "analysis.json") or {}
-    if args.analyse and "step_0" not in analysis:  # the feature space before any step
-        tick = time.perf_counter()
-        analysis = {"step_0": run.analyse().to_dict(), "seconds": time.perf_counter() - tick}
-        if run.main:
-            (out / "analysis.json").write_text(json.dumps(analysis) + "\n")
+    analysis = read_json(out / "analysis.json") or read_json(origin / "analysis.json") or {}
+    analysis = {k: v for k, v in analysis.items() if k != "final"}  # the end is analysed anew
+    if args.analyse and not any(k.startswith("step_") for k in analysis):
+        tick = time.perf_counter()  # the feature space before the first step (or at the resumed
+        first = f"step_{run.step}"  # one, for a run that was not analysed from its start)
+        analysis = {first: run.analyse().to_dict(), "seconds": time.perf_counter() - tick}
+    if run.main and analysis:
+        (out / "analysis.json").write_text(json.dumps(analysis) + "\n")
     if ckpt is not None:  # the evaluation of the checkpoint's step, if that step had one
         s, old = run.step, ckpt["config"]
         due = ((old["eval_every"], old["steps"]), (args.eval_every, args.steps))

@@ -27,6 +27,7 @@ from lacmfer.functional import (
     multi_view_pseudo_label_loss,
 )
 from lacmfer.modules import LACMFEROutput
+from lacmfer.utils import read_jsonl
 
 SMOKE = ["--preset", "smoke", "--no-progress", "--no-tensorboard", "--threads", "1"]
 
@@ -506,6 +507,10 @@ def test_resume_of_a_checkpoint_never_writes_over_another_run(
     rc, stdout, err = run(script, capsys, "--out", str(fresh), "--resume", ckpt, "--steps", "6",
                           "--eval-every", "4")  # fmt: skip
     assert rc == 0 and "at step 4 of 6" in stdout, err
+    # it brings the first run's history up to the checkpoint: the log reads as one run
+    carried = [(r["kind"], r["step"]) for r in read_jsonl(first / "metrics.jsonl")]
+    logged = [(r["kind"], r["step"]) for r in read_jsonl(fresh / "metrics.jsonl")]
+    assert logged[: len(carried)] == carried and ("eval", 6) in logged[len(carried) :]
 
 
 def test_an_interrupted_run_says_how_to_continue(
@@ -734,6 +739,11 @@ def test_analyse_measures_the_feature_space_before_and_after(
     ckpt = out / "checkpoints" / "last.pt"
     assert script.main(["--evaluate", str(ckpt), "--analyse", "--out", str(tmp_path / "eval")]) == 0
     assert (tmp_path / "eval" / "last_features.png").exists() and files(out) == before
+    # a run analysed only from a resume on is analysed at that step, and says so
+    late = tmp_path / "late"
+    assert run(script, capsys, "--out", str(late), *common, "--stop-at", "6")[0] == 0
+    assert run(script, capsys, "--out", str(late), *common, "--analyse", "--resume")[0] == 0
+    assert set(json.loads((late / "analysis.json").read_text())) == {"step_6", "final", "seconds"}
 
 
 # -------------------------------------------------------------------------------- bad inputs
