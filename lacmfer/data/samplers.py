@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
@@ -493,7 +493,8 @@ class InfiniteSampler:
 
 
 class _WithSource(Dataset[Any]):
-    """``(image, label, source id)`` items of a concatenation of sources (ids by index range)."""
+    """The items of a concatenation of sources with their source id (by index range): appended
+    to a tuple or list item, under ``"source"`` in a mapping, ``(item, id)`` for anything else."""
 
     def __init__(self, dataset: Any, sizes: Sequence[int]) -> None:
         self.dataset, self.bounds = dataset, list(itertools.accumulate(sizes))
@@ -501,8 +502,18 @@ class _WithSource(Dataset[Any]):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[Any, ...]:
-        return (*self.dataset[index], bisect.bisect_right(self.bounds, index))
+    def __getitem__(self, index: int) -> Any:
+        item, source = self.dataset[index], bisect.bisect_right(self.bounds, index)
+        if isinstance(item, (tuple, list)):
+            return (*item, source)
+        if isinstance(item, Mapping):
+            if "source" in item:
+                raise ValueError(
+                    "items of `dataset` are mappings with a key 'source' already; the sampler "
+                    "adds the source id under that key"
+                )
+            return {**item, "source": source}
+        return item, source
 
 
 def sampler_loader(
@@ -520,7 +531,9 @@ def sampler_loader(
     steps continues with the very batches it would have drawn, without saving the sampler's
     state. With a :class:`MultiSourceSampler`, ``dataset`` is the concatenation of the sources in
     the sampler's order (as :class:`torch.utils.data.ConcatDataset` numbers it) and every item
-    also carries its source id, so batches are ``(images, labels, sources)``.
+    also carries its source id: appended to a tuple item (``(image, label)`` items give batches
+    ``(images, labels, sources)``), under the key ``"source"`` of a mapping item, and as
+    ``(item, source)`` for any other item (an image alone).
 
     Args:
         dataset: Indexable dataset (the sources concatenated, for a multi-source sampler).
@@ -534,7 +547,7 @@ def sampler_loader(
     Raises:
         TypeError: If ``sampler`` is neither sampler of this module or ``start`` is no integer.
         ValueError: If ``start`` is negative or the dataset's size does not match a multi-source
-            sampler's.
+            sampler's; when a batch is read, if a mapping item already has a key ``"source"``.
 
     Example:
         >>> data = torch.utils.data.TensorDataset(torch.arange(10.0), torch.arange(10))

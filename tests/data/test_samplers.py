@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -369,6 +370,55 @@ def test_sampler_loader_yields_the_sampler_draws_with_source_ids(workers: int) -
         assert images.tolist() == want.indices.float().tolist()  # item i holds the value i
         assert labels.tolist() == (want.indices % 7).tolist()
         assert sources.tolist() == want.domains.tolist()
+
+
+class _Items(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """Item i of a dataset of one kind of item: a mapping, an image alone, or a list."""
+
+    def __init__(self, kind: str, offset: int, size: int) -> None:
+        self.kind, self.offset, self.size = kind, offset, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> Any:
+        image = torch.full((3, 2, 2), float(self.offset + i))
+        if self.kind == "mapping":
+            return {"image": image, "label": (self.offset + i) % 7}
+        return image if self.kind == "image" else [image, (self.offset + i) % 7]
+
+
+@pytest.mark.parametrize("kind", ["mapping", "image", "list"])
+def test_sampler_loader_adds_the_source_id_to_any_kind_of_item(kind: str) -> None:
+    sizes = [4, 3]
+    data = torch.utils.data.ConcatDataset([_Items(kind, 0, 4), _Items(kind, 4, 3)])
+    draws = MultiSourceSampler(sizes, 5, seed=1)
+    stream = sampler_loader(data, MultiSourceSampler(sizes, 5, seed=1))
+    for _ in range(3):
+        want = draws.sample()
+        batch = next(stream)
+        if kind == "mapping":
+            images, labels, sources = batch["image"], batch["label"], batch["source"]
+        elif kind == "image":
+            (images, sources), labels = batch, want.indices % 7
+        else:
+            images, labels, sources = batch
+        assert images.shape == (5, 3, 2, 2)  # whole images, never split along a dimension
+        assert images[:, 0, 0, 0].tolist() == want.indices.float().tolist()
+        assert labels.tolist() == (want.indices % 7).tolist()
+        assert sources.tolist() == want.domains.tolist()
+
+
+def test_sampler_loader_refuses_to_overwrite_a_source_key() -> None:
+    class Keyed(torch.utils.data.Dataset):  # type: ignore[type-arg]
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, i: int) -> dict[str, int]:
+            return {"source": i}
+
+    with pytest.raises(ValueError, match="key 'source'"):
+        next(sampler_loader(Keyed(), MultiSourceSampler([2, 2], 2)))
 
 
 @pytest.mark.parametrize("start", [0, 1, 5])
