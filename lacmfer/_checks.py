@@ -12,6 +12,7 @@ dtypes, devices, Python settings): they cost no host sync and trace cleanly unde
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
@@ -94,12 +95,34 @@ def check_label_range(labels: Tensor, name: str, num_classes: int) -> None:
         )
 
 
+def _real(value: Any, name: str) -> Any:
+    """``value`` if it is an ``int`` or ``float`` (symbolic under ``torch.compile``), a numpy or
+    other real number as a ``float``; ``TypeError`` for anything else, ``bool`` included."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            raise TypeError(f"`{name}` must be a real number, got {type(value).__name__}")
+        return float(value)
+    return value
+
+
+def check_weight(value: Any, name: str) -> Union[float, Tensor]:
+    """A weight: a finite real ``>= 0``, or a 0-dim tensor (a schedule's value, whose value is
+    not read: reading it would sync the device)."""
+    if isinstance(value, Tensor):
+        if value.ndim != 0:
+            raise ValueError(
+                f"`{name}` must be a real number or a 0-dim tensor, got a tensor of shape "
+                f"{_shape(value)}"
+            )
+        return value
+    return check_real(value, name, minimum=0.0)
+
+
 def check_probability(
     value: Any, name: str, *, low_inclusive: bool = False, high_inclusive: bool = True
 ) -> float:
     """Check a threshold-like setting in ``(0, 1]`` (bounds configurable)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` must be a real number, got {type(value).__name__}")
+    value = _real(value, name)
     if torch.compiler.is_compiling():  # a changing float becomes symbolic: checked when eager
         return value
     value = float(value)
@@ -112,9 +135,11 @@ def check_probability(
 
 
 def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
-    """Check an integer setting ``>= minimum``."""
+    """Check an integer setting ``>= minimum`` (a numpy integer counts, as an ``int``)."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
+        value = int(value)
     if value < minimum:
         raise ValueError(f"`{name}` must be an int >= {minimum}, got {value}")
     return value
@@ -128,8 +153,7 @@ def check_real(
     exclusive_minimum: bool = False,
 ) -> float:
     """Check a finite real setting, optionally bounded below."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` must be a real number, got {type(value).__name__}")
+    value = _real(value, name)
     if torch.compiler.is_compiling():  # a changing float becomes symbolic: checked when eager
         return value
     value = float(value)
@@ -158,6 +182,11 @@ def check_bool(value: Any, name: str) -> bool:
     return value
 
 
+def check_optional_bool(value: Any, name: str) -> Optional[bool]:
+    """``None``, or a ``bool`` setting."""
+    return None if value is None else check_bool(value, name)
+
+
 def check_optional_positive_int(value: Any, name: str, *, minimum: int = 1) -> Optional[int]:
     """``None``, or an integer setting ``>= minimum``."""
     return None if value is None else check_positive_int(value, name, minimum=minimum)
@@ -175,6 +204,7 @@ def check_same_device(tensors: Sequence[tuple[str, Tensor]]) -> None:
 def resolve_validate_args(validate_args: Optional[bool], t: Tensor) -> bool:
     """Whether to run the data-dependent checks: ``None`` means on CPU only, where reading values
     costs no device sync; never while ``torch.compile`` traces."""
+    check_optional_bool(validate_args, "validate_args")
     if torch.compiler.is_compiling():
         return False
     if validate_args is None:

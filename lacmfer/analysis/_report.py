@@ -37,6 +37,8 @@ class ShiftReport(NamedTuple):
         method: ``"tsne"`` or ``"pca"``, what made ``points``.
         domains: :math:`(N,)` domain of each row.
         labels: :math:`(N,)` label of each row (``-1``: none).
+        target: the target's domain index (``None`` in a report written before it was kept:
+            :func:`plot_shift` then takes the last domain).
     """
 
     distances: Tensor
@@ -49,6 +51,7 @@ class ShiftReport(NamedTuple):
     method: str
     domains: Tensor
     labels: Tensor
+    target: Optional[int] = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python values (NaN as ``None``), for JSON; :meth:`from_dict` reads them back."""
@@ -82,6 +85,7 @@ class ShiftReport(NamedTuple):
             method=str(values["method"]),
             domains=tensor(values["domains"], torch.int64),
             labels=tensor(values["labels"], torch.int64),
+            target=None if values.get("target") is None else int(values["target"]),
         )
 
 
@@ -163,6 +167,7 @@ def shift_report(
         method=emb.method,
         domains=domains,
         labels=labels,
+        target=int(target),
     )
 
 
@@ -176,8 +181,8 @@ def plot_shift(
 ) -> bool:
     r"""Draw :class:`ShiftReport`\ s side by side (e.g. before and after adaptation).
 
-    ``features``: one row per report, the 2-D map coloured by domain (the target last, in black)
-    and by class. ``distances``: one column per report, the domain-by-domain distances, and below
+    ``features``: one row per report, the 2-D map coloured by domain (the report's target in
+    black) and by class. ``distances``: one column per report, the domain-by-domain distances, and below
     them ``same_class`` against ``other_class``.
 
     Args:
@@ -190,13 +195,13 @@ def plot_shift(
     Returns:
         ``False`` when matplotlib is not installed (nothing drawn), else ``True``.
     """
-    n, target = len(reports), len(domain_names) - 1
+    n = len(reports)
     fig = new_figure(10, 4.4 * n)
     if fig is None:
         return False
     axes = fig.subplots(n, 2, squeeze=False)
     for row, (title, r) in enumerate(reports):
-        xy = r.points.numpy()
+        xy, target = r.points.numpy(), len(domain_names) - 1 if r.target is None else r.target
         for d, name in enumerate(domain_names):
             keep = (r.domains == d).numpy()
             style = {"c": "black", "marker": "x"} if d == target else {}

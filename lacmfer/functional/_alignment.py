@@ -25,9 +25,9 @@ from .._checks import (
     check_labels,
     check_nonempty,
     check_probability,
-    check_real,
     check_same_device,
     check_size,
+    check_weight,
     resolve_validate_args,
 )
 from .._distributed import gather_batch
@@ -284,8 +284,7 @@ def check_settings(
     """
     threshold = check_probability(threshold, "threshold")
     kernel_num, kernel_mul = check_kernel_settings(kernel_num, kernel_mul)
-    if not isinstance(cluster_weight, Tensor):
-        cluster_weight = check_real(cluster_weight, "cluster_weight", minimum=0.0)
+    cluster_weight = check_weight(cluster_weight, "cluster_weight")
     return threshold, kernel_num, kernel_mul, cluster_weight
 
 

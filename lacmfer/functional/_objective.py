@@ -19,6 +19,7 @@ from .._checks import (
     check_probability,
     check_real,
     check_size,
+    check_weight,
     require_domains,
     resolve_validate_args,
 )
@@ -177,7 +178,7 @@ def check_settings(
     if label_smoothing > 1.0:
         raise ValueError(f"`label_smoothing` must lie in [0, 1], got {label_smoothing}")
     weights = {
-        name: value if isinstance(value, Tensor) else check_real(value, name, minimum=0.0)
+        name: check_weight(value, name)
         for name, value in (
             ("align_weight", align_weight),
             ("cid_weight", cid_weight),
@@ -277,7 +278,8 @@ def lacmfer_loss(
         consistency_weight: :math:`\beta \ge 0`.
         voting_weight: :math:`\gamma \ge 0`.
         align_threshold: confidence threshold :math:`\delta \in (0, 1]` of the alignment masks.
-        pseudo_threshold: confidence threshold :math:`\tau \in (0, 1]` of the voting.
+        pseudo_threshold: confidence threshold :math:`\tau \in (0, 1]` of the voting (strict
+            ``>``: 1 keeps no sample).
         kernel_num: number of Gaussian kernels of the MMD.
         kernel_mul: bandwidth ratio of the kernels.
         sid: keep the sample-level alignment :math:`L_{sid}`.

@@ -69,7 +69,7 @@ def refine_pseudo_labels(
     Args:
         logits_g: target-batch logits of the global head.
         logits_l: target-batch logits of the local head.
-        threshold: confidence threshold :math:`\tau \in (0, 1]`.
+        threshold: confidence threshold :math:`\tau \in (0, 1]` (strict ``>``: 1 keeps no sample).
 
     Shape:
         - logits_g, logits_l: :math:`(B_t, K)`.
@@ -118,7 +118,7 @@ def pseudo_label_refinement(
     Args:
         logits_g: target-batch logits of the global head.
         logits_l: target-batch logits of the local head.
-        threshold: confidence threshold :math:`\tau \in (0, 1]`.
+        threshold: confidence threshold :math:`\tau \in (0, 1]` (strict ``>``: 1 keeps no sample).
         sync_dist: take the means over the kept samples of all ranks (the global batch); labels and
             mask stay per rank. A no-op without an initialised multi-rank process group.
         process_group: the process group for ``sync_dist`` (default: the world).
@@ -186,7 +186,7 @@ def multi_view_pseudo_label_loss(
     Args:
         logits_g: target-batch logits of the global head.
         logits_l: target-batch logits of the local head.
-        threshold: confidence threshold :math:`\tau \in (0, 1]` (strict ``>``).
+        threshold: confidence threshold :math:`\tau \in (0, 1]` (strict ``>``: 1 keeps no sample).
         sync_dist: average over the kept samples of all ranks (all-reduce of two sums and a count);
             a no-op without an initialised multi-rank process group.
         process_group: the process group for ``sync_dist`` (default: the world).

@@ -7,7 +7,13 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_optional_positive_int, check_positive_int, require_domains
+from .._checks import (
+    check_choice,
+    check_optional_bool,
+    check_optional_positive_int,
+    check_positive_int,
+    require_domains,
+)
 from .._distributed import SyncDistModule
 from ..functional import dual_level_alignment
 from ..functional._alignment import check_settings
@@ -92,7 +98,7 @@ class DualLevelInterDomainAlignment(SyncDistModule, StepCounter):
         self.cluster_ramp = check_choice(cluster_ramp, "cluster_ramp", CLUSTER_RAMPS)
         self.ramp_steps = check_positive_int(ramp_steps, "ramp_steps")
         self.num_domains = check_optional_positive_int(num_domains, "num_domains")
-        self.validate_args = validate_args
+        self.validate_args = check_optional_bool(validate_args, "validate_args")
 
     @property
     def progress(self) -> Tensor:

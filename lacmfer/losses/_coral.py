@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from torch import Tensor
 
-from .._checks import check_optional_positive_int, require_domains
+from .._checks import check_optional_bool, check_optional_positive_int, require_domains
 from .._distributed import SyncDistModule
 from ..functional import coral
 
@@ -63,7 +63,7 @@ class CORALLoss(SyncDistModule):
     ) -> None:
         super().__init__(sync_dist=sync_dist, process_group=process_group)
         self.num_domains = check_optional_positive_int(num_domains, "num_domains")
-        self.validate_args = validate_args
+        self.validate_args = check_optional_bool(validate_args, "validate_args")
 
     def forward(self, feat_s: Tensor, feat_t: Tensor, domains_s: Optional[Tensor] = None) -> Tensor:
         """Compute the loss; see :func:`lacmfer.functional.coral`."""

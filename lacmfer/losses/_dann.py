@@ -11,6 +11,7 @@ from .._checks import (
     check_choice,
     check_float,
     check_nonempty,
+    check_optional_bool,
     check_optional_positive_int,
     check_positive_int,
     check_same_device,
@@ -184,7 +185,7 @@ class DomainAdversarialLoss(SyncDistModule):
         self.in_features = check_positive_int(in_features, "in_features")
         self.num_domains = check_optional_positive_int(num_domains, "num_domains")
         self.hidden = check_positive_int(hidden, "hidden")
-        self.validate_args = validate_args
+        self.validate_args = check_optional_bool(validate_args, "validate_args")
         self.grl = GradientReversal(coeff=coeff, coeff_ramp=coeff_ramp, max_steps=max_steps)
         outputs = (1 if self.num_domains is None else self.num_domains) + 1
         self.discriminator = nn.Sequential(

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from torch import Tensor
 
-from .._checks import check_positive_int
+from .._checks import check_optional_bool, check_positive_int
 from .._distributed import SyncDistModule
 from ..functional import moment_matching
 
@@ -65,7 +65,7 @@ class MomentMatchingLoss(SyncDistModule):
         super().__init__(sync_dist=sync_dist, process_group=process_group)
         self.num_domains = check_positive_int(num_domains, "num_domains")
         self.moments = check_positive_int(moments, "moments")
-        self.validate_args = validate_args
+        self.validate_args = check_optional_bool(validate_args, "validate_args")
 
     def forward(self, feat_s: Tensor, domains_s: Tensor, feat_t: Tensor) -> Tensor:
         """Compute the loss; see :func:`lacmfer.functional.moment_matching`."""

@@ -7,7 +7,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_positive_int
+from .._checks import check_choice, check_optional_bool, check_positive_int
 from .._distributed import SyncDistModule
 from ..functional import LACMFERTerms, TwoViewOutput, lacmfer_loss, linear_warmup
 from ..functional._objective import check_settings
@@ -123,7 +123,7 @@ class LACMFERLoss(SyncDistModule, StepCounter):
         self.ramp_steps = check_positive_int(ramp_steps, "ramp_steps")
         self.adapt_after = check_positive_int(adapt_after, "adapt_after", minimum=0)
         self.adapt_warmup = check_positive_int(adapt_warmup, "adapt_warmup", minimum=0)
-        self.validate_args = validate_args
+        self.validate_args = check_optional_bool(validate_args, "validate_args")
 
     def current_cid_weight(self, *, dtype: torch.dtype = torch.float32) -> Union[float, Tensor]:
         """The cluster-level weight in force: constant (a float), or ramped by the progress (a

@@ -26,7 +26,7 @@ class PseudoLabelRefiner(SyncDistModule):
     non-persistent buffer: not saved in ``state_dict``.
 
     Args:
-        threshold: confidence threshold :math:`\tau \in (0, 1]` (strict ``>``).
+        threshold: confidence threshold :math:`\tau \in (0, 1]` (strict ``>``: 1 keeps no sample).
         sync_dist: average the loss over the kept samples of all ranks; a no-op outside
             :mod:`torch.distributed`.
         process_group: the process group for ``sync_dist`` (default: the world).

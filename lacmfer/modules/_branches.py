@@ -85,7 +85,8 @@ class GlobalBranch(nn.Module):
     Raises:
         TypeError: If a setting has the wrong type.
         ValueError: If a setting is out of range or ``channels``/``blocks`` differ in length; at
-            call time if the input is not ``(B, in_channels, H, W)``.
+            call time if the input is not ``(B, in_channels, H, W)``, or, in training mode, is
+            one map that the last stage reduces to 1×1 (BatchNorm cannot train on it).
 
     Example:
         >>> import torch
@@ -135,8 +136,21 @@ class GlobalBranch(nn.Module):
             f"reduction={self.reduction}, spatial_kernel_size={self.spatial_kernel_size}"
         )
 
+    def map_size(self, height: int, width: int) -> tuple[int, int]:
+        """Height and width of the last stage's map for an input map of ``height × width`` (each
+        stage halves them, rounding up)."""
+        for _ in self.channels:
+            height, width = (height + 1) // 2, (width + 1) // 2
+        return height, width
+
     def forward(self, x: Tensor) -> Tensor:
         check_feature_map(x, "x", self.in_channels, "in_channels")
+        if self.training and x.shape[0] == 1 and self.map_size(x.shape[-2], x.shape[-1]) == (1, 1):
+            raise ValueError(
+                f"`x` with shape {tuple(x.shape)} in training mode: the last stage maps it to 1×1, "
+                "and BatchNorm needs more than one value per channel to train; give a batch of 2 "
+                "or more, a larger map, or call .eval()"
+            )
         return torch.flatten(self.pool(self.stages(x)), 1)
 
 

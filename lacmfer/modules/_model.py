@@ -192,6 +192,12 @@ class LACMFER(nn.Module):
         m = self.encoder(x)
         gh, gw = self.local_branch.grid
         h, w = m.shape[-2], m.shape[-1]
+        if self.training and x.shape[0] == 1 and self.global_branch.map_size(h, w) == (1, 1):
+            raise ValueError(
+                f"`x` with shape {tuple(x.shape)} in training mode: the global branch maps one "
+                "image this small to 1×1, and BatchNorm needs more than one value per channel to "
+                "train; give a batch of 2 or more, larger images, or call model.eval()"
+            )
         if h % gh or w % gw:
             raise ValueError(
                 f"`x` with shape {tuple(x.shape)} gives an encoder map of {h}×{w}, which the "

@@ -30,8 +30,9 @@ ACCURACY_KEYS = ("acc_fused", "acc_global", "acc_local")
 
 def json_safe(value: Any) -> Any:
     """A copy of ``value`` (nested dicts, lists, tuples) that :func:`json.dumps` writes as strict
-    JSON: 0-dim tensors and numpy scalars become Python numbers (``bool``, ``int``, ``float``), then
-    NaN and infinities, which JSON lacks, become ``None``. Anything else is left as it is.
+    JSON: 0-dim tensors and numpy scalars become Python numbers (``bool``, ``int``, ``float``),
+    tensors and numpy arrays of more dimensions nested lists of them, then NaN and infinities,
+    which JSON lacks, become ``None``. Anything else is left as it is.
 
     Example:
         >>> import numpy as np, torch
@@ -40,9 +41,11 @@ def json_safe(value: Any) -> Any:
         {'a': None, 'b': [1.0, None]}
         >>> json_safe([torch.tensor(0.5), np.int64(3), np.float32("nan"), torch.tensor(float("inf"))])
         [0.5, 3, None, None]
+        >>> json_safe({"masked": torch.tensor([12.0, float("nan")]), "counts": np.arange(2)})
+        {'masked': [12.0, None], 'counts': [0, 1]}
     """
-    if (isinstance(value, torch.Tensor) and value.dim() == 0) or _is_numpy_scalar(value):
-        value = value.item()
+    if isinstance(value, torch.Tensor) or _is_numpy_scalar(value) or _is_numpy_array(value):
+        value = value.tolist()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
@@ -50,6 +53,11 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+def _is_numpy_array(value: Any) -> bool:
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(value, np.ndarray)
 
 
 def _is_numpy_scalar(value: Any) -> bool:
@@ -198,12 +206,13 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         """Append one record: a dict with an integer ``"step"`` (an ``int`` or an integer-like
         value such as ``numpy.int64``; not a ``bool`` or a ``float``). Its values go through
-        :func:`json_safe` (0-dim tensors and numpy scalars are written as numbers). The first
+        :func:`json_safe` (tensors and numpy values are written as numbers, or lists of them). The first
         append of a log whose file ends with a line cut short (an earlier process killed while
         writing it) drops that line, with a warning.
 
         Raises:
-            TypeError: ``record`` is not a dict, or its ``"step"`` is not an integer.
+            TypeError: ``record`` is not a dict, its ``"step"`` is not an integer, or a value
+                cannot be written as JSON (the message names its key).
             ValueError: ``record`` has no ``"step"``.
         """
         if not isinstance(record, dict):
@@ -222,6 +231,11 @@ class MetricsLog:
         if not self.enabled:
             return
         safe = {**json_safe(record), "step": step}
+        for key, value in safe.items():
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError) as err:
+                raise TypeError(f"record[{key!r}] cannot be written as JSON: {err}") from None
         self.folder.mkdir(parents=True, exist_ok=True)
         line = (json.dumps(safe) + "\n").encode()
         with self.path.open("a+b") as f:

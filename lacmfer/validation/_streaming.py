@@ -25,6 +25,7 @@ from .._checks import (
     check_label_range,
     check_labels,
     check_logits,
+    check_optional_bool,
     check_same_device,
     check_size,
     check_snd_settings,
@@ -349,7 +350,7 @@ class SourceAccuracy(_SumValidator):
             raise TypeError(
                 f"`validate_args` must be a bool or None, got {type(validate_args).__name__}"
             )
-        self.validate_args = validate_args
+        self.validate_args = check_optional_bool(validate_args, "validate_args")
 
     def update(self, logits: Tensor, labels: Tensor) -> None:
         """Add a batch of logits and their true labels."""

@@ -100,3 +100,26 @@ def test_plots_are_drawn(tmp_path: Path) -> None:
     paths = {"features": tmp_path / "f.png", "distances": tmp_path / "d.png"}
     assert plot_shift(reports, ["A", "B", "T"], ["x", "y", "z"], **paths)
     assert all(p.stat().st_size > 1000 for p in paths.values())
+
+
+@pytest.mark.parametrize("target", [0, 2])
+def test_the_target_drawn_in_black_is_the_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: int
+) -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    drawn: list[tuple[str, str]] = []
+    scatter = matplotlib.axes.Axes.scatter
+
+    def record(self: object, *args: object, **kwargs: object) -> object:
+        drawn.append((str(kwargs.get("label")), str(kwargs.get("c"))))
+        return scatter(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", record)
+    report = shift_report(collected(2.0), target=target, embed="pca")
+    assert report.target == target
+    paths = {"features": tmp_path / "f.png", "distances": tmp_path / "d.png"}
+    assert plot_shift([("r", report)], ["A", "B", "C"], ["x", "y", "z"], **paths)
+    assert [name for name, colour in drawn if colour == "black"] == ["ABC"[target]]
+    old = report.to_dict()
+    del old["target"]  # a report written before the target was kept: the last domain
+    assert ShiftReport.from_dict(old).target is None

@@ -436,6 +436,10 @@ def test_alignment_bad_settings(settings: dict[str, Any], exc: Any, match: Any) 
 def test_cluster_weight_checked() -> None:
     with pytest.raises(ValueError, match=r"`cluster_weight`.*>= 0"):
         _call(dual_level_alignment, _args(), cluster_weight=-1.0)
+    with pytest.raises(ValueError, match=r"`cluster_weight`.*0-dim tensor.*shape \(3\)"):
+        _call(dual_level_alignment, _args(), cluster_weight=torch.ones(3))
+    ramped = _call(dual_level_alignment, _args(), cluster_weight=torch.tensor(0.5))
+    torch.testing.assert_close(ramped, _call(dual_level_alignment, _args(), cluster_weight=0.5))
 
 
 def test_label_check_can_be_disabled_and_forced() -> None:
@@ -583,6 +587,8 @@ MODULE_BAD_SETTINGS = [
     ({"cluster_ramp": "linear"}, ValueError, r"`cluster_ramp`.*'none', 'dann_sigmoid'.*'linear'"),
     ({"ramp_steps": 0}, ValueError, "`ramp_steps`"),
     ({"num_domains": 0}, ValueError, "`num_domains`"),
+    ({"validate_args": 1}, TypeError, "`validate_args` must be a bool, got int"),
+    ({"cluster_weight": torch.ones(2)}, ValueError, r"`cluster_weight`.*shape \(2\)"),
 ]  # fmt: skip
 
 

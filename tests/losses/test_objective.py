@@ -10,6 +10,7 @@ import pickle
 from collections import namedtuple
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -427,6 +428,8 @@ BAD_SETTINGS = [
     {"consistency": "cos"},
     {"consistency": "kl", "consistency_from_logits": True},
     {"num_domains": 0},
+    {"cid_weight": torch.tensor([0.02, 0.5])},  # a schedule's value is a 0-dim tensor
+    {"validate_args": "yes"},
 ]
 
 
@@ -439,6 +442,31 @@ def test_module_and_function_reject_a_setting_alike(bad: dict[str, Any]) -> None
     with pytest.raises(from_function.type) as from_module:
         LACMFERLoss(**bad)
     assert str(from_module.value) == str(from_function.value)
+
+
+def test_a_non_scalar_weight_is_named_with_its_shape() -> None:
+    b = make_batch(17)
+    with pytest.raises(ValueError, match=r"`adaptation_weight` .* 0-dim tensor, .* shape \(2\)"):
+        lacmfer_loss(b["out_s"], b["labels_s"], b["out_t"], adaptation_weight=torch.ones(2))
+
+
+def test_numpy_numbers_count_as_the_python_numbers_they_hold() -> None:
+    b = make_batch(17)  # 3 source domains
+    args = (b["out_s"], b["labels_s"], b["out_t"], b["domains_s"])
+    as_numpy = {
+        "num_domains": np.int64(3),
+        "kernel_num": np.int32(5),
+        "cid_weight": np.float32(0.5),
+    }
+    as_python = {"num_domains": 3, "kernel_num": 5, "cid_weight": 0.5}
+    want = lacmfer_loss(*args, **as_python).loss
+    torch.testing.assert_close(lacmfer_loss(*args, **as_numpy).loss, want)
+    module, reference = LACMFERLoss(**as_numpy), LACMFERLoss(**as_python)
+    module.step(np.int64(2)), reference.step(2)
+    assert module.num_domains == 3 and type(module.num_domains) is int
+    torch.testing.assert_close(module(*args).loss, reference(*args).loss)
+    with pytest.raises(TypeError, match="`num_domains` must be an int, got bool"):
+        LACMFERLoss(num_domains=True)
 
 
 # ------------------------------------------------------------------------------ mechanics

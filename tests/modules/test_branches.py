@@ -136,6 +136,13 @@ def test_global_branch_structure_and_shapes() -> None:
     )
     assert small(torch.randn(2, 16, 16, 16)).shape == (2, 24)
     assert small.out_features == 24
+    for size in (1, 5, 8, 9, 16):  # map_size is the shape the stages give
+        assert small.stages(torch.randn(2, 16, size, size + 3)).shape[-2:] == small.map_size(
+            size, size + 3
+        )
+    with pytest.raises(ValueError, match=r"`x` with shape \(1, 16, 8, 8\) in training mode"):
+        small(torch.randn(1, 16, 8, 8))  # 8 -> 4 -> 2 -> 1
+    assert small(torch.randn(1, 16, 9, 9)).shape == (1, 24)  # 9 -> 5 -> 3 -> 2
 
 
 def test_global_branch_equals_manual_composition(randomise_bn: Callable[[nn.Module], None]) -> None:

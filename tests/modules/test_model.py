@@ -200,6 +200,18 @@ def test_model_errors() -> None:
         LACMFER.tiny(global_blocks=(1,))
 
 
+def test_one_image_too_small_to_train_on_is_named() -> None:
+    # 32x32 -> a 4x4 encoder map -> 1x1 after the global branch's two stride-2 stages: BatchNorm
+    # cannot train on one value per channel, which torch reports without naming the images
+    model = LACMFER.tiny(**TINY)
+    with pytest.raises(ValueError, match=r"`x` with shape \(1, 3, 32, 32\) in training mode.*"
+                       r"batch of 2 or more"):  # fmt: skip
+        model(torch.randn(1, 3, 32, 32))
+    assert model(torch.randn(2, 3, 32, 32)).logits.shape == (2, 7)  # two images train
+    assert model(torch.randn(1, 3, 48, 48)).logits.shape == (1, 7)  # a 2x2 map trains
+    assert model.eval()(torch.randn(1, 3, 32, 32)).logits.shape == (1, 7)  # evaluation works
+
+
 def test_repr_shows_settings() -> None:
     text = repr(LACMFER.tiny(**TINY))
     assert "num_classes=7, fusion='mean'" in text and "share='column'" in text

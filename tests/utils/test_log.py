@@ -53,8 +53,20 @@ def test_json_safe_turns_tensors_and_numpy_scalars_into_numbers() -> None:
     }
     assert json_safe(nested) == {"a": [1.5, [2, None]], "b": {"c": 4}}
     json.dumps(json_safe(nested), allow_nan=False)
-    vector = torch.ones(2)
-    assert json_safe(vector) is vector  # only 0-dim tensors are numbers
+    # tensors and arrays of more dimensions: nested lists of numbers, as tolist() gives them
+    matrix = torch.tensor([[1.0, math.nan], [-math.inf, 2.0]], requires_grad=True)
+    assert json_safe(matrix) == [[1.0, None], [None, 2.0]]
+    assert json_safe(np.arange(3, dtype=np.int16)) == [0, 1, 2]
+    assert json_safe({"v": torch.tensor([True, False])}) == {"v": [True, False]}
+
+
+def test_log_names_a_value_json_cannot_hold(tmp_path: Path) -> None:
+    log = MetricsLog(tmp_path, tensorboard=False)
+    log.write({"step": 1, "kind": "train", "masked": torch.tensor([3.0, 4.0])})  # a vector: a list
+    assert log.records() == [{"step": 1, "kind": "train", "masked": [3.0, 4.0]}]
+    with pytest.raises(TypeError, match=r"record\['when'\] cannot be written as JSON"):
+        log.write({"step": 2, "when": object()})
+    assert len(log.records()) == 1  # nothing of the refused record was written
 
 
 def test_log_writes_reads_and_keeps(tmp_path: Path) -> None:
