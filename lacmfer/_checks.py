@@ -49,11 +49,18 @@ def check_float(x: Any, name: str, *, ndim: Optional[int] = None, axes: str = ""
     return x
 
 
-def check_labels(x: Any, name: str, *, ndim: int = 1, axes: str = "(B,)") -> Tensor:
-    """Check that ``x`` is an integer (``int64``/``int32``/...) label tensor with ``ndim`` dims."""
+def check_labels(
+    x: Any, name: str, *, ndim: int = 1, axes: str = "(B,)", what: str = "class indices",
+    hint: str = "",
+) -> Tensor:  # fmt: skip
+    """Check that ``x`` is an integer (``int64``/``int32``/...) label tensor with ``ndim`` dims
+    (``what`` it holds and a ``hint`` for a wrong dtype go into the message)."""
     check_tensor(x, name)
     if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
-        raise TypeError(f"`{name}` must be an integer tensor of class indices, got dtype {x.dtype}")
+        raise TypeError(
+            f"`{name}` must be an integer tensor of {what}, got dtype {x.dtype} with shape "
+            f"{_shape(x)}{hint}"
+        )
     if x.ndim != ndim:
         raise ValueError(
             f"`{name}` must have {ndim} dimension(s) {axes}, got {x.ndim} with shape {_shape(x)}"
@@ -243,7 +250,7 @@ def check_domains(domains_s: Any, num_domains: Any, batch: Tensor, batch_name: s
         if num_domains is not None:
             check_positive_int(num_domains, "num_domains")
         return 1
-    check_labels(domains_s, "domains_s", axes="(B_s,)")
+    check_labels(domains_s, "domains_s", axes="(B_s,)", what="source-domain ids")
     check_size(batch, batch_name, 0, domains_s, "domains_s", 0, "Batch sizes (dim 0)")
     if num_domains is None:
         raise ValueError(

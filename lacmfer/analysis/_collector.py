@@ -298,7 +298,7 @@ class FeatureCollector:
                 raise TypeError("`domains` must be an int, a tensor or None, got bool")
             domains_ = torch.full((b,), 0 if domains is None else domains, dtype=torch.int64)
         else:
-            check_labels(domains, "domains", axes="(B,)")
+            check_labels(domains, "domains", axes="(B,)", what="domain ids")
             check_size(domains, "domains", 0, features, "features", 0, "Batch sizes (dim 0)")
             domains_ = domains.detach().to("cpu", torch.int64)
         if b and int(domains_.min()) < 0:

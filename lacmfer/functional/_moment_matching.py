@@ -117,7 +117,8 @@ def moment_matching(
         tensor(10.7171)
     """
     check_float(feat_s, "feat_s", ndim=2, axes="(B_s, D)")
-    check_labels(domains_s, "domains_s", axes="(B_s,)")
+    check_labels(domains_s, "domains_s", axes="(B_s,)", what="source-domain ids",
+                 hint="; the arguments are (feat_s, domains_s, feat_t)")  # fmt: skip
     check_float(feat_t, "feat_t", ndim=2, axes="(B_t, D)")
     check_size(feat_s, "feat_s", 1, feat_t, "feat_t", 1, "Feature sizes D (dim 1)")
     check_nonempty(feat_s, "feat_s")

@@ -167,6 +167,10 @@ def test_input_errors() -> None:
         moment_matching(fs, None, ft, num_domains=2)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"`domains_s`.*integer"):
         moment_matching(fs, domains.float(), ft, num_domains=2)
+    # the order of coral and DANN, (feat_s, feat_t, domains_s), is named as the mistake it is
+    order = r"`domains_s` .* source-domain ids, .* shape \(4, 3\); the arguments are \(feat_s, dom"
+    with pytest.raises(TypeError, match=order):
+        moment_matching(fs, ft, domains, num_domains=2)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"Batch sizes.*`feat_s`.*\(5, 3\).*`domains_s`.*\(3\)"):
         moment_matching(fs, domains[:3], ft, num_domains=2)
     with pytest.raises(ValueError, match=r"Feature sizes.*`feat_s`.*`feat_t`.*\(4, 2\)"):
