@@ -32,6 +32,10 @@ class LACMFERLoss(SyncDistModule, StepCounter):
     Save ``loss_fn.state_dict()`` with the model's when you checkpoint (the counter is not part of
     ``model.state_dict()``).
 
+    The sources are pooled (the paper) unless ``num_domains`` is set: ``domains_s`` passed to a
+    pooled objective is ignored, so a training loop can always pass it, and per-source alignment
+    needs ``num_domains=`` at construction.
+
     The settings ``label_smoothing``, ``align_weight``, ``cid_weight``, ``consistency_weight``,
     ``voting_weight``, ``align_threshold``, ``pseudo_threshold``, ``kernel_num``, ``kernel_mul``,
     ``sid``, ``cid``, ``consistency``, ``consistency_from_logits``, ``voting``, ``num_domains``,
