@@ -182,8 +182,8 @@ def plot_shift(
     r"""Draw :class:`ShiftReport`\ s side by side (e.g. before and after adaptation).
 
     ``features``: one row per report, the 2-D map coloured by domain (the report's target in
-    black) and by class. ``distances``: one column per report, the domain-by-domain distances, and below
-    them ``same_class`` against ``other_class``.
+    black) and by class. ``distances``: one column per report, the domain-by-domain distances,
+    and below them ``same_class`` against ``other_class``.
 
     Args:
         reports: ``(title, report)`` pairs.

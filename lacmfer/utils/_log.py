@@ -44,7 +44,7 @@ def json_safe(value: Any) -> Any:
         >>> json_safe({"masked": torch.tensor([12.0, float("nan")]), "counts": np.arange(2)})
         {'masked': [12.0, None], 'counts': [0, 1]}
     """
-    if isinstance(value, torch.Tensor) or _is_numpy_scalar(value) or _is_numpy_array(value):
+    if isinstance(value, torch.Tensor) or _is_numpy(value):
         value = value.tolist()
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -55,16 +55,11 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def _is_numpy_array(value: Any) -> bool:
+def _is_numpy(value: Any) -> bool:
+    """Whether ``value`` is a numpy number, bool or array (numpy is not imported for the check: a
+    value cannot be a numpy one unless numpy was imported)."""
     np = sys.modules.get("numpy")
-    return np is not None and isinstance(value, np.ndarray)
-
-
-def _is_numpy_scalar(value: Any) -> bool:
-    """Whether ``value`` is a numpy number or bool (numpy is not imported for the check: a value
-    cannot be a numpy scalar unless numpy was imported)."""
-    np = sys.modules.get("numpy")
-    return np is not None and isinstance(value, (np.number, np.bool_))
+    return np is not None and isinstance(value, (np.number, np.bool_, np.ndarray))
 
 
 def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
@@ -206,9 +201,9 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         """Append one record: a dict with an integer ``"step"`` (an ``int`` or an integer-like
         value such as ``numpy.int64``; not a ``bool`` or a ``float``). Its values go through
-        :func:`json_safe` (tensors and numpy values are written as numbers, or lists of them). The first
-        append of a log whose file ends with a line cut short (an earlier process killed while
-        writing it) drops that line, with a warning.
+        :func:`json_safe` (tensors and numpy values are written as numbers, or lists of them).
+        The first append of a log whose file ends with a line cut short (an earlier process killed
+        while writing it) drops that line, with a warning.
 
         Raises:
             TypeError: ``record`` is not a dict, its ``"step"`` is not an integer, or a value
@@ -231,13 +226,16 @@ class MetricsLog:
         if not self.enabled:
             return
         safe = {**json_safe(record), "step": step}
-        for key, value in safe.items():
-            try:
-                json.dumps(value)
-            except (TypeError, ValueError) as err:
-                raise TypeError(f"record[{key!r}] cannot be written as JSON: {err}") from None
+        try:
+            line = (json.dumps(safe) + "\n").encode()
+        except (TypeError, ValueError):  # name the value that JSON cannot hold
+            for key, value in safe.items():
+                try:
+                    json.dumps(value)
+                except (TypeError, ValueError) as err:
+                    raise TypeError(f"record[{key!r}] cannot be written as JSON: {err}") from None
+            raise
         self.folder.mkdir(parents=True, exist_ok=True)
-        line = (json.dumps(safe) + "\n").encode()
         with self.path.open("a+b") as f:
             try:
                 if not self._whole:
