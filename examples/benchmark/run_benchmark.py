@@ -21,7 +21,13 @@ driver resumes:
 a run whose command is in the records is not run again, and a run folder left by an interrupted
 run is continued with ``--resume`` from its last checkpoint (the driver adds ``--ckpt-every`` for a
 checkpoint every twentieth of a run; neither flag changes the result, so neither is part of the
-recorded command). Before the first run the example checks, with ``--dry-run``, the settings of
+recorded command). Runs pair only within one kind of machine (the same command on another CPU
+instruction set or a GPU is another run), so the unit the driver completes is a *group* of runs
+that pair (one target and seed at one budget and batch): a group that no one kind of machine has
+complete is made whole on this one, its runs recorded elsewhere made again here (their records stay
+in the file; each table counts a run once, from the kind that holds most of its group), and a run
+folder made or begun on another kind is renamed ``<name>.from-<kind>`` and kept. Before the first
+run the example checks, with ``--dry-run``, the settings of
 one run of each method and variant (``--preset`` and the flags after ``--``): a mistake stops the
 driver in one line, not every run an hour later.
 
@@ -63,14 +69,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from functools import cache
 from pathlib import Path
 from typing import Any, Optional
 
 from lacmfer.data import SIX_DOMAINS, canonical_dataset
-from lacmfer.utils import read_jsonl
+from lacmfer.utils import environment, read_jsonl
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -115,6 +122,8 @@ RULE_FLAGS = ("--source-val-fraction", "0.1")
 RULE_TOLERANCE = 0.02
 TRAINED = "trained_budget.json"  # in the results folder: the rule's choice
 CHECKPOINTS = 20  # checkpoints a run: what an interrupted run can lose is a twentieth of it
+MACHINE_FILE = "machine.json"  # in a run folder: the kind of machine the driver began it on
+KIND_KEYS = ("cpu", "cpu_capability", "gpu")  # what tells one kind of machine from another
 TRAIN_KEYS = ("ce", "sid", "effective_s_g", "effective_s_l", "effective_t_g", "effective_t_l",
               "masked_s_g", "masked_t_g", "kept_fraction", "pseudo_label_acc")  # fmt: skip
 
@@ -135,7 +144,8 @@ def job(method: str, target: str, seed: int, variant: Sequence[str] = (), steps:
             "--device", device, "--no-progress", "--out", str(folder)]  # fmt: skip
     command = "OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 " + shlex.join(args)
     return {"method": method, "target": target, "seed": seed, "variant": list(variant),
-            "steps": steps, "batch": batch, "folder": str(folder), "command": command}  # fmt: skip
+            "steps": steps, "batch": batch, "folder": str(folder), "device": device,
+            "command": command}  # fmt: skip
 
 
 def command_args(j: dict[str, Any]) -> list[str]:
@@ -169,11 +179,19 @@ def execute(j: dict[str, Any]) -> dict[str, Any]:
     # checkpoints leave the run unchanged (resume is exact), so the record keeps its command.
     args += ["--ckpt-every", str(max(1, j["steps"] // CHECKPOINTS))]
     folder = ROOT / j["folder"]
+    here = this_machine(j.get("device", "cpu"))
+    made_on = folder_machine(folder)
+    if made_on is not None and made_on != here:
+        # A run of this command made (or begun) on another kind of machine: it is kept beside,
+        # and the run is made here, whole (a run resumed on another kind is neither's).
+        move_aside(folder, made_on)
     resumed = (folder / "checkpoints" / "last.pt").exists()
     if resumed:
         args.append("--resume")  # exact: the same result as one uninterrupted run
     elif folder.exists():
         shutil.rmtree(folder)  # stopped before its first checkpoint: nothing to keep
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MACHINE_FILE).write_text(json.dumps(dict(zip(KIND_KEYS, here))) + "\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -206,6 +224,106 @@ def execute(j: dict[str, Any]) -> dict[str, Any]:
         **({"resumed": True} if resumed else {}),
         **({"environment": summary["environment"]} if "environment" in summary else {}),
     }  # fmt: skip
+
+
+@cache
+def this_machine(device: str = "cpu") -> tuple[Any, ...]:
+    """The kind of machine runs on ``device`` are made on here, as :func:`kind` reads a record."""
+    env = environment(device)
+    return tuple(env.get(k) for k in KIND_KEYS)
+
+
+def kind(r: dict[str, Any]) -> tuple[Any, ...]:
+    """The kind of machine a record (or a run's ``summary.json``) was made on, without its encoder
+    (built on that machine, it follows from the machine). Records made before environments were
+    recorded give ``(None, None, None)``: no kind the driver runs on."""
+    env = r.get("environment") or {}
+    return tuple(env.get(k) for k in KIND_KEYS)
+
+
+def folder_machine(folder: Path) -> Optional[tuple[Any, ...]]:
+    """The kind of machine that made the run in ``folder`` (its summary, else the driver's note of
+    where it began), or None for a folder without either."""
+    summary = read_json_file(folder / "summary.json")
+    if summary is not None:
+        return kind(summary)
+    note = read_json_file(folder / MACHINE_FILE)
+    return None if note is None else tuple(note.get(k) for k in KIND_KEYS)
+
+
+def read_json_file(path: Path) -> Optional[dict[str, Any]]:
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def move_aside(folder: Path, made_on: tuple[Any, ...]) -> Path:
+    """Rename a run folder made on another kind of machine to ``<name>.from-<kind>[-<n>]``."""
+    name = "-".join(str(v) for v in made_on if v) or "an-unrecorded-machine"
+    name = f"{folder.name}.from-{re.sub(r'[^A-Za-z0-9.]+', '-', name).strip('-')}"
+    aside, n = folder.with_name(name), 1
+    while aside.exists():
+        n += 1
+        aside = folder.with_name(f"{name}-{n}")
+    folder.rename(aside)
+    return aside
+
+
+def run_group(command: str) -> str:
+    """The runs that pair with each other: one target and seed at one budget and batch (and
+    device) of a study, which is the parent of the run's ``--out`` folder."""
+    args = shlex.split(command)
+    return str(Path(args[args.index("--out") + 1]).parent)
+
+
+def still_to_run(jobs: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]],
+                 here: tuple[Any, ...]) -> list[dict[str, Any]]:  # fmt: skip
+    """The jobs to run on a machine of kind ``here``: every job without a record, and, in a group
+    of runs that pair (:func:`run_group`) which no one kind of machine has complete, every job
+    without a record made here. Runs pair only within one kind, so the runs a group still lacks,
+    made here, pair with none made elsewhere: the group is made whole here, and the records made
+    elsewhere stay in the file (a group complete on another kind is left as it is)."""
+    made: dict[str, set[tuple[Any, ...]]] = defaultdict(set)
+    for r in records:
+        made[r["command"]].add(machine(r))
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for j in jobs:
+        groups[run_group(j["command"])].append(j)
+    pending = set()
+    for group in groups.values():
+        if set.intersection(*(made[j["command"]] for j in group)):
+            continue  # complete on one kind of machine
+        pending |= {j["command"] for j in group if all(m[:3] != here for m in made[j["command"]])}
+    return [j for j in jobs if j["command"] in pending]
+
+
+def counted(jobs: Sequence[dict[str, Any]],
+            records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:  # fmt: skip
+    """The records a study's tables count, in file order: one per run. A run recorded on several
+    kinds of machine counts with the record of the kind that holds most of its group's records
+    (a tie: the kind recorded last), so that a group made whole again on one kind is counted
+    from that kind."""
+    index: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        index[r["command"]].append(i)
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for j in jobs:
+        groups[run_group(j["command"])].append(j)
+    kept = []
+    for group in groups.values():
+        mine = [i for j in group for i in index[j["command"]]]
+        if not mine:
+            continue
+        votes = Counter(machine(records[i]) for i in mine)
+        last = {machine(records[i]): i for i in sorted(mine)}
+        best = max(votes, key=lambda m: (votes[m], last[m]))
+        for j in group:
+            rows = index[j["command"]]
+            ours = [i for i in rows if machine(records[i]) == best]
+            if rows:
+                kept.append((ours or rows)[-1])
+    return [records[i] for i in sorted(set(kept))]
 
 
 def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
@@ -301,8 +419,7 @@ def machine(r: dict[str, Any]) -> tuple[Any, ...]:
     """The kind of machine a record was made on (its ``environment``): runs pair only within one,
     as the same command on another kind gives another run (another encoder, other rounding).
     Records made before environments were recorded all come from one machine kind."""
-    env = r.get("environment") or {}
-    return (env.get("cpu"), env.get("cpu_capability"), env.get("gpu"), env.get("encoder_sha256"))
+    return (*kind(r), (r.get("environment") or {}).get("encoder_sha256"))
 
 
 def differences(rows: list[dict[str, Any]], method: str, base: str = "source-only") -> list[float]:
@@ -663,16 +780,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as err:  # a damaged records file; no budget for the trained study
         p.error(str(err))
     done = {r["command"] for r in records}
+    here = this_machine(args.device)
     owner: dict[str, str] = {}  # command -> the first study that lists it
-    runs: list[dict[str, Any]] = []  # every study's runs in order, a shared run once
+    runs: list[dict[str, Any]] = []  # every study's runs still to run in order, a shared run once
     for study, jobs in plan.items():
         recorded = sum(j["command"] in done for j in jobs)
-        print(f"{study}: {recorded} of {len(jobs)} runs in the records", flush=True)
+        pending = still_to_run(jobs, records, here)
+        again = sum(j["command"] in done for j in pending)
+        print(f"{study}: {recorded} of {len(jobs)} runs in the records" + (
+              f"; {again} of them made again here with their group (runs pair only within one "
+              "kind of machine, and no one kind has their group complete)" if again else ""),
+              flush=True)  # fmt: skip
         for j in jobs:
-            if j["command"] not in owner:
-                owner[j["command"]] = study
-                runs.append(j)
-    todo = [] if args.tables_only else [j for j in runs if j["command"] not in done]
+            owner.setdefault(j["command"], study)
+        runs += [j for j in pending if j["command"] not in {r["command"] for r in runs}]
+    # interrupted runs first: they are the nearest to a record
+    runs.sort(key=lambda j: not (ROOT / j["folder"] / "checkpoints" / "last.pt").exists())
+    todo = [] if args.tables_only else runs
     todo = todo[: args.max_runs] if args.max_runs is not None else todo
     print(f"{'/'.join(studies)}: {len(todo)} to run, {args.jobs} at a time", flush=True)
     # The example checks the settings of one run of each method and variant (--preset, the
@@ -715,15 +839,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     others += ["--", *extra] if extra else []
     for study, jobs in plan.items():
         commands = {j["command"] for j in jobs}
-        rows = [r for r in records if r["command"] in commands]
-        missing = [j for j in jobs if j["command"] not in done]
+        rows = counted(jobs, records)
+        superseded = sum(r["command"] in commands for r in records) - len(rows)
+        missing = still_to_run(jobs, records, here)
         invocation = shlex.join(["python", "examples/benchmark/run_benchmark.py", study, *others])
-        write_tables(study, rows, records, args, invocation)
+        write_tables(study, rows, superseded, args, invocation)
         if missing:  # said in the table, so a partial table cannot pass for a finished one
             cells = Counter((j["steps"], j["batch"]) for j in missing)
             where = ", ".join(
                 f"{n} at {s} steps of {b} + {b}" for (s, b), n in sorted(cells.items())
             )
+            again = sum(j["command"] in done for j in missing)
+            if again:
+                name = ", ".join(str(v) for v in here if v)
+                where += (f"; on a machine of the kind that wrote this table, {name}: {again} of "
+                          "them are recorded on another kind, in groups that no one kind has "
+                          "complete")  # fmt: skip
             with (args.results / TABLES[study]).open("a") as f:
                 f.write(f"\n**Still to run: {len(missing)} of {len(jobs)} runs** ({where}); "
                         f"`run_benchmark.py {study}` resumes them.\n")  # fmt: skip
@@ -767,7 +898,8 @@ def domain(name: str) -> str:
     return canonical_dataset(name, SIX_DOMAINS)
 
 
-def _header(title: str, invocation: str, rows: list[dict[str, Any]], records_path: str) -> str:
+def _header(title: str, invocation: str, rows: list[dict[str, Any]], records_path: str,
+            superseded: int = 0) -> str:  # fmt: skip
     wall = sum(r["wall_s"] for r in rows)
     resumed = sum(bool(r.get("resumed")) for r in rows)
     since = f" ({resumed} resumed after an interruption: from their resume)" if resumed else ""
@@ -783,8 +915,16 @@ def _header(title: str, invocation: str, rows: list[dict[str, Any]], records_pat
         "3000 images per domain, 500 target test images from a separate draw, the paper's loss "
         "weights and optimiser, lr horizon = steps / 2) with the budget and batch shown; one "
         f"thread a run. Runs: {len(rows)}, their summed wall time {wall / 3600:.1f} h{since}; "
-        f"machines: {_machines(rows)}.", "", "",
+        f"machines: {_machines(rows)}.{_superseded(superseded)}", "", "",
     ])  # fmt: skip
+
+
+def _superseded(n: int) -> str:
+    if not n:
+        return ""
+    return (f" Not counted: {n} record(s) of these runs made on another kind of machine, whose "
+            "groups of runs that pair (a target and seed at one budget) are counted from the kind "
+            "that holds most of them; the records stay in the file.")  # fmt: skip
 
 
 def _machines(rows: list[dict[str, Any]]) -> str:
@@ -806,7 +946,7 @@ def _shown(path: str) -> str:
         return path
 
 
-def write_tables(study: str, rows: list[dict[str, Any]], records: list[dict[str, Any]],
+def write_tables(study: str, rows: list[dict[str, Any]], superseded: int,
                  args: argparse.Namespace, invocation: str) -> None:  # fmt: skip
     args.results.mkdir(parents=True, exist_ok=True)
     if study == "short":
@@ -815,18 +955,23 @@ def write_tables(study: str, rows: list[dict[str, Any]], records: list[dict[str,
             invocation,
             rows,
             args.records,
+            superseded,
         )
         text += short_tables(rows, args.targets, args.ablation_seeds)
         notes = args.results / "benchmark_notes.md"
         text += ("\n" + notes.read_text()) if notes.exists() else ""
         path = args.results / TABLES["short"]
         vtext = _header(
-            "Unsupervised validators on the short-budget benchmark", invocation, rows, args.records
+            "Unsupervised validators on the short-budget benchmark",
+            invocation,
+            rows,
+            args.records,
+            superseded,
         )
         (args.results / "validators.md").write_text(vtext + validator_tables(rows))
     elif study == "rule":
         table, chosen = rule_tables(rows, args.curve_targets, args.budgets or RULE_BUDGETS)
-        text = _header("The budget rule", invocation, rows, args.records) + table
+        text = _header("The budget rule", invocation, rows, args.records, superseded) + table
         path = args.results / TABLES["rule"]
         if chosen is not None and trained_budget(args.results) != chosen:
             rule = {"budget": chosen, "rule": RULE_FLAGS, "tolerance": RULE_TOLERANCE,
@@ -835,7 +980,7 @@ def write_tables(study: str, rows: list[dict[str, Any]], records: list[dict[str,
     elif study == "curve":
         table, points = curve_tables(rows, args.curve_targets)
         text = _header("Does LA-CMFER help once the sources are learned? The budget curve", invocation,
-                       rows, args.records) + table  # fmt: skip
+                       rows, args.records, superseded) + table  # fmt: skip
         path = args.results / TABLES["curve"]
         if curve_figure(points, args.figure):
             text += f"\nFigure: `{_shown(str(args.figure))}`.\n"
@@ -844,7 +989,7 @@ def write_tables(study: str, rows: list[dict[str, Any]], records: list[dict[str,
     else:
         budget = trained_budget(args.results)
         text = _header(f"Synthetic benchmark at the trained budget: {budget} steps of 32 + 32",
-                       invocation, rows, args.records)  # fmt: skip
+                       invocation, rows, args.records, superseded)  # fmt: skip
         text += (
             "\n".join(main_tables(rows, args.targets, f"{budget} steps (the rule's budget)")) + "\n"
         )

@@ -393,3 +393,90 @@ def test_runs_pair_only_within_one_kind_of_machine(benchmark_driver: ModuleType)
             rec("source-only", 1, 70.0, a), rec("lacmfer", 1, 75.0, a),
             rec("source-only", 2, 60.0, a), rec("lacmfer", 2, 90.0, b)]  # fmt: skip
     assert benchmark_driver.differences(rows, "lacmfer") == [3.0, 5.0]  # seed 2 mixes two kinds
+
+
+def test_a_group_no_one_kind_has_complete_is_made_whole_here(
+    benchmark_driver: ModuleType,
+) -> None:
+    d = benchmark_driver
+    here = {"cpu": "Here", "cpu_capability": "AVX2"}
+    there = {"cpu": "There", "cpu_capability": "AVX512"}
+    jobs = [d.job(m, t, s) for s in (0, 1, 2) for t in ("CK+", "JAFFE") for m in ("mmd", "coral")]
+    by = {(j["method"], j["target"], j["seed"]): j for j in jobs}
+
+    def rec(method: str, target: str, seed: int, env: Any) -> dict[str, Any]:
+        return {"command": by[(method, target, seed)]["command"], "method": method,
+                "target": target, "seed": seed, **({"environment": env} if env else {})}  # fmt: skip
+
+    records = [
+        rec("mmd", "CK+", 0, there), rec("coral", "CK+", 0, there),  # whole there: kept
+        rec("mmd", "JAFFE", 0, None), rec("coral", "JAFFE", 0, None),  # whole, unrecorded kind
+        rec("mmd", "CK+", 1, there),  # coral missing: the group is made here, mmd again
+        rec("mmd", "JAFFE", 1, here), rec("coral", "JAFFE", 1, there),  # split between two kinds
+        rec("mmd", "CK+", 2, here),  # begun here: only coral is missing
+    ]  # fmt: skip
+    kind = ("Here", "AVX2", None)
+    todo = {(j["method"], j["target"], j["seed"]) for j in d.still_to_run(jobs, records, kind)}
+    assert todo == {("mmd", "CK+", 1), ("coral", "CK+", 1), ("coral", "JAFFE", 1),
+                    ("coral", "CK+", 2), ("mmd", "JAFFE", 2), ("coral", "JAFFE", 2)}  # fmt: skip
+    # made there, every group is complete but two
+    todo = d.still_to_run(jobs, records, ("There", "AVX512", None))
+    assert {(j["method"], j["target"], j["seed"]) for j in todo} == {
+        ("coral", "CK+", 1), ("mmd", "JAFFE", 1), ("mmd", "CK+", 2), ("coral", "CK+", 2),
+        ("mmd", "JAFFE", 2), ("coral", "JAFFE", 2),
+    }  # fmt: skip
+    # the tables count a run once: from the kind holding most of its group (a tie: the later)
+    records += [rec("coral", "CK+", 1, here), rec("mmd", "CK+", 1, here),
+                rec("mmd", "CK+", 0, here)]  # fmt: skip
+    rows = d.counted(jobs, records)
+    kinds = {(r["method"], r["target"], r["seed"]): d.kind(r)[0] for r in rows}
+    assert len(kinds) == len(rows) == 9
+    assert kinds[("mmd", "CK+", 0)] == kinds[("coral", "CK+", 0)] == "There"  # 2 against 1
+    assert kinds[("mmd", "CK+", 1)] == kinds[("coral", "CK+", 1)] == "Here"  # 2 against 1
+    assert kinds[("mmd", "JAFFE", 1)] == "Here" and kinds[("coral", "JAFFE", 1)] == "There"
+    assert [r for r in records if r in rows] == rows  # in file order
+
+
+def test_runs_made_on_another_kind_of_machine_are_made_again_and_kept_beside(
+    benchmark_driver: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    curve = ["curve", "--seeds", "0", "--curve-targets", "jaffe", "--batches", "8", "--budgets", "2",
+             *paths(tmp_path), *TINY]  # fmt: skip
+    assert benchmark_driver.main(curve) == 0
+    records = tmp_path / "runs.jsonl"
+    mine = [json.loads(x) for x in records.read_text().splitlines()]
+    assert len(mine) == 4 and {benchmark_driver.kind(r) for r in mine} == {
+        benchmark_driver.this_machine("cpu")
+    }
+    # as if made on another kind of machine, MMD not yet; source-only's folder came from there
+    there = {"cpu": "Elsewhere CPU", "cpu_capability": "AVX512", "encoder_sha256": "x"}
+    theirs = [{**r, "environment": there} for r in mine if r["method"] != "mmd"]
+    records.write_text("".join(json.dumps(r) + "\n" for r in theirs))
+    folder = tmp_path / "runs" / "b8_s2" / "seed0" / "JAFFE"
+    summary = json.loads((folder / "source-only" / "summary.json").read_text())
+    (folder / "source-only" / "summary.json").write_text(
+        json.dumps({**summary, "environment": there})
+    )
+    ran: list[list[str]] = []
+    real_run = benchmark_driver.subprocess.run
+
+    def spy(args: list[str], **kwargs: Any) -> Any:
+        if "--dry-run" not in args:
+            ran.append(list(args))
+        return real_run(args, **kwargs)
+
+    monkeypatch.setattr(benchmark_driver.subprocess, "run", spy)
+    assert benchmark_driver.main(curve) == 0
+    assert len(ran) == 4  # MMD, and the three others again, so that the group pairs
+    # source-only's folder, made elsewhere, is set aside and the run made anew; the other folders
+    # hold finished runs made here, which their records are read from
+    (fresh,) = [c for c in ran if "--resume" not in c]
+    assert fresh[fresh.index("--out") + 1] == str(folder / "source-only")
+    aside = folder / "source-only.from-Elsewhere-CPU-AVX512"
+    assert json.loads((aside / "summary.json").read_text())["environment"] == there  # kept
+    rows = [json.loads(x) for x in records.read_text().splitlines()]
+    assert len(rows) == 3 + 4 and rows[:3] == theirs
+    text = (tmp_path / "results" / "budget_curve.md").read_text()
+    assert "Runs: 4," in text and "Not counted: 3 record(s)" in text and "Still to run" not in text
+    assert "(n = " not in text  # one seed: no interval, but every run counted once
+    assert benchmark_driver.main(curve) == 0 and len(ran) == 4  # a third start runs nothing
