@@ -924,7 +924,10 @@ class Run:
             self.oracle = {k: record[k] for k in SUMMARY_KEYS}
         if self.args.select_by != "final":
             score = record[f"val_{self.args.select_by}"]
-            if self.selected is None or score > self.selected["score"]:
+            # a NaN score (a diverged model) is never chosen, and any finite one replaces it
+            if self.selected is None or (
+                math.isfinite(score) and not score <= self.selected["score"]
+            ):
                 self.selected = {**{k: record[k] for k in SUMMARY_KEYS}, "score": score}
                 if self.main:
                     state = {

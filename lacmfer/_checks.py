@@ -357,6 +357,17 @@ def check_index_range(index: Tensor, name: str, upper: int, upper_name: str) -> 
 # validators (lacmfer.validation)
 
 
+def check_finite(x: Tensor, name: str) -> None:
+    """Finite entries only (NaN and infinities refused). Reads the data (one host sync): for
+    analysis tools that read their inputs anyway, not for losses."""
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(
+            f"`{name}` must be finite, got {bad} NaN or infinite entr{'y' if bad == 1 else 'ies'} "
+            f"(shape {_shape(x)})"
+        )
+
+
 def check_logits(logits: Any, name: str = "logits", axes: str = "(B, K)") -> Tensor:
     """A non-empty floating-point logit matrix ``(B, K)`` with ``B, K >= 1``."""
     check_float(logits, name, ndim=2, axes=axes)

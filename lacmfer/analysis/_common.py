@@ -78,6 +78,11 @@ def check_index(
         check_positive_int(count, count_name)
     valid = index[index >= 0] if allow_negative else index
     if count is None:
+        if not allow_negative and int(index.min()) < 0:  # before inferring the count from them
+            raise ValueError(
+                f"`{name}` must hold indices >= 0, got values in [{int(index.min())}, "
+                f"{int(index.max())}] (shape {shape_str(index)})"
+            )
         if valid.numel() == 0:
             raise ValueError(
                 f"`{name}` holds no index >= 0 (shape {shape_str(index)}), so `{count_name}` cannot "

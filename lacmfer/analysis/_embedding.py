@@ -8,7 +8,7 @@ from typing import Any, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_real, check_seed
+from .._checks import check_choice, check_finite, check_real, check_seed
 from .._precision import compute_dtype, no_autocast
 from ._common import check_features
 
@@ -115,6 +115,7 @@ def embed_2d(
                 [ 2.,  0.]]), method='pca')
     """
     check_features(features, "features")
+    check_finite(features, "features")
     check_choice(method, "method", EMBED_METHODS)
     check_seed(seed)
     perplexity = check_real(perplexity, "perplexity", minimum=0.0, exclusive_minimum=True)

@@ -65,8 +65,19 @@ class ClassificationMetrics(NamedTuple):
 def classification_metrics(confusion: Tensor) -> ClassificationMetrics:
     """Accuracy, per-class accuracy and macro-F1 of a confusion matrix (:func:`confusion_matrix`).
 
+    A class absent from the labels has no recall: its ``per_class_accuracy`` is NaN (the balanced
+    accuracy of the classes present is ``per_class_accuracy.nanmean()``), and ``macro_f1``
+    averages over the classes present in the labels or the predictions, as scikit-learn's
+    ``f1_score(average="macro")`` on the same samples.
+
     Args:
-        confusion: :math:`(K, K)` counts, rows the true classes, columns the predicted ones.
+        confusion: :math:`(K, K)` counts, rows the true classes, columns the predicted ones:
+            non-negative (integer, or floating-point such as summed or weighted counts).
+
+    Raises:
+        TypeError: if ``confusion`` is not a tensor, or a boolean or complex one.
+        ValueError: if it is not ``(K, K)`` with K >= 1, or holds a negative or
+            non-finite count (reads the values).
 
     Example:
         >>> m = classification_metrics(torch.tensor([[3, 1], [0, 4]]))
@@ -77,7 +88,14 @@ def classification_metrics(confusion: Tensor) -> ClassificationMetrics:
         raise TypeError(f"`confusion` must be a torch.Tensor, got {type(confusion).__name__}")
     if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1] or confusion.shape[0] == 0:
         raise ValueError(f"`confusion` must be (K, K) with K >= 1, got {tuple(confusion.shape)}")
+    if confusion.dtype == torch.bool or confusion.is_complex():
+        raise TypeError(f"`confusion` must hold counts (integer or real), got {confusion.dtype}")
     c = confusion.double()
+    if not bool((torch.isfinite(c) & (c >= 0)).all()):
+        raise ValueError(
+            "`confusion` must hold non-negative finite counts, got values in "
+            f"[{float(c.min())}, {float(c.max())}] (shape {tuple(confusion.shape)})"
+        )
     tp, support, predicted, total = c.diagonal(), c.sum(1), c.sum(0), c.sum()
     nan = torch.full_like(total, float("nan"))
     per_class = torch.where(support > 0, tp / support.clamp_min(1), nan)

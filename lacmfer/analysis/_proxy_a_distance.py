@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import (
+    check_finite,
     check_float,
     check_optional_positive_int,
     check_positive_int,
@@ -141,6 +142,8 @@ def proxy_a_distance(
     check_float(feat_b, "feat_b", ndim=2, axes="(N_b, D)")
     check_size(feat_a, "feat_a", 1, feat_b, "feat_b", 1, "Feature sizes D (dim 1)")
     check_same_device([("feat_a", feat_a), ("feat_b", feat_b)])
+    check_finite(feat_a, "feat_a")
+    check_finite(feat_b, "feat_b")
     folds = check_positive_int(folds, "folds", minimum=2)
     check_seed(seed)
     max_per_domain = check_optional_positive_int(max_per_domain, "max_per_domain", minimum=folds)

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from .._checks import (
     _shape,
+    check_finite,
     check_float,
     check_min_size,
     check_nonempty,
@@ -114,6 +115,9 @@ def dev_score(
     * **Large weights.** Weights and losses are divided by their (detached) largest magnitudes
       before the moments are taken (:math:`\eta` is invariant to both scales), so any finite
       inputs give finite moments; a risk beyond the dtype's range saturates at its largest value.
+      The moments are taken in float64 (on CPU and CUDA; other devices use the input dtype), as
+      in float32 :math:`\overline{L} + \eta\,(\overline{w} - 1)` cancels away every digit once the
+      weights span a few orders of magnitude; the score is returned in the input dtype.
     * **Heavy-tailed weights** are a statistical, not a numerical, problem, and no formula fixes
       it: when the domain classifier separates source and target well (lab-controlled vs
       in-the-wild FER), a few weights dominate, the effective sample size
@@ -153,10 +157,13 @@ def dev_score(
         _check_dev_values(val_losses, weights)
     n = val_losses.shape[0]
     dtype = compute_dtype(val_losses, weights)
-    info = torch.finfo(dtype)
+    # The moments in float64 where the device has it: in float32, L-bar + eta (w-bar - 1) cancels
+    # away every digit once the weights span a few orders of magnitude (the sign can flip).
+    work = torch.float64 if weights.device.type in ("cpu", "cuda") else dtype
+    info = torch.finfo(work)
     with no_autocast(weights.device):
-        loss = val_losses.to(dtype)
-        w = weights.to(dtype)
+        loss = val_losses.to(work)
+        w = weights.to(work)
         w_scale = w.detach().abs().amax().clamp_min(info.tiny)
         l_scale = loss.detach().abs().amax().clamp_min(info.tiny)
         w1 = w / w_scale
@@ -172,7 +179,8 @@ def dev_score(
         eta1 = torch.where(degenerate, 0.0 * one, -cov / torch.where(degenerate, one, var))
         # R = l_scale * [w_scale * mean(w1 l1) + eta1 * (w_scale * mean(w1) - 1)], eta = l_scale eta1
         risk = l_scale * (w_scale * mean_wl1 + eta1 * (w_scale * mean_w1 - 1.0))
-        return -risk.clamp(-info.max, info.max)
+        top = torch.finfo(dtype).max
+        return -risk.clamp(-top, top).to(dtype)
 
 
 def _logistic_objective(z: Tensor, y: Tensor, c: Tensor, reg: Tensor, theta: Tensor) -> Tensor:
@@ -188,6 +196,7 @@ def density_ratio_weights(
     l2: float = 1e-2,
     max_iter: int = 30,
     max_weight: Optional[float] = None,
+    validate_args: Optional[bool] = None,
 ) -> Tensor:
     r"""Density-ratio weights :math:`p_t(x)/p_s(x)` of held-out source samples, for :func:`dev_score`.
 
@@ -227,18 +236,20 @@ def density_ratio_weights(
         l2: the L2 penalty :math:`\lambda > 0` of the domain classifier on standardised features.
         max_iter: number of optimisation iterations (int >= 1).
         max_weight: cap of the weights (> 0), or ``None`` for none.
+        validate_args: check that the features are finite (reads values; non-finite features
+            give NaN weights unchecked). ``None``: on CPU only.
 
     Shape:
         - feat_s_train: :math:`(N_s, D)`; feat_t: :math:`(N_t, D)`; feat_s_val: :math:`(N_v, D)`.
         - Output: :math:`(N_v,)`, float32 for half-precision inputs, else the promoted input dtype.
 
     Returns:
-        The non-negative, finite weights of ``feat_s_val``.
+        The non-negative weights of ``feat_s_val``, finite for finite features.
 
     Raises:
         TypeError: if an input is not a floating-point tensor or a setting has the wrong type.
-        ValueError: on wrong dimensions, mismatched feature sizes, empty sets, different devices or
-            settings out of range.
+        ValueError: on wrong dimensions, mismatched feature sizes, empty sets, different devices,
+            settings out of range or (when checked) features that are not finite.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -253,6 +264,13 @@ def density_ratio_weights(
     check_positive_int(max_iter, "max_iter")
     if max_weight is not None:
         max_weight = check_real(max_weight, "max_weight", minimum=0.0, exclusive_minimum=True)
+    if resolve_validate_args(validate_args, feat_s_train) and not torch.compiler.is_compiling():
+        for x, name in (
+            (feat_s_train, "feat_s_train"),
+            (feat_t, "feat_t"),
+            (feat_s_val, "feat_s_val"),
+        ):
+            check_finite(x, name)
     dtype = compute_dtype(feat_s_train, feat_t, feat_s_val)
     info = torch.finfo(dtype)
     device = feat_s_train.device

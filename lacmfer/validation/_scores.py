@@ -4,7 +4,8 @@ Each function scores a whole evaluation set at once (the streaming classes of
 :mod:`lacmfer.validation` accumulate a loader and call these); higher is better for every score.
 Probabilities are :math:`p = \operatorname{softmax}(z)` of the logits :math:`z`, and the entropy of a
 distribution is exact, :math:`H(p) = -\sum_k p_k \log p_k` with :math:`0 \log 0 = 0`, computed from
-``log_softmax`` so that no finite logits give NaN or inf.
+``log_softmax`` so that no finite logits give NaN or inf. Logits holding a NaN or an infinity (a
+diverged model) give a NaN score, never a good one and never an exception (no host sync).
 """
 
 from __future__ import annotations
@@ -67,6 +68,13 @@ def distribution_entropy(p: Tensor) -> Tensor:
     ).sum()
 
 
+def finite_or_nan(score: Tensor, *inputs: Tensor) -> Tensor:
+    """``score``, or NaN (every entry) when an input holds a NaN or an infinity: a diverged model's
+    predictions never score well. Tensor operations only, so no host sync."""
+    ok = torch.stack([torch.isfinite(x).all() for x in inputs]).all()
+    return torch.where(ok, score, torch.full_like(score, math.nan))
+
+
 def subsample(z: Tensor, max_samples: Optional[int], seed: int) -> Tensor:
     """The rows of ``z`` at the first ``max_samples`` positions of a seeded permutation.
 
@@ -122,7 +130,7 @@ def entropy_score(logits: Tensor) -> Tensor:
     check_logits(logits)
     with no_autocast(logits.device):
         logp = torch.log_softmax(logits.to(compute_dtype(logits)), dim=1)
-        return -row_entropy(logp).mean()
+        return finite_or_nan(-row_entropy(logp).mean(), logits)
 
 
 def im_score(logits: Tensor) -> Tensor:
@@ -161,7 +169,9 @@ def im_score(logits: Tensor) -> Tensor:
     with no_autocast(logits.device):
         logp = torch.log_softmax(logits.to(compute_dtype(logits)), dim=1)
         mean_prob = torch.exp(logp).mean(dim=0)
-        return distribution_entropy(mean_prob) - row_entropy(logp).mean()
+        # in [0, log K]; rounding can take a collapsed set a few ulps below 0
+        score = (distribution_entropy(mean_prob) - row_entropy(logp).mean()).clamp_min(0.0)
+        return finite_or_nan(score, logits)
 
 
 def snd_score(
@@ -241,7 +251,7 @@ def snd_score(
             self_mask = cols[start : start + rows.shape[0], None] == cols[None, :]
             sim = sim.masked_fill(self_mask, -math.inf)
             total = total + row_entropy(torch.log_softmax(sim, dim=1)).sum()
-        return total / n
+        return finite_or_nan(total / n, logits)
 
 
 def bnm_score(logits: Tensor) -> Tensor:
@@ -285,8 +295,10 @@ def bnm_score(logits: Tensor) -> Tensor:
     """
     check_logits(logits)
     with no_autocast(logits.device):
-        p = torch.softmax(logits.to(compute_dtype(logits)), dim=1)
-        return torch.linalg.svdvals(p).sum() / p.shape[0]
+        z = logits.to(compute_dtype(logits))
+        # the SVD of a non-finite matrix fails: it sees zeros there, and the score is NaN
+        p = torch.softmax(torch.where(torch.isfinite(z), z, torch.zeros_like(z)), dim=1)
+        return finite_or_nan(torch.linalg.svdvals(p).sum() / p.shape[0], z)
 
 
 def agreement_score(logits_g: Tensor, logits_l: Tensor) -> Tensor:
@@ -324,7 +336,7 @@ def agreement_score(logits_g: Tensor, logits_l: Tensor) -> Tensor:
     check_views(logits_g, logits_l)
     dtype = compute_dtype(logits_g, logits_l)
     same = logits_g.argmax(dim=1) == logits_l.argmax(dim=1)
-    return same.to(dtype).mean()
+    return finite_or_nan(same.to(dtype).mean(), logits_g, logits_l)
 
 
 def source_accuracy(
@@ -369,7 +381,7 @@ def source_accuracy(
     if resolve_validate_args(validate_args, labels):
         check_label_range(labels, "labels", logits.shape[1])
     correct = logits.argmax(dim=1) == labels
-    return correct.to(compute_dtype(logits)).mean()
+    return finite_or_nan(correct.to(compute_dtype(logits)).mean(), logits)
 
 
 def score_all(
@@ -425,6 +437,7 @@ def score_all(
     if logits_g is not None and logits_l is not None:
         check_views(logits_g, logits_l)
         check_size(logits, "logits", 0, logits_g, "logits_g", 0, "Batch sizes (dim 0)")
+        check_size(logits, "logits", 1, logits_g, "logits_g", 1, "Numbers of classes K (dim 1)")
         out["agreement"] = agreement_score(logits_g, logits_l)
     out["bnm"] = bnm_score(logits)
     out["entropy"] = entropy_score(logits)

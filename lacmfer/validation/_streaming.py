@@ -40,7 +40,7 @@ from .._distributed import (
     is_distributed,
 )
 from .._precision import compute_dtype, no_autocast
-from ._scores import bnm_score, row_entropy, score_all, snd_score
+from ._scores import bnm_score, finite_or_nan, row_entropy, score_all, snd_score
 
 __all__ = [
     "TARGET_VALIDATORS",
@@ -149,6 +149,13 @@ class _StreamingValidator(SyncDistModule):
         return self._settings_repr()
 
 
+def _nan_flag(dtype: torch.dtype, *logits: Tensor) -> Tensor:
+    """``[0.]``, or ``[nan]`` when a batch holds a non-finite logit: added to a count-based score,
+    it makes the score of an evaluation that saw one NaN (no host sync)."""
+    zero = torch.zeros(1, dtype=dtype, device=logits[0].device)
+    return finite_or_nan(zero, *logits)
+
+
 class _SumValidator(_StreamingValidator):
     """A validator whose state is a float vector and an int64 vector of running sums."""
 
@@ -226,7 +233,7 @@ class EntropyScore(_SumValidator):
         with torch.no_grad(), no_autocast(logits.device):
             logp = torch.log_softmax(logits.to(dtype), dim=1)
             count = torch.tensor([logits.shape[0]], device=logits.device)
-            self._accumulate(row_entropy(logp).sum().reshape(1), count)
+            self._accumulate(finite_or_nan(row_entropy(logp).sum().reshape(1), logits), count)
 
     def _sizes(self, num_classes: int) -> tuple[int, int]:
         return 1, 1
@@ -265,7 +272,7 @@ class IMScore(_SumValidator):
             logp = torch.log_softmax(logits.to(dtype), dim=1)
             fsum = torch.cat([row_entropy(logp).sum().reshape(1), torch.exp(logp).sum(dim=0)])
             count = torch.tensor([logits.shape[0]], device=logits.device)
-            self._accumulate(fsum, count)
+            self._accumulate(finite_or_nan(fsum, logits), count)
 
     def _sizes(self, num_classes: int) -> tuple[int, int]:
         return 1 + num_classes, 1
@@ -275,7 +282,7 @@ class IMScore(_SumValidator):
         mean_prob = fsum[1:] / n
         safe = torch.where(mean_prob > 0, mean_prob, torch.ones_like(mean_prob))
         plogp = torch.where(mean_prob > 0, mean_prob * torch.log(safe), torch.zeros_like(safe))
-        return -plogp.sum() - fsum[0] / n
+        return (-plogp.sum() - fsum[0] / n).clamp_min(0.0)
 
 
 class AgreementScore(_SumValidator):
@@ -302,17 +309,17 @@ class AgreementScore(_SumValidator):
     def update(self, logits_g: Tensor, logits_l: Tensor) -> None:
         """Add a batch of the two views' logits."""
         check_views(logits_g, logits_l)
-        self._observe(logits_g, "logits_g", logits_l)
+        dtype = self._observe(logits_g, "logits_g", logits_l)
         with torch.no_grad():
             same = (logits_g.argmax(dim=1) == logits_l.argmax(dim=1)).sum()
             count = torch.tensor(logits_g.shape[0], device=logits_g.device)
-            self._accumulate(logits_g.new_zeros(0), torch.stack([same, count]))
+            self._accumulate(_nan_flag(dtype, logits_g, logits_l), torch.stack([same, count]))
 
     def _sizes(self, num_classes: int) -> tuple[int, int]:
-        return 0, 2
+        return 1, 2
 
     def _finish(self, fsum: Tensor, isum: Tensor, dtype: torch.dtype) -> Tensor:
-        return isum[0].to(dtype) / isum[1].to(dtype)
+        return isum[0].to(dtype) / isum[1].to(dtype) + fsum[0]
 
 
 class SourceAccuracy(_SumValidator):
@@ -346,10 +353,6 @@ class SourceAccuracy(_SumValidator):
         process_group: Optional[Any] = None,
     ) -> None:
         super().__init__(sync_dist=sync_dist, process_group=process_group)
-        if validate_args is not None and not isinstance(validate_args, bool):
-            raise TypeError(
-                f"`validate_args` must be a bool or None, got {type(validate_args).__name__}"
-            )
         self.validate_args = check_optional_bool(validate_args, "validate_args")
 
     def update(self, logits: Tensor, labels: Tensor) -> None:
@@ -360,17 +363,17 @@ class SourceAccuracy(_SumValidator):
         check_same_device([("logits", logits), ("labels", labels)])
         if resolve_validate_args(self.validate_args, labels):
             check_label_range(labels, "labels", logits.shape[1])
-        self._observe(logits, "logits")
+        dtype = self._observe(logits, "logits")
         with torch.no_grad():
             correct = (logits.argmax(dim=1) == labels).sum()
             count = torch.tensor(logits.shape[0], device=logits.device)
-            self._accumulate(logits.new_zeros(0), torch.stack([correct, count]))
+            self._accumulate(_nan_flag(dtype, logits), torch.stack([correct, count]))
 
     def _sizes(self, num_classes: int) -> tuple[int, int]:
-        return 0, 2
+        return 1, 2
 
     def _finish(self, fsum: Tensor, isum: Tensor, dtype: torch.dtype) -> Tensor:
-        return isum[0].to(dtype) / isum[1].to(dtype)
+        return isum[0].to(dtype) / isum[1].to(dtype) + fsum[0]
 
     def extra_repr(self) -> str:
         parts = [] if self.validate_args is None else [f"validate_args={self.validate_args}"]

@@ -210,3 +210,8 @@ def test_errors() -> None:
         class_separation(x, labels, x[:, 0])
     with pytest.raises(ValueError, match=r"`labels` holds no index >= 0"):
         class_separation(x, torch.full((6,), -1))
+    # with no num_domains given, negative domains were reported against "num_domains = 0"
+    with pytest.raises(
+        ValueError, match=r"`domains` must hold indices >= 0, got values in \[-1, -1\]"
+    ):
+        class_separation(x, labels, torch.full((6,), -1))

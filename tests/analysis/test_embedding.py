@@ -128,6 +128,8 @@ def test_errors() -> None:
         embed_2d(x, seed=None)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"`tsne_kwargs` must be a mapping"):
         embed_2d(x, tsne_kwargs=[("max_iter", 250)])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`features` must be finite, got 3 NaN or infinite"):
+        embed_2d(torch.cat([x, torch.full((1, 3), float("inf"))]), method="pca")  # SVD failed
     if module._sklearn_tsne() is not None:
         with pytest.raises(ValueError, match=r"t-SNE needs at least 2 samples"):
             embed_2d(x[:1], method="tsne")

@@ -83,6 +83,15 @@ def test_bad_input_names_the_argument() -> None:
         confusion_matrix(torch.tensor([0.5]), torch.tensor([0]), 3)
     with pytest.raises(ValueError, match="`confusion`"):
         classification_metrics(torch.zeros(2, 3))
+    # a negative count gave an accuracy above 1 and a recall of 1.5
+    with pytest.raises(ValueError, match=r"`confusion` must hold non-negative.*\[-1.0, 4.0\]"):
+        classification_metrics(torch.tensor([[3, -1], [0, 4]]))
+    with pytest.raises(ValueError, match=r"`confusion` must hold non-negative finite"):
+        classification_metrics(torch.tensor([[3.0, float("nan")], [0.0, 4.0]]))
+    with pytest.raises(TypeError, match=r"`confusion` must hold counts.*torch.bool"):
+        classification_metrics(torch.eye(2, dtype=torch.bool))
+    weighted = classification_metrics(torch.tensor([[1.5, 0.5], [0.0, 2.0]]))  # real counts: fine
+    assert float(weighted.accuracy) == 3.5 / 4.0
     with pytest.raises(ValueError, match="`confusion`"):
         plot_confusion([[1, 2], [3, 4]], ["a", "b", "c"], "unused.png")
 

@@ -205,3 +205,7 @@ def test_errors() -> None:
         proxy_a_distance(a, b, max_iter=0)
     with pytest.raises(TypeError, match=r"`seed` must be an int"):
         proxy_a_distance(a, b, seed=0.5)  # type: ignore[arg-type]
+    bad = a.clone()
+    bad[0, 0] = float("nan")  # failed deep inside L-BFGS
+    with pytest.raises(ValueError, match=r"`feat_a` must be finite, got 1 NaN or infinite entry"):
+        proxy_a_distance(bad, b)

@@ -1028,3 +1028,24 @@ def test_cuda_amp_channels_last(script: ModuleType, tmp_path: Path,
     assert rc == 0, err
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["completed"] and math.isfinite(summary["final"]["acc_fused"])
+
+
+def test_a_nan_validator_score_is_never_selected(script: ModuleType) -> None:
+    # NaN > x is False: a first evaluation scoring NaN (a diverged model) used to stay selected
+    # whatever came after, and a finite score could never replace it
+    scores = iter([math.nan, 0.2, math.nan, 0.5, 0.1])
+    logged: list[dict[str, Any]] = []
+    run = SimpleNamespace(step=0, oracle=None, selected=None, main=False,
+                          args=SimpleNamespace(select_by="snd"),
+                          log=SimpleNamespace(write=logged.append))  # fmt: skip
+
+    def evaluate() -> dict[str, Any]:
+        run.step += 1
+        return {**{k: 0.5 for k in script.SUMMARY_KEYS if k != "step"}, "val_snd": next(scores)}
+
+    run.evaluate = evaluate
+    chosen = []
+    for _ in range(5):
+        script.Run.evaluate_and_log(run)
+        chosen.append(run.selected["step"] if run.selected else None)
+    assert chosen == [0, 1, 1, 3, 3] and run.selected["score"] == 0.5

@@ -90,6 +90,17 @@ def test_dev_float32_and_huge_weights_stay_finite() -> None:
     assert torch.isfinite(dev_score(torch.tensor([1.0, 2.0, 3.0, 0.5]), torch.zeros(4)))
 
 
+def test_dev_float32_weights_over_many_decades_match_float64() -> None:
+    # in float32 the cancellation in L-bar + eta (w-bar - 1) flipped the score's sign
+    losses = torch.rand(5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for weights in ([1e9, 1.0, 2.0, 3.0, 10.0], [1e19, 1.0, 2.0, 3.0, 1e10]):
+        w = torch.tensor(weights).double()  # the float32 inputs, exactly
+        want = torch.tensor(dev_reference(losses.float().double(), w), dtype=torch.float64)
+        got = dev_score(losses.float(), w.float())
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=0.0)
+
+
 @st.composite
 def loss_weight_pairs(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor]:
     n = draw(st.integers(2, 8))
@@ -284,6 +295,11 @@ BAD = [
     (lambda: density_ratio_weights(X, X, X, l2=0.0), ValueError, r"`l2`.*> 0"),
     (lambda: density_ratio_weights(X, X, X, max_iter=0), ValueError, r"`max_iter`.*>= 1"),
     (lambda: density_ratio_weights(X, X, X, max_weight=-1.0), ValueError, r"`max_weight`.*> 0"),
+    (  # NaN features gave NaN weights, against "non-negative, finite"
+        lambda: density_ratio_weights(X, X * float("nan"), X),
+        ValueError,
+        r"`feat_t` must be finite.*15 NaN.*\(5, 3\)",
+    ),
 ]
 
 
@@ -298,6 +314,8 @@ def test_value_checks_are_opt_out() -> None:
     assert torch.isfinite(
         dev_score(torch.ones(3), torch.tensor([1.0, -1.0, 2.0]), validate_args=False)
     )
+    nan = density_ratio_weights(X, X * float("nan"), X, validate_args=False)
+    assert nan.shape == (5,) and torch.isnan(nan).all()
 
 
 def test_losses_from_cross_entropy() -> None:

@@ -230,7 +230,8 @@ def logit_matrices(draw: st.DrawFn, min_rows: int = 1) -> torch.Tensor:
 def test_finite_for_any_finite_logits(z: torch.Tensor, other: torch.Tensor) -> None:
     b = min(z.shape[0], other.shape[0])
     k = min(z.shape[1], other.shape[1])
-    z, other = z[:b, :k], other[:b, :k].to(z.dtype)
+    top = torch.finfo(z.dtype).max  # a float64 beyond float32's range would become inf
+    z, other = z[:b, :k], other[:b, :k].double().clamp(-top, top).to(z.dtype)
     labels = torch.zeros(b, dtype=torch.long)
     k_ = z.shape[1]
     values = [
@@ -246,6 +247,40 @@ def test_finite_for_any_finite_logits(z: torch.Tensor, other: torch.Tensor) -> N
         assert torch.isfinite(value), (z, value)
     assert -math.log(k_) - 1e-5 <= float(values[0]) <= 1e-6
     assert -1e-5 <= float(values[1]) <= math.log(k_) + 1e-5
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("row", ["one", "all"])
+def test_non_finite_logits_score_nan_never_best(bad: float, row: str) -> None:
+    # a diverged model's predictions must not win a selection: NaN rows used to count as
+    # perfectly confident (entropy 0), agreeing and correct, and BNM's SVD raised
+    z = _logits(11, b=8, k=4)
+    broken = z.clone()
+    if row == "all":
+        broken.fill_(bad)
+    else:
+        broken[3, 1] = bad
+    labels = torch.zeros(8, dtype=torch.long)
+    values = {
+        "entropy": entropy_score(broken),
+        "im": im_score(broken),
+        "snd": snd_score(broken),
+        "snd_subsample": snd_score(broken, max_samples=2, seed=0),  # the bad row may be left out
+        "bnm": bnm_score(broken),
+        "agreement": agreement_score(broken, z),
+        "agreement_l": agreement_score(z, broken),
+        "accuracy": source_accuracy(broken, labels),
+        **{f"all_{k}": v for k, v in score_all(broken, broken, z).items()},
+    }
+    for name, value in values.items():
+        assert torch.isnan(value), (name, value)
+    assert all(torch.isfinite(v) for v in score_all(z, z, z).values())  # the finite ones unchanged
+
+
+def test_im_score_is_never_below_zero() -> None:
+    collapsed = torch.tensor([[10.0, 0.0, 0.0]]).repeat(6, 1)  # a few ulps below 0 before
+    assert float(im_score(collapsed)) == 0.0
+    assert float(im_score(collapsed.double())) >= 0.0
 
 
 # -- errors ---------------------------------------------------------------------------------------
@@ -294,6 +329,11 @@ BAD = [
         lambda: score_all(torch.zeros(4, 3), torch.zeros(5, 3), torch.zeros(5, 3)),
         ValueError,
         r"`logits`.*\(4, 3\).*`logits_g`.*\(5, 3\)",
+    ),
+    (  # as ValidatorSuite.update: the views' K must be the prediction's
+        lambda: score_all(torch.zeros(4, 7), torch.zeros(4, 5), torch.zeros(4, 5)),
+        ValueError,
+        r"classes.*`logits`.*\(4, 7\).*`logits_g`.*\(4, 5\)",
     ),
 ]
 

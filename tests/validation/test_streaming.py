@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import pickle
 from typing import Any, Callable
 
@@ -140,6 +141,34 @@ def test_pickle_and_repr(
     assert "sync_dist=True" in repr(metric)
     for key, value in settings.items():
         assert f"{key}={value}" in repr(metric)
+
+
+@pytest.mark.parametrize(("cls", "fn", "args", "settings"), ONE_SHOT, ids=IDS)
+def test_one_non_finite_batch_makes_the_score_nan(
+    cls: type, fn: Callable[..., Any], args: tuple[str, ...], settings: dict[str, Any]
+) -> None:
+    data = _data(21, n=12, k=4)
+    broken = {**data, args[0]: data[args[0]].clone()}
+    broken[args[0]][7, 2] = math.nan  # in the second batch of three
+    metric = cls(**settings)
+    _feed(metric, broken, args)
+    value = metric.compute()
+    assert torch.isnan(value) and torch.isnan(fn(*(broken[a] for a in args), **settings))
+    metric.reset()
+    _feed(metric, data, args)
+    assert torch.isfinite(metric.compute())  # reset forgets it
+
+
+def test_suite_survives_non_finite_logits() -> None:
+    z = torch.randn(10, 7)
+    bad = z.clone()
+    bad[3] = math.inf
+    suite = ValidatorSuite()
+    suite.update(bad, z, z)  # BNM's SVD raised here
+    suite.update(z, z, z)
+    scores = suite.compute()
+    assert all(torch.isnan(v) for k, v in scores.items() if k != "agreement")
+    assert float(scores["agreement"]) == 1.0  # the views were finite
 
 
 def test_class_count_must_not_change() -> None:
