@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .._checks import check_choice, check_optional_positive_int
+from .._checks import check_choice, check_optional_positive_int, check_positive_int
 from .image import load_image, resize
 from .labels import NUM_CLASSES, folder_label, native_to_raf
 from .lists import _LABEL, read_image_list, resolve_list_path
@@ -85,7 +85,8 @@ class ImageListDataset(Dataset[tuple[Tensor, int]]):
         - ``dataset[i][0]``: ``(3, S, S)`` float32 in ``[0, 1]``.
 
     Raises:
-        ValueError: On malformed lines or labels outside ``[0, num_classes)``.
+        ValueError: On malformed lines, labels outside ``[0, num_classes)`` or a list that names
+            no image.
 
     Example:
         >>> import tempfile, pathlib
@@ -112,6 +113,10 @@ class ImageListDataset(Dataset[tuple[Tensor, int]]):
         self.image_size = check_optional_positive_int(image_size, "image_size")
         self.num_classes = num_classes
         pairs = read_image_list(self.list_file, num_classes=num_classes)
+        if not pairs:
+            raise ValueError(
+                f"`list_file` {self.list_file!r} lists no image (the file is empty or blank)"
+            )
         self.relpaths: list[str] = [p for p, _ in pairs]
         self.paths: list[str] = [
             resolve_list_path(p, root=self.root or ".", strip_prefix=strip_prefix)
@@ -154,14 +159,18 @@ class ImageFolderDataset(Dataset[tuple[Tensor, int]]):
         root: The top folder.
         image_size: Side ``S`` of the returned images (``None``: keep the file's size).
         extensions: File extensions to include (case-insensitive).
-        label_of: Maps a folder name to a RAF label, ``None`` (skip) or raises ``ValueError``
-            (not an expression folder); default :func:`~lacmfer.data.folder_label`.
+        label_of: Maps a folder name to a RAF label in ``[0, num_classes)``, ``None`` (skip) or
+            raises ``ValueError`` (not an expression folder); default
+            :func:`~lacmfer.data.folder_label`.
+        num_classes: Labels must lie in ``[0, num_classes)``.
         transform: Applied to each ``(3, S, S)`` image.
         loader: Reads a path into a ``(3, H, W)`` float image (default: :func:`load_image`).
 
     Raises:
         FileNotFoundError: If ``root`` is not a folder.
-        ValueError: If no image was found or some image has no expression folder above it.
+        ValueError: If no image was found, some image has no expression folder above it, or
+            ``label_of`` gives an image a label outside ``[0, num_classes)`` (the message names
+            the file and the label).
     """
 
     def __init__(
@@ -171,6 +180,7 @@ class ImageFolderDataset(Dataset[tuple[Tensor, int]]):
         image_size: Optional[int] = 112,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
         label_of: Callable[[str], Optional[int]] = folder_label,
+        num_classes: int = NUM_CLASSES,
         transform: Optional[Transform] = None,
         loader: Optional[Callable[[str], Tensor]] = None,
     ) -> None:
@@ -178,12 +188,14 @@ class ImageFolderDataset(Dataset[tuple[Tensor, int]]):
         if not os.path.isdir(self.root):
             raise FileNotFoundError(f"`root` must be a folder, got {self.root!r}")
         self.image_size = check_optional_positive_int(image_size, "image_size")
+        self.num_classes = check_positive_int(num_classes, "num_classes")
         exts = tuple(e.lower() for e in extensions)
         paths: list[str] = []
         labels: list[int] = []
         self.skipped: list[str] = []
         unlabelled: list[str] = []
-        cache: dict[str, Optional[int]] = {}
+        # folder name -> (whether it is an expression folder, its label or None to skip)
+        cache: dict[str, tuple[bool, Optional[int]]] = {}
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames.sort()
             rel_parts = Path(os.path.relpath(dirpath, self.root)).parts
@@ -192,12 +204,11 @@ class ImageFolderDataset(Dataset[tuple[Tensor, int]]):
             for part in reversed(rel_parts):
                 if part not in cache:
                     try:
-                        cache[part] = label_of(part)
+                        cache[part] = (True, label_of(part))
                     except ValueError:
-                        cache[part] = -1
-                value = cache[part]
-                if value != -1:
-                    label, found = value, True
+                        cache[part] = (False, None)
+                found, label = cache[part]
+                if found:
                     break
             for name in sorted(filenames):
                 if not name.lower().endswith(exts):
@@ -207,6 +218,11 @@ class ImageFolderDataset(Dataset[tuple[Tensor, int]]):
                     unlabelled.append(full)
                 elif label is None:
                     self.skipped.append(full)
+                elif not 0 <= label < self.num_classes:
+                    raise ValueError(
+                        f"`label_of` gave {full!r} the label {label!r}, outside "
+                        f"[0, {self.num_classes}) (num_classes = {self.num_classes})"
+                    )
                 else:
                     paths.append(full)
                     labels.append(label)

@@ -40,9 +40,22 @@ def require_pillow() -> ModuleType:
 def _pil_to_tensor(img: Any) -> Tensor:
     import numpy as np
 
-    if img.mode == "I;16" or img.mode == "I":
-        # 16-bit grey (some CK+ / Oulu NIR frames): scale to 8 bits before the RGB conversion.
+    if img.mode == "F":
+        # Pillow's RGB conversion truncates float pixels to 0..255: [0, 1] data turns black.
+        raise ValueError(
+            "mode 'F' (32-bit floating-point pixels) has no fixed range to scale to [0, 1]; "
+            "convert the image to 8 or 16 bit first"
+        )
+    if img.mode.startswith("I;16") or img.mode == "I":
+        # 16-bit grey (some CK+ / Oulu NIR frames, big- or little-endian) and 32-bit integer grey
+        # holding 16-bit values: scaled here, as Pillow's RGB conversion would clip them to 255.
         arr16 = np.asarray(img, dtype=np.float32)
+        if arr16.size and (arr16.min() < 0 or arr16.max() > 65535):
+            raise ValueError(
+                f"mode {img.mode!r} (32-bit integer pixels) with values in "
+                f"[{int(arr16.min())}, {int(arr16.max())}], outside the 16-bit range "
+                "[0, 65535]; convert the image to 8 or 16 bit first"
+            )
         scale = 65535.0 if arr16.max() > 255 else 255.0
         grey = torch.from_numpy(arr16 / scale).clamp_(0.0, 1.0)
         return grey.unsqueeze(0).expand(3, -1, -1).contiguous()
@@ -55,7 +68,10 @@ def decode_image(data: bytes) -> Tensor:
     """Decode encoded image bytes (JPEG, PNG, TIFF, ...) to an RGB float tensor.
 
     Grey, palette, CMYK and RGBA images are converted to RGB (grey is repeated on three channels,
-    alpha is dropped).
+    alpha is dropped). 16-bit grey is scaled from ``[0, 65535]`` (``[0, 255]`` when no value
+    exceeds 255), as is 32-bit integer grey whose values fit in 16 bits. Floating-point images
+    (Pillow mode ``"F"``) and 32-bit integer ones with values outside ``[0, 65535]`` are refused:
+    their range is not known, so convert them to 8 or 16 bit first.
 
     Args:
         data: The encoded file content.
@@ -68,7 +84,8 @@ def decode_image(data: bytes) -> Tensor:
 
     Raises:
         ImportError: If Pillow is not installed.
-        ValueError: If the bytes are not a decodable image.
+        ValueError: If the bytes are not a decodable image, or hold floating-point or 32-bit
+            pixels outside the 16-bit range (the message names the mode).
     """
     Image = require_pillow()
     try:
@@ -76,7 +93,7 @@ def decode_image(data: bytes) -> Tensor:
             img.load()
             return _pil_to_tensor(img)
     except (OSError, SyntaxError, ValueError) as err:
-        raise ValueError(f"cannot decode image data ({len(data)} bytes): {err}") from err
+        raise ValueError(f"cannot decode image data `data` ({len(data)} bytes): {err}") from err
 
 
 def load_image(path: Union[str, os.PathLike[str]]) -> Tensor:
@@ -94,7 +111,8 @@ def load_image(path: Union[str, os.PathLike[str]]) -> Tensor:
     Raises:
         ImportError: If Pillow is not installed.
         FileNotFoundError: If the file does not exist.
-        ValueError: If the file is not a decodable image (the message names the file).
+        ValueError: If the file is not a decodable image, or holds floating-point or 32-bit
+            pixels outside the 16-bit range (the message names the file and the mode).
     """
     Image = require_pillow()
     try:

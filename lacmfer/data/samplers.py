@@ -189,7 +189,8 @@ class MultiSourceSampler:
             a 1-D integer tensor or array.
         batch_size: Indices per batch on this rank, ``B``.
         mode: ``"pooled"`` or ``"balanced"``.
-        labels: Labels of the concatenation, needed for ``class_balanced``.
+        labels: Labels of the concatenation, needed for ``class_balanced`` (class indices
+            ``>= 0`` then; without it they are not used).
         class_balanced: Draw classes equally often within each domain (``mode="balanced"``).
         seed: Seed of every stream.
         rank: This process's rank.
@@ -203,7 +204,8 @@ class MultiSourceSampler:
     Raises:
         TypeError: On arguments of the wrong type (``labels`` not of an integer dtype).
         ValueError: On empty domains, ``rank`` outside ``[0, world_size)``, ``labels`` of the
-            wrong length, ``class_balanced`` without labels or with ``mode="pooled"``.
+            wrong length, ``class_balanced`` without labels, with ``mode="pooled"`` or with a
+            negative label.
 
     Example:
         >>> s = MultiSourceSampler([3, 5], 4, mode="balanced", seed=0)
@@ -250,6 +252,12 @@ class MultiSourceSampler:
                 raise ValueError("`class_balanced=True` needs `labels`")
             if self.mode != "balanced":
                 raise ValueError("`class_balanced=True` needs mode='balanced', got mode='pooled'")
+            if int(self.labels.min()) < 0:
+                first = int(torch.nonzero(self.labels < 0)[0])
+                raise ValueError(
+                    "`labels` must hold class indices >= 0 with `class_balanced=True`, got "
+                    f"{int(self.labels[first])} at index {first}"
+                )
         num = len(self.domain_sizes)
         self._pool = _Stream(self.total_size, (seed, 0))
         self._domain_streams = [_Stream(n, (seed, 1, d)) for d, n in enumerate(self.domain_sizes)]
@@ -516,6 +524,18 @@ class _WithSource(Dataset[Any]):
         return item, source
 
 
+def _position(sampler: Union[MultiSourceSampler, InfiniteSampler]) -> str:
+    """Where ``sampler``'s stream stands, read from its state: ``""`` at the start."""
+    state = sampler.state_dict()
+    if isinstance(sampler, InfiniteSampler):
+        return f"position {state['pos']}" if state["pos"] else ""
+    positions = [state["pool_pos"], *state["domain_pos"], *state["class_pos"]]
+    positions += [p for member in state["member_pos"] for p in member]
+    if state["step"]:
+        return f"step {state['step']}"
+    return "step 0 with its streams advanced" if any(positions) else ""
+
+
 def sampler_loader(
     dataset: Any,
     sampler: Union[MultiSourceSampler, InfiniteSampler],
@@ -535,9 +555,14 @@ def sampler_loader(
     ``(images, labels, sources)``), under the key ``"source"`` of a mapping item, and as
     ``(item, source)`` for any other item (an image alone).
 
+    A sampler that has drawn already (or was given a state with
+    :meth:`~MultiSourceSampler.load_state_dict`) is continued from its position with ``start=0``;
+    with ``start > 0`` it must be fresh, since ``start`` counts the draws from the stream's start.
+
     Args:
         dataset: Indexable dataset (the sources concatenated, for a multi-source sampler).
-        sampler: A fresh sampler (its stream at the start).
+        sampler: A fresh sampler (its stream at the start) when ``start > 0``; with
+            ``start=0``, any sampler, continued from its position.
         start: Draws to skip: the steps already taken (an integer >= 0).
         **loader_kwargs: Passed to the DataLoader (``num_workers``, ``pin_memory``, ...).
 
@@ -546,8 +571,9 @@ def sampler_loader(
 
     Raises:
         TypeError: If ``sampler`` is neither sampler of this module or ``start`` is no integer.
-        ValueError: If ``start`` is negative or the dataset's size does not match a multi-source
-            sampler's; when a batch is read, if a mapping item already has a key ``"source"``.
+        ValueError: If ``start`` is negative, ``start > 0`` with a sampler that is not at its
+            stream's start, or the dataset's size does not match a multi-source sampler's; when a
+            batch is read, if a mapping item already has a key ``"source"``.
 
     Example:
         >>> data = torch.utils.data.TensorDataset(torch.arange(10.0), torch.arange(10))
@@ -562,6 +588,14 @@ def sampler_loader(
             f"`sampler` must be a MultiSourceSampler or an InfiniteSampler, got {type(sampler).__name__}"
         )
     start = _check_int(start, "start", minimum=0)
+    if start > 0:
+        position = _position(sampler)
+        if position:
+            raise ValueError(
+                f"`start` = {start} counts the draws from the stream's start, so `sampler` must be "
+                f"fresh, but it is at {position}: pass start=0 to continue from there, or a new "
+                "sampler"
+            )
     if isinstance(sampler, MultiSourceSampler):
         if len(dataset) != sampler.total_size:
             raise ValueError(

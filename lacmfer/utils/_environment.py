@@ -35,13 +35,16 @@ def environment(device: Optional[Union[str, torch.device]] = None) -> dict[str, 
     can tell a failed reproduction from a different machine.
 
     Args:
-        device: The device the computation ran on; for a CUDA device the GPU's name, compute
-            capability and the CUDA and cuDNN versions are added.
+        device: The device the computation ran on; for a CUDA device, when CUDA is available, the
+            GPU's name, compute capability and the CUDA and cuDNN versions are added. When CUDA is
+            not available, a CUDA device is not an error: the CPU information alone is returned,
+            without the GPU keys (check ``"gpu" in info`` to tell).
 
     Returns:
         ``python``, ``torch``, ``os``, ``machine``, ``cpu`` (model name), ``cpu_capability``
         (the instruction set torch's CPU kernels use), ``cpu_count``, ``threads`` (torch's intra-op
-        threads), and for CUDA ``gpu``, ``gpu_capability``, ``cuda``, ``cudnn``.
+        threads), and for a CUDA device when CUDA is available ``gpu``, ``gpu_capability``,
+        ``cuda``, ``cudnn``.
 
     Example:
         >>> info = environment("cpu")

@@ -76,8 +76,9 @@ def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
         The records, in file order.
 
     Raises:
-        ValueError: a line before the last one does not parse; the message names the file and the
-            line number.
+        ValueError: a line before the last one does not parse, or a line (the last too) holds
+            JSON that is not an object (``[1, 2]``, ``3``: a write cut short leaves no such line);
+            the message names the file and the line number.
     """
     return _read_jsonl(Path(path), stacklevel=3)
 
@@ -92,7 +93,7 @@ def _read_jsonl(path: Path, stacklevel: int) -> list[dict[str, Any]]:
     records = []
     for n, line in numbered:
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except ValueError as err:  # json.JSONDecodeError, UnicodeDecodeError
             if n != numbered[-1][0]:
                 why = (
@@ -105,6 +106,14 @@ def _read_jsonl(path: Path, stacklevel: int) -> list[dict[str, Any]]:
                 f"{path}: line {n}, the last, is not valid JSON (a write cut short?): skipped",
                 stacklevel=stacklevel,
             )
+            continue
+        if not isinstance(record, dict):
+            text = line.decode().strip()
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            raise ValueError(
+                f"{path}: line {n} is not a JSON object (one record, a dict, a line): {shown}"
+            )
+        records.append(record)
     return records
 
 
@@ -331,7 +340,16 @@ def plot_metrics(
 
     Returns:
         ``False`` when matplotlib is not installed (nothing written), else ``True``.
+
+    Raises:
+        ValueError: a ``"train"`` or ``"eval"`` record has no ``"step"``; the message names the
+            record (its index in ``records``).
     """
+    for i, record in enumerate(records):
+        if record.get("kind") in ("train", "eval") and "step" not in record:
+            raise ValueError(
+                f"records[{i}] lacks the key 'step' (the x axis of its curves): {record!r:.80}"
+            )
     fig = new_figure(11, 4)
     if fig is None:
         return False

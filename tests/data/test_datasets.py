@@ -71,6 +71,12 @@ def test_image_list_dataset_rejects_bad_lists(tmp_path: Path) -> None:
         ImageListDataset(tmp_path / "ok.txt", image_size=0)
 
 
+def test_image_list_dataset_refuses_an_empty_list(tmp_path: Path) -> None:
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(ValueError, match=r"^`list_file` '.*empty\.txt' lists no image"):
+        ImageListDataset(tmp_path / "empty.txt")
+
+
 def test_image_folder_dataset(tmp_path: Path) -> None:
     root = tmp_path / "root"
     _png(root / "anger" / "1.png", 1)
@@ -102,6 +108,27 @@ def test_image_folder_dataset_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no labelled image"):
         ImageFolderDataset(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("label", [9, 7, -1])
+def test_image_folder_dataset_refuses_labels_outside_the_classes(
+    tmp_path: Path, label: int
+) -> None:
+    _png(tmp_path / "r" / "good" / "1.png", 1)
+    _png(tmp_path / "r" / "odd" / "2.png", 2)
+    labels = {"good": 3, "odd": label}
+    with pytest.raises(
+        ValueError,
+        match=r"^`label_of` gave '.*odd.2\.png' the label "
+        + re.escape(f"{label}, outside [0, 7) (num_classes = 7)"),
+    ):
+        ImageFolderDataset(tmp_path / "r", label_of=labels.__getitem__)
+    # The range follows `num_classes`, as for ImageListDataset.
+    if label >= 0:
+        ds = ImageFolderDataset(tmp_path / "r", label_of=labels.__getitem__, num_classes=10)
+        assert ds.labels.tolist() == [3, label]
+    with pytest.raises(ValueError, match="num_classes"):
+        ImageFolderDataset(tmp_path / "r", label_of=labels.__getitem__, num_classes=0)
 
 
 def _fer_csv(path: Path, rows: list[tuple[Any, list[int], str]], usage: bool = True) -> None:

@@ -55,6 +55,45 @@ def test_sixteen_bit_grey(tmp_path: Path) -> None:
     torch.testing.assert_close(x[0], torch.from_numpy(arr.astype(np.float32) / 65535))
 
 
+def test_big_endian_sixteen_bit_grey(tmp_path: Path) -> None:
+    arr = np.array([[0, 1000], [65535, 300]], dtype=np.uint16)
+    img = PIL.frombytes("I;16B", (2, 2), arr.astype(">u2").tobytes())
+    img.save(tmp_path / "g.tif")
+    with PIL.open(tmp_path / "g.tif") as back:
+        assert back.mode == "I;16B"  # Pillow keeps the byte order of the file
+    x = load_image(tmp_path / "g.tif")
+    torch.testing.assert_close(x[0], torch.from_numpy(arr.astype(np.float32) / 65535))
+    assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
+
+
+def test_thirty_two_bit_integer_grey_within_sixteen_bits(tmp_path: Path) -> None:
+    arr = np.array([[0, 30000], [65535, 1]], dtype=np.int32)
+    PIL.fromarray(arr).save(tmp_path / "i.tif")
+    x = load_image(tmp_path / "i.tif")
+    torch.testing.assert_close(x[0], torch.from_numpy(arr.astype(np.float32) / 65535))
+
+
+@pytest.mark.parametrize(
+    "array, mode",
+    [
+        (np.array([[0.0, 0.5], [1.0, 0.25]], dtype=np.float32), "'F'"),
+        (np.array([[0, 70000], [1000, 5]], dtype=np.int32), r"'I'.*\[0, 70000\]"),
+        (np.array([[-5, 0], [100, 200]], dtype=np.int32), r"'I'.*\[-5, 200\]"),
+    ],
+    ids=["float", "int32-above-16-bit", "int32-negative"],
+)
+def test_images_without_a_known_range_are_refused(
+    tmp_path: Path, array: np.ndarray, mode: str
+) -> None:
+    PIL.fromarray(array).save(tmp_path / "x.tif")
+    with pytest.raises(ValueError, match=rf"x\.tif.*mode {mode}.*convert the image to 8 or 16 bit"):
+        load_image(tmp_path / "x.tif")
+    with pytest.raises(
+        ValueError, match=rf"`data` .*mode {mode}.*convert the image to 8 or 16 bit"
+    ):
+        decode_image((tmp_path / "x.tif").read_bytes())
+
+
 def test_decode_bytes_and_corrupt_files(tmp_path: Path) -> None:
     _save(tmp_path / "a.png", np.full((3, 3, 3), 200, dtype=np.uint8))
     data = (tmp_path / "a.png").read_bytes()

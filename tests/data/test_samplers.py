@@ -232,6 +232,16 @@ def test_errors() -> None:
         MultiSourceSampler([3], 2).quotas()
 
 
+def test_class_balanced_refuses_negative_labels() -> None:
+    labels = torch.tensor([0, 1, 2, 1, -1])
+    with pytest.raises(
+        ValueError, match=r"^`labels` must hold class indices >= 0 .* got -1 at index 4$"
+    ):
+        MultiSourceSampler([3, 2], 2, mode="balanced", labels=labels, class_balanced=True)
+    # Unused without class balancing, so a -1 (e.g. "unlabelled") is still accepted there.
+    MultiSourceSampler([3, 2], 2, mode="balanced", labels=labels)
+
+
 @pytest.mark.parametrize(
     "sizes",
     [
@@ -444,3 +454,42 @@ def test_sampler_loader_checks_its_arguments() -> None:
     assert torch.equal(next(numpy_start)[0], next(int_start)[0])
     with pytest.raises(TypeError, match="`sampler`"):
         sampler_loader(data, [0, 1])  # type: ignore[arg-type]
+
+
+SAMPLERS = {
+    "infinite": lambda: InfiniteSampler(5, 2, seed=1),
+    "pooled": lambda: MultiSourceSampler([2, 3], 2, seed=1),
+    "balanced": lambda: MultiSourceSampler([2, 3], 2, mode="balanced", seed=1),
+    "class-balanced": lambda: MultiSourceSampler(
+        [2, 3], 2, mode="balanced", labels=[0, 1, 0, 1, 1], class_balanced=True, seed=1
+    ),
+}
+
+
+@pytest.mark.parametrize("how", ["drawn", "loaded"])
+@pytest.mark.parametrize("kind", list(SAMPLERS))
+def test_sampler_loader_refuses_start_with_a_sampler_past_its_start(kind: str, how: str) -> None:
+    data = torch.utils.data.TensorDataset(torch.arange(5.0))
+    sampler, ahead = SAMPLERS[kind](), SAMPLERS[kind]()
+    ahead.sample()
+    if how == "drawn":
+        sampler.sample()
+    else:
+        sampler.load_state_dict(ahead.state_dict())
+    where = "position 2" if kind == "infinite" else "step 1"
+    with pytest.raises(
+        ValueError, match=rf"^`start` = 3 .* `sampler` must be fresh, but it is at {where}: "
+    ):
+        sampler_loader(data, sampler, start=3)
+    # start=0 continues from the sampler's position: the batch it draws next.
+    want = ahead.sample()
+    want = want if isinstance(want, torch.Tensor) else want.indices
+    assert torch.equal(next(sampler_loader(data, sampler))[0], want.float())
+
+
+def test_sampler_loader_refuses_start_with_a_stream_advanced_at_step_0() -> None:
+    sampler = MultiSourceSampler([2, 3], 2, seed=1)
+    state = sampler.state_dict()
+    sampler.load_state_dict({**state, "pool_pos": 4})  # a hand-made state: streams moved
+    with pytest.raises(ValueError, match="step 0 with its streams advanced"):
+        sampler_loader(torch.utils.data.TensorDataset(torch.arange(5.0)), sampler, start=1)

@@ -6,6 +6,9 @@ import argparse
 import hashlib
 import os
 import pickle
+import re
+import stat
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -55,6 +58,87 @@ def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
     assert path.read_bytes() == before
     assert load_checkpoint(path)["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no half-written temp file
+
+
+def _local_function() -> Any:
+    def inner() -> int:
+        return 1
+
+    return inner
+
+
+UNPICKLABLE = {
+    "lambda": lambda: 1,
+    "local function": _local_function(),
+    "lock": threading.Lock(),
+}
+
+
+@pytest.mark.parametrize("kind", list(UNPICKLABLE))
+def test_save_names_the_path_and_key_of_what_cannot_be_pickled(tmp_path: Path, kind: str) -> None:
+    path = save_checkpoint({"step": 1}, tmp_path / "last.pt")
+    before = path.read_bytes()
+    state = {"step": 2, "w": torch.ones(3), "v": UNPICKLABLE[kind]}
+    with pytest.raises(
+        TypeError,
+        match="^" + re.escape(f"{path}: state['v'] holds an object that cannot be pickled"),
+    ) as caught:
+        save_checkpoint(state, path)
+    assert caught.value.__cause__ is not None and "\n" not in str(caught.value)
+    with pytest.raises(TypeError, match="^" + re.escape(f"{path}: state holds an object")):
+        save_checkpoint([UNPICKLABLE[kind]], path)  # not a dict: no key to name
+    assert path.read_bytes() == before and load_checkpoint(path)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file
+
+
+def test_save_syncs_the_file_before_the_rename_and_the_folder_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[tuple[str, str]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def record_fsync(fd: int) -> None:
+        events.append(("fsync", "folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"))
+        fsync(fd)
+
+    def record_replace(src: Any, dst: Any) -> None:
+        events.append(("replace", Path(src).name))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", record_fsync)
+    monkeypatch.setattr(os, "replace", record_replace)
+    save_checkpoint({"step": 1}, tmp_path / "last.pt")
+    tmp_name = events[1][1]
+    assert tmp_name.startswith("last.pt.") and tmp_name.endswith(".tmp")
+    expected = [("fsync", "file"), ("replace", tmp_name)]
+    if os.name == "posix":
+        expected.append(("fsync", "folder"))
+    assert events == expected
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 1
+
+    def refuse(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(22, "Invalid argument")  # a file system that cannot sync folders
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", refuse)
+    assert load_checkpoint(save_checkpoint({"step": 2}, tmp_path / "last.pt"))["step"] == 2
+
+
+def test_two_writers_of_one_path_use_their_own_temporary_files(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+
+    class SavesMidway:
+        """Pickled as a tensor, after another writer saved to the same path meanwhile."""
+
+        def __reduce_ex__(self, protocol: Any) -> Any:
+            save_checkpoint({"writer": 2}, path)
+            return torch.zeros(2).__reduce_ex__(protocol)
+
+    save_checkpoint({"writer": 1, "x": SavesMidway()}, path)
+    back = load_checkpoint(path)
+    assert back["writer"] == 1 and torch.equal(back["x"], torch.zeros(2))  # the last rename
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
 def test_load_refuses_code_in_the_file(tmp_path: Path) -> None:
@@ -203,6 +287,58 @@ def test_rng_state_errors() -> None:
         set_rng_state(states * 2, gen)
     with pytest.raises(ValueError, match="holds 1 generator states, got 0 generators"):
         set_rng_state(states)
+
+
+def test_set_rng_state_refuses_one_ranks_dict_and_a_state_without_torchs() -> None:
+    gen = torch.Generator()
+    states = get_rng_state(gen)
+    with pytest.raises(
+        TypeError,
+        match=r"^states must be the list get_rng_state returns \(one dict per rank\), got a dict "
+        r"with keys \['generators', 'torch'\]$",
+    ):
+        set_rng_state(states[0], gen)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^states\[0\] must be a dict of random states"):
+        set_rng_state([torch.get_rng_state()])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"^states\[0\] lacks the key 'torch'"):
+        set_rng_state([{"generators": []}])
+    a = torch.rand(2, generator=gen)
+    set_rng_state(states, gen)  # the list itself still restores
+    assert torch.equal(torch.rand(2, generator=gen), a)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", torch.device("cuda")])
+def test_a_cuda_device_without_cuda_is_refused(device: Any) -> None:
+    pattern = r"^device=.*cuda.* is a CUDA device, but CUDA is not available"
+    with pytest.raises(ValueError, match=pattern):
+        get_rng_state(device=device)
+    with pytest.raises(ValueError, match=pattern):
+        set_rng_state(get_rng_state(), device=device)
+
+
+def test_a_gpu_past_the_last_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(
+        ValueError, match=r"^device='cuda:2' names GPU 2, but 2 GPU\(s\) are visible$"
+    ):
+        get_rng_state(device="cuda:2")
+
+
+def test_a_device_torch_cannot_use_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"^device='gpu' is not a device torch can use: "):
+        get_rng_state(device="gpu")
+    with pytest.raises(
+        TypeError, match=r"^device must be a torch.device, a str or an int, got float"
+    ):
+        get_rng_state(device=1.5)
+    accelerator = getattr(torch, "accelerator", None)
+    if torch.cuda.is_available() or (accelerator is not None and accelerator.is_available()):
+        return  # device 0 is usable here
+    # An index alone means the accelerator (torch >= 2.6) or CUDA (before): none is there.
+    with pytest.raises(ValueError, match=r"^device=0 (is not a device torch can use|is a CUDA)"):
+        get_rng_state(device=0)
 
 
 def test_a_cpu_device_or_none_adds_no_cuda_state() -> None:

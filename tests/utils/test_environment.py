@@ -49,3 +49,13 @@ def test_cuda_fields() -> None:
     info = environment("cuda")
     assert info["gpu"] == torch.cuda.get_device_name()
     assert info["cuda"] == torch.version.cuda
+
+
+def test_a_cuda_device_without_cuda_gives_the_cpu_information(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Documented, and relied on: no error, the CPU fields alone (a GPU-less run still records).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    info = environment("cuda")
+    assert "gpu" not in info and "cuda" not in info
+    assert info == environment("cpu")

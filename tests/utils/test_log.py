@@ -159,6 +159,21 @@ def test_read_jsonl_raises_for_a_bad_line_before_the_last(tmp_path: Path) -> Non
         assert read_jsonl(path) == [{"step": 1}]
 
 
+@pytest.mark.parametrize("line", ["[1, 2]", "3", '"step"', "null"])
+@pytest.mark.parametrize("where", ["before the last", "last"])
+def test_read_jsonl_raises_for_a_line_that_is_not_an_object(
+    tmp_path: Path, line: str, where: str
+) -> None:
+    path = tmp_path / "metrics.jsonl"
+    lines = ['{"step": 1}', line, '{"step": 3}'] if where != "last" else ['{"step": 1}', line]
+    write_lines(path, "\n".join(lines) + "\n")
+    message = f"{path}: line 2 is not a JSON object (one record, a dict, a line): {line}"
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        read_jsonl(path)
+    with pytest.raises(ValueError, match="line 2 is not a JSON object"):
+        MetricsLog(tmp_path, tensorboard=False).records()
+
+
 def test_a_reopened_log_appends_after_a_line_cut_short(tmp_path: Path) -> None:
     path = tmp_path / "metrics.jsonl"
     write_lines(path, CUT)
@@ -304,3 +319,20 @@ def test_plot_metrics_without_matplotlib(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     assert plot_metrics([{"kind": "train", "step": 1, "loss": 1.0}], tmp_path / "c.png") is False
     assert not (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize("kind", ["train", "eval"])
+def test_plot_metrics_names_a_record_without_a_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    records = [{"kind": "train", "step": 1, "loss": 2.0}, {"kind": kind, "loss": 1.0}]
+    with pytest.raises(
+        ValueError, match=r"^records\[1\] lacks the key 'step' .*'kind': '" + kind + "'"
+    ):
+        plot_metrics(records, tmp_path / "m.png")
+    assert not (tmp_path / "m.png").exists()
+    # Checked with or without matplotlib; a record of another kind is not drawn: no step needed.
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(ValueError, match=r"^records\[1\] lacks the key 'step'"):
+        plot_metrics(records, tmp_path / "m.png")
+    assert plot_metrics([{"kind": "note", "text": "x"}], tmp_path / "n.png") is False
