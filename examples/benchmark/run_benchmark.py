@@ -853,8 +853,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if again:
                 name = ", ".join(str(v) for v in here if v)
                 where += (f"; on a machine of the kind that wrote this table, {name}: {again} of "
-                          "them are recorded on another kind, in groups that no one kind has "
-                          "complete")  # fmt: skip
+                          f"them {'is' if again == 1 else 'are'} recorded on another kind, in "
+                          "groups that no one kind has complete")  # fmt: skip
             with (args.results / TABLES[study]).open("a") as f:
                 f.write(f"\n**Still to run: {len(missing)} of {len(jobs)} runs** ({where}); "
                         f"`run_benchmark.py {study}` resumes them.\n")  # fmt: skip
