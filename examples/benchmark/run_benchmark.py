@@ -53,6 +53,13 @@ the budget the ``rule`` study committed, so the rule runs first, on its own.
 On a GPU: ``--device cuda --jobs 8`` runs eight runs at once on one device (each its own process);
 GPU records are not CPU records (other kernels), so give them their own ``--records`` file.
 ``--dry-run`` prints the commands still to run. Flags after ``--`` go to every run.
+
+Do the records reproduce? ``--reproduce N --draw SEED`` runs nothing new: it draws ``N`` of the
+studies' records made on this kind of machine (``random.Random(SEED)``), reruns each from its
+command with ``--out`` under ``<--runs>/reproduce``, prints recorded against rerun (final accuracy
+and the largest difference over the evaluations), appends each comparison to
+``reproductions.jsonl`` in ``--results``, and exits 1 when a final accuracy differs by more than
+one point.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ import argparse
 import json
 import math
 import os
+import random
 import re
 import shlex
 import shutil
@@ -763,6 +771,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--max-runs", type=_count(0), help="stop after this many new runs")
     p.add_argument("--dry-run", action="store_true", help="print the commands still to run")
     p.add_argument("--tables-only", action="store_true", help="no runs: rewrite the tables")
+    p.add_argument("--reproduce", type=_count(1), metavar="N", help="no new runs: rerun N of the "
+                   "studies' records made on this kind of machine, drawn at random (--draw), "
+                   "into <--runs>/reproduce, and compare")  # fmt: skip
+    p.add_argument("--draw", type=int, default=0, help="--reproduce: seed of the random draw")
     args = p.parse_args(argv)
     studies = list(dict.fromkeys(args.studies))  # in the order given, each once
     if "rule" in studies and "trained" in studies:
@@ -779,6 +791,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         plan = {study: study_jobs(study, args, extra) for study in studies}
     except ValueError as err:  # a damaged records file; no budget for the trained study
         p.error(str(err))
+    if args.reproduce is not None:
+        if args.tables_only:
+            p.error("--reproduce reruns records; --tables-only runs nothing: give one of them")
+        return reproduce(plan, records, args, p)
     done = {r["command"] for r in records}
     here = this_machine(args.device)
     owner: dict[str, str] = {}  # command -> the first study that lists it
@@ -862,6 +878,66 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{'/'.join(studies)}: {failed} run(s) failed (above); their folders are kept, and "
               "the next start resumes them from their last checkpoint", file=sys.stderr,
               flush=True)  # fmt: skip
+        return 1
+    return 0
+
+
+def reproduce(plan: dict[str, list[dict[str, Any]]], records: list[dict[str, Any]],
+              args: argparse.Namespace, p: argparse.ArgumentParser) -> int:  # fmt: skip
+    """Rerun ``--reproduce`` records of the studies, drawn at random among those made on this kind
+    of machine (only they can repeat bit for bit), each from its command with ``--out`` moved
+    under ``<--runs>/reproduce``; print recorded against rerun, append each comparison to
+    ``reproductions.jsonl`` in ``--results``. Exit status 1 when a final accuracy differs by more
+    than one point."""
+    here = this_machine(args.device)
+    pool: list[dict[str, Any]] = []
+    for jobs in plan.values():
+        pool += [r for r in counted(jobs, records) if kind(r) == here and r not in pool]
+    if len(pool) < args.reproduce:
+        name = ", ".join(str(v) for v in here if v)
+        p.error(f"--reproduce {args.reproduce}: the studies hold {len(pool)} record(s) made on this "
+                f"kind of machine ({name}); a record repeats only on the kind that made it")  # fmt: skip
+    drawn = random.Random(args.draw).sample(pool, args.reproduce)
+    jobs = []
+    for r in drawn:
+        argv = shlex.split(r["command"])
+        i = argv.index("--out") + 1
+        out = Path(argv[i])
+        try:  # the run's folder under --runs, else its whole path, below <--runs>/reproduce
+            rel = out.relative_to(args.runs)
+        except ValueError:
+            rel = out.relative_to(out.anchor)
+        argv[i] = str(Path(args.runs) / "reproduce" / rel)
+        device = argv[argv.index("--device") + 1] if "--device" in argv else "cpu"
+        jobs.append({**{k: r[k] for k in ("method", "target", "seed", "variant", "steps", "batch")},
+                     "folder": argv[i], "device": device, "command": shlex.join(argv)})  # fmt: skip
+    print(f"reproduce: {len(jobs)} of the {len(pool)} records made here, drawn with "
+          f"random.Random({args.draw}), {args.jobs} at a time", flush=True)  # fmt: skip
+    if args.dry_run:
+        print("\n".join(j["command"] for j in jobs))
+        return 0
+    with ThreadPoolExecutor(args.jobs) as pool_:
+        reruns = list(pool_.map(execute, jobs))
+    lines = ["| record | recorded | rerun | largest difference over the evaluations |",
+             "|---|---:|---:|---:|"]  # fmt: skip
+    worst = 0.0
+    path = args.results / "reproductions.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for r, again in zip(drawn, reruns):
+        diffs = [abs(a["acc"] - b["acc"]) for a, b in zip(r["evals"], again["evals"])]
+        gap = max([abs(r["final_acc"] - again["final_acc"]), *diffs])
+        worst = max(worst, abs(r["final_acc"] - again["final_acc"]))
+        name = (f"{r['target']}, {r['method']}{''.join(' ' + v for v in r['variant'])}, "
+                f"{r['steps']} steps of {r['batch']} + {r['batch']}, seed {r['seed']}")  # fmt: skip
+        lines.append(f"| {name} | {r['final_acc']:.1f} | {again['final_acc']:.1f} | {gap:.2g} |")
+        with path.open("a") as f:
+            f.write(json.dumps({"record": r["command"], "recorded": r["final_acc"],
+                                "rerun": again, "draw": args.draw,
+                                "date": time.strftime("%Y-%m-%d")}) + "\n")  # fmt: skip
+    print("\n".join(lines), flush=True)
+    if worst > 1.0:
+        print(f"reproduce: a final accuracy differs by {worst:.1f} points (more than 1)",
+              file=sys.stderr, flush=True)  # fmt: skip
         return 1
     return 0
 

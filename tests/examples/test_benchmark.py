@@ -480,3 +480,38 @@ def test_runs_made_on_another_kind_of_machine_are_made_again_and_kept_beside(
     assert "Runs: 4," in text and "Not counted: 3 record(s)" in text and "Still to run" not in text
     assert "(n = " not in text  # one seed: no interval, but every run counted once
     assert benchmark_driver.main(curve) == 0 and len(ran) == 4  # a third start runs nothing
+
+
+def test_records_drawn_at_random_are_rerun_and_compared(
+    benchmark_driver: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    curve = ["curve", "--seeds", "0", "--curve-targets", "jaffe", "--batches", "8", "--budgets", "2",
+             *paths(tmp_path), *TINY]  # fmt: skip
+    assert benchmark_driver.main(curve) == 0
+    records = [json.loads(x) for x in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    capsys.readouterr()
+    argv = [*curve[: -len(TINY)], "--reproduce", "2", "--draw", "3", *TINY]  # the same runs
+    assert benchmark_driver.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "reproduce: 2 of the 4 records made here, drawn with random.Random(3)" in out
+    done = [json.loads(x) for x in (tmp_path / "results" / "reproductions.jsonl").read_text()
+            .splitlines()]  # fmt: skip
+    assert len(done) == 2 and len({d["record"] for d in done}) == 2
+    by_command = {r["command"]: r for r in records}
+    for d in done:
+        r = by_command[d["record"]]
+        again = d["rerun"]
+        assert "/reproduce/" in again["command"] and again["evals"] == r["evals"]
+        assert again["final_acc"] == r["final_acc"] == d["recorded"]
+        assert f"| {r['final_acc']:.1f} | {again['final_acc']:.1f} | 0 |" in out
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 4  # no record is added
+    # only records made on this kind of machine can repeat
+    theirs = [
+        {**r, "environment": {"cpu": "Elsewhere", "cpu_capability": "AVX512"}} for r in records
+    ]
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in theirs))
+    with pytest.raises(SystemExit) as stop:
+        benchmark_driver.main([*curve[: -len(TINY)], "--reproduce", "1", *TINY])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1
+    assert "--reproduce 1: the studies hold 0 record(s) made on this kind of machine" in err
